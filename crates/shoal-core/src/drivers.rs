@@ -1,0 +1,150 @@
+//! Convergence drivers: move entries from any [`LogSource`] into any [`LogProcessor`].
+//!
+//! Owns: [`pull`] (one-shot: every origin where the source is ahead, in bounded batches),
+//! [`pull_continuous`] (driven by the source's `watch_cursors`), and [`publish`] (a
+//! device's own entries into its [`FileLogSink`]). *Push* is `pull` with the roles swapped.
+//!
+//! Invariants: the cursor diff against the durable state is the truth; events are only a
+//! hint to look again. A problem with one origin's entries (rejected, too new, clock skew)
+//! stalls that origin and is reported; the other origins keep syncing. A failure of the
+//! source or processor as a whole ends the pass with an error.
+//!
+//! Never: holds more than two pages of one origin in memory (the one being applied and the
+//! one being read ahead), whatever the log's length.
+
+use futures::{FutureExt, StreamExt};
+
+use crate::cursors::PeerCursors;
+use crate::entry::Entry;
+use crate::error::SyncError;
+use crate::ids::PeerId;
+use crate::sync::{FileLogSink, LogPosition, LogProcessor, LogSource};
+
+/// What one pass of [`pull`] did.
+#[derive(Debug, Default)]
+pub struct PullReport {
+    /// Entries applied.
+    pub new: u64,
+    /// Entries the processor already had.
+    pub duplicates: u64,
+    /// Origins that could not advance, with why. Each stops at its first problem.
+    pub stalled: Vec<(PeerId, SyncError)>,
+}
+
+/// Copies to `target` every entry `source` has and `target` lacks, origin by origin, in
+/// bounded batches. While one batch is applied the next is read.
+pub async fn pull<E>(
+    source: &dyn LogSource<E>,
+    target: &dyn LogProcessor<E>,
+) -> Result<PullReport, SyncError>
+where
+    E: LogPosition + Send + 'static,
+{
+    let have = source.cursors().await?;
+    let mut report = PullReport::default();
+    let mut targets = target.cursors().await?;
+    for (origin, _, to) in have.ahead_of(&targets) {
+        // Another writer may have advanced the target meanwhile; re-reading is cheap.
+        let from = targets.get(&origin);
+        match pull_origin(source, target, origin, from, to).await {
+            Ok((new, dup, next)) => {
+                report.new += new;
+                report.duplicates += dup;
+                targets.advance(origin, next);
+            }
+            Err(e) if e.stalls_origin() => {
+                tracing::warn!(%origin, error = %e, "origin stalled");
+                report.stalled.push((origin, e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+async fn pull_origin<E>(
+    source: &dyn LogSource<E>,
+    target: &dyn LogProcessor<E>,
+    origin: PeerId,
+    mut from: u64,
+    to: u64,
+) -> Result<(u64, u64, u64), SyncError>
+where
+    E: LogPosition + Send + 'static,
+{
+    let (mut new, mut dup) = (0, 0);
+    let mut page = source.read_since(origin, from).await?;
+    while from < to {
+        let Some(last) = page.last() else { break };
+        let expected_next = last.index() + 1;
+        // Read ahead from where this page ends while it is being applied.
+        let (applied, ahead) = futures::join!(target.apply_batch(origin, page), async {
+            if expected_next < to {
+                Some(source.read_since(origin, expected_next).await)
+            } else {
+                None
+            }
+        });
+        let applied = applied?;
+        new += applied.new;
+        dup += applied.duplicates;
+        if applied.next <= from {
+            return Err(SyncError::Rejected {
+                origin,
+                index: from,
+                reason: crate::error::RejectReason::UnsealedRunTooLong,
+            });
+        }
+        from = applied.next;
+        page = match ahead {
+            Some(read) if from == expected_next => read?,
+            Some(_) | None if from < to => source.read_since(origin, from).await?,
+            _ => Vec::new(),
+        };
+    }
+    Ok((new, dup, from))
+}
+
+/// Pulls whenever `source` reports new cursors, until its cursor stream ends. Each event
+/// triggers a full cursor diff, and events that queued up meanwhile are merged into one pass.
+/// `on_pass` sees every pass's report (stalled origins are retried on the next event).
+pub async fn pull_continuous<E>(
+    source: &dyn LogSource<E>,
+    target: &dyn LogProcessor<E>,
+    mut on_pass: impl FnMut(PullReport) + Send,
+) -> Result<(), SyncError>
+where
+    E: LogPosition + Send + 'static,
+{
+    let mut events = source.watch_cursors();
+    while events.next().await.is_some() {
+        // Coalesce: whatever else is already queued is covered by this pass's diff.
+        while let Some(Some(_)) = events.next().now_or_never() {}
+        on_pass(pull(source, target).await?);
+    }
+    Ok(())
+}
+
+/// Publishes `own`'s entries that `sink` lacks: reads the sink's origin from `source`
+/// starting at `sink.published()` and hands them over page by page. Returns how many were
+/// published.
+pub async fn publish(
+    source: &dyn LogSource<Entry>,
+    sink: &mut dyn FileLogSink,
+) -> Result<u64, SyncError> {
+    let origin = sink.origin();
+    let mut published = 0;
+    loop {
+        let from = sink.published();
+        let have: PeerCursors = source.cursors().await?;
+        if have.get(&origin) <= from {
+            return Ok(published);
+        }
+        let page = source.read_since(origin, from).await?;
+        if page.is_empty() {
+            return Ok(published);
+        }
+        sink.publish(&page)?;
+        published += page.len() as u64;
+    }
+}

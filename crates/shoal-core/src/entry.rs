@@ -1,0 +1,686 @@
+//! The entry envelope, its canonical bytes, hashes, the per-origin hash chain and signed
+//! heads.
+//!
+//! Owns: [`Entry`] (one local transaction of one origin, or the marker left by
+//! expungement), [`Op`] (a domain-tagged opaque operation), [`EntryHash`], [`ChainHash`],
+//! [`SignedHead`] and [`Seal`], and [`verify_run`], the one place that decides whether
+//! received entries are authentic.
+//!
+//! Invariants:
+//! - An entry's hash is blake3 over its canonical bytes (`docs/FORMAT.md` §2); an expunged
+//!   entry keeps that hash, so the chain still verifies.
+//! - Each origin's log is a chain: `chain[0] = seed(workspace, origin)`,
+//!   `chain[i+1] = H(chain[i] || hash(entry i))`. A signed head `(workspace, origin, next,
+//!   chain[next])` signed by the origin's key authenticates every entry before `next`.
+//! - A [`Seal`] is a signed head attached to the entry it ends; it is transport data, not
+//!   part of the entry's hash. Stored logs end with a sealed entry, and seals are at most
+//!   [`MAX_SEAL_GAP`] entries apart, so any page can end on a seal.
+//!
+//! Never: interprets op bodies. Ops of unknown domains or kinds are carried untouched.
+
+use crate::codec::{DecodeError, DecodeProblem, Encode, Reader, put_varint};
+use crate::error::{RejectReason, SyncError};
+use crate::hlc::Hlc;
+use crate::ids::{DeviceKey, PeerId, PublicKey, UserId, WorkspaceId};
+
+const ENTRY_HASH_CONTEXT: &str = "shoal 2026-11 entry hash v1";
+const CHAIN_SEED_CONTEXT: &str = "shoal 2026-11 chain seed v1";
+const CHAIN_LINK_CONTEXT: &str = "shoal 2026-11 chain link v1";
+const HEAD_SIGNATURE_PREFIX: &[u8] = b"shoal 2026-11 signed head v1\0";
+
+/// The most ops one entry may hold.
+pub const MAX_OPS_PER_ENTRY: u64 = 1 << 20;
+/// The largest op body, in bytes.
+pub const MAX_OP_BYTES: u64 = 16 << 20;
+/// The most entries a log may hold between two seals. Writers seal at least this often, and
+/// receivers refuse longer unsealed runs, so a reader's page can always end on a seal.
+pub const MAX_SEAL_GAP: u64 = 1024;
+
+/// Which domain an op belongs to. Domains are numbered so that an op written by a newer
+/// version can be carried by an older one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Domain(pub u32);
+
+impl Domain {
+    /// Membership and workspace control (genesis, admissions, removals, expungements).
+    pub const CONTROL: Domain = Domain(0);
+    /// Table schema and rows (`shoal-tables`).
+    pub const TABLES: Domain = Domain(1);
+    /// Rich-text documents (`shoal-docs`).
+    pub const DOCS: Domain = Domain(2);
+}
+
+/// One operation: a domain, a kind within the domain, and the domain's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Op {
+    /// The domain that interprets `body`.
+    pub domain: Domain,
+    /// The operation kind within the domain.
+    pub kind: u32,
+    /// The domain-defined encoding of the operation.
+    pub body: Vec<u8>,
+}
+
+/// The content of a live entry: its timestamp, author and ops. Op `i` is stamped `hlc + i`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Payload {
+    /// The entry's timestamp (that of its first op).
+    pub hlc: Hlc,
+    /// The person who wrote it, when the app says so.
+    pub author: Option<UserId>,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+impl Payload {
+    /// The timestamp of the last op (the entry's own timestamp when it has no ops).
+    pub fn last_hlc(&self) -> Hlc {
+        self.hlc.plus((self.ops.len() as u64).saturating_sub(1))
+    }
+
+    /// Decodes a payload from its canonical bytes (the form [`Encode`] writes).
+    pub fn decode(bytes: &[u8]) -> Result<Payload, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let p = Payload::read(&mut r)?;
+        r.finish()?;
+        Ok(p)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Payload, DecodeError> {
+        let hlc = Hlc::from_u64(r.u64_le("entry hlc")?);
+        let author = match r.u8("author flag")? {
+            0 => None,
+            1 => Some(UserId::from_bytes(r.array("author")?)),
+            other => {
+                return Err(r.error(DecodeProblem::InvalidTag {
+                    what: "author flag",
+                    value: other.into(),
+                }));
+            }
+        };
+        let count = r.bounded_varint("op count", MAX_OPS_PER_ENTRY)?;
+        // Each op takes at least three bytes, so the count cannot make us allocate more than
+        // the input could fill.
+        let mut ops = Vec::with_capacity(count.min(r.remaining() / 3));
+        for _ in 0..count {
+            let domain = Domain(read_u32_varint(r, "op domain")?);
+            let kind = read_u32_varint(r, "op kind")?;
+            let body = r.bytes("op body", MAX_OP_BYTES)?.to_vec();
+            ops.push(Op { domain, kind, body });
+        }
+        Ok(Payload { hlc, author, ops })
+    }
+}
+
+impl Encode for Payload {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hlc.as_u64().to_le_bytes());
+        match &self.author {
+            None => out.push(0),
+            Some(a) => {
+                out.push(1);
+                out.extend_from_slice(a.as_bytes());
+            }
+        }
+        put_varint(out, self.ops.len() as u64);
+        for op in &self.ops {
+            put_varint(out, op.domain.0.into());
+            put_varint(out, op.kind.into());
+            put_varint(out, op.body.len() as u64);
+            out.extend_from_slice(&op.body);
+        }
+    }
+}
+
+fn read_u32_varint(r: &mut Reader<'_>, what: &'static str) -> Result<u32, DecodeError> {
+    let v = r.bounded_varint(what, u32::MAX.into())?;
+    // bounded_varint checked the limit, so this conversion cannot fail.
+    Ok(v as u32)
+}
+
+/// What an entry holds: its payload, or after expungement only the hash of what it held.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EntryBody {
+    /// The entry as written.
+    Live(Payload),
+    /// The body was removed (legal expungement); the hash keeps the chain verifiable.
+    Expunged(EntryHash),
+}
+
+/// One position `(origin, index)` of an origin's log, as stored and as it travels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// The peer whose log this is.
+    pub origin: PeerId,
+    /// Dense position in that log, from 0.
+    pub index: u64,
+    /// The payload or the expunge marker.
+    pub body: EntryBody,
+    /// The signed head that ends at this entry, when one does. Not part of the hash.
+    pub seal: Option<Seal>,
+}
+
+impl Entry {
+    /// The entry's hash: blake3 over `origin || varint(index) || payload`, or the hash kept
+    /// by the expunge marker.
+    pub fn hash(&self) -> EntryHash {
+        match &self.body {
+            EntryBody::Live(p) => EntryHash::of_payload(&self.origin, self.index, p),
+            EntryBody::Expunged(h) => *h,
+        }
+    }
+
+    /// The payload, unless expunged.
+    pub fn payload(&self) -> Option<&Payload> {
+        match &self.body {
+            EntryBody::Live(p) => Some(p),
+            EntryBody::Expunged(_) => None,
+        }
+    }
+
+    /// The same entry with its body replaced by the expunge marker.
+    pub fn expunged(&self) -> Entry {
+        Entry {
+            origin: self.origin,
+            index: self.index,
+            body: EntryBody::Expunged(self.hash()),
+            seal: self.seal,
+        }
+    }
+
+    /// Decodes one entry from its wire form, rejecting trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let e = Entry::read(&mut r)?;
+        r.finish()?;
+        Ok(e)
+    }
+
+    /// Reads one entry in wire form from `r` (`docs/FORMAT.md` §3).
+    pub fn read(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+        let flags = r.u8("entry flags")?;
+        if flags & !0b11 != 0 {
+            return Err(
+                r.error(DecodeProblem::InvalidTag { what: "entry flags", value: flags.into() })
+            );
+        }
+        let origin = PeerId::from_bytes(r.array("origin")?);
+        let index = r.varint("index")?;
+        let body = if flags & 0b01 != 0 {
+            EntryBody::Expunged(EntryHash(r.array("expunged hash")?))
+        } else {
+            EntryBody::Live(Payload::read(r)?)
+        };
+        let seal = if flags & 0b10 != 0 {
+            let at = r.offset();
+            let key = PublicKey::from_bytes(&r.array("seal key")?).map_err(|_| DecodeError {
+                offset: at,
+                what: DecodeProblem::Invalid("seal key is not an Ed25519 public key"),
+            })?;
+            Some(Seal { key, signature: r.array("seal signature")? })
+        } else {
+            None
+        };
+        Ok(Entry { origin, index, body, seal })
+    }
+}
+
+impl Encode for Entry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let expunged = matches!(self.body, EntryBody::Expunged(_));
+        out.push(u8::from(expunged) | (u8::from(self.seal.is_some()) << 1));
+        out.extend_from_slice(self.origin.as_bytes());
+        put_varint(out, self.index);
+        match &self.body {
+            EntryBody::Live(p) => p.encode(out),
+            EntryBody::Expunged(h) => out.extend_from_slice(&h.0),
+        }
+        if let Some(seal) = &self.seal {
+            out.extend_from_slice(seal.key.as_bytes());
+            out.extend_from_slice(&seal.signature);
+        }
+    }
+}
+
+/// blake3 hash of an entry's canonical bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryHash(pub [u8; 32]);
+
+impl EntryHash {
+    /// Hashes the canonical bytes of a live entry.
+    pub fn of_payload(origin: &PeerId, index: u64, payload: &Payload) -> EntryHash {
+        let mut bytes = Vec::with_capacity(64);
+        payload.encode(&mut bytes);
+        Self::of_payload_bytes(origin, index, &bytes)
+    }
+
+    /// Hashes a live entry whose payload is already encoded (as a replica stores it).
+    pub fn of_payload_bytes(origin: &PeerId, index: u64, payload: &[u8]) -> EntryHash {
+        let mut h = blake3::Hasher::new_derive_key(ENTRY_HASH_CONTEXT);
+        h.update(origin.as_bytes());
+        let mut idx = Vec::with_capacity(10);
+        put_varint(&mut idx, index);
+        h.update(&idx);
+        h.update(payload);
+        EntryHash(*h.finalize().as_bytes())
+    }
+}
+
+impl std::fmt::Debug for EntryHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EntryHash({})", hex::encode(&self.0[..6]))
+    }
+}
+
+/// The hash chain of one origin's log up to some position.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChainHash(pub [u8; 32]);
+
+impl ChainHash {
+    /// The chain before entry 0 of `origin` in `workspace`. Binding the seed to both makes a
+    /// log transplanted into another workspace or origin fail verification.
+    pub fn seed(workspace: &WorkspaceId, origin: &PeerId) -> ChainHash {
+        let mut h = blake3::Hasher::new_derive_key(CHAIN_SEED_CONTEXT);
+        h.update(workspace.as_bytes());
+        h.update(origin.as_bytes());
+        ChainHash(*h.finalize().as_bytes())
+    }
+
+    /// The chain after appending the entry with hash `entry`.
+    pub fn link(&self, entry: &EntryHash) -> ChainHash {
+        let mut h = blake3::Hasher::new_derive_key(CHAIN_LINK_CONTEXT);
+        h.update(&self.0);
+        h.update(&entry.0);
+        ChainHash(*h.finalize().as_bytes())
+    }
+}
+
+impl std::fmt::Debug for ChainHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChainHash({})", hex::encode(&self.0[..6]))
+    }
+}
+
+/// An origin's key and its signature over a head; attached to the entry that ends the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Seal {
+    /// The origin's public key; the origin id must derive from it.
+    pub key: PublicKey,
+    /// Ed25519 signature over the head's message ([`SignedHead::message`]).
+    pub signature: [u8; 64],
+}
+
+/// `(workspace, origin, next, chain)` signed by the origin: authenticates entries `0..next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedHead {
+    /// The workspace the log belongs to.
+    pub workspace: WorkspaceId,
+    /// The origin whose log this is.
+    pub origin: PeerId,
+    /// The number of entries covered (the index after the last one).
+    pub next: u64,
+    /// The chain hash after entry `next - 1`.
+    pub chain: ChainHash,
+    /// The key and signature.
+    pub seal: Seal,
+}
+
+impl SignedHead {
+    /// The bytes that are signed.
+    pub fn message(
+        workspace: &WorkspaceId,
+        origin: &PeerId,
+        next: u64,
+        chain: &ChainHash,
+    ) -> Vec<u8> {
+        let mut m = Vec::with_capacity(HEAD_SIGNATURE_PREFIX.len() + 72);
+        m.extend_from_slice(HEAD_SIGNATURE_PREFIX);
+        m.extend_from_slice(workspace.as_bytes());
+        m.extend_from_slice(origin.as_bytes());
+        m.extend_from_slice(&next.to_le_bytes());
+        m.extend_from_slice(&chain.0);
+        m
+    }
+
+    /// Signs a head with the origin's own key. The origin is derived from the key, so a
+    /// device can only ever sign its own log.
+    pub fn sign(
+        key: &DeviceKey,
+        workspace: WorkspaceId,
+        next: u64,
+        chain: ChainHash,
+    ) -> SignedHead {
+        let origin = key.peer_id(&workspace);
+        let signature = key.sign(&Self::message(&workspace, &origin, next, &chain));
+        SignedHead {
+            workspace,
+            origin,
+            next,
+            chain,
+            seal: Seal { key: key.public_key(), signature },
+        }
+    }
+
+    /// Checks that the key belongs to the origin and the signature is valid.
+    pub fn verify(&self) -> Result<(), RejectReason> {
+        check_seal(&self.workspace, &self.origin, self.next, &self.chain, &self.seal)
+    }
+}
+
+fn check_seal(
+    workspace: &WorkspaceId,
+    origin: &PeerId,
+    next: u64,
+    chain: &ChainHash,
+    seal: &Seal,
+) -> Result<(), RejectReason> {
+    if PeerId::derive(workspace, &seal.key) != *origin {
+        return Err(RejectReason::KeyNotOfOrigin);
+    }
+    if !seal.key.verify(&SignedHead::message(workspace, origin, next, chain), &seal.signature) {
+        return Err(RejectReason::BadSignature);
+    }
+    Ok(())
+}
+
+/// Turns a device's new payloads into entries of its own log: numbers them, extends the
+/// chain and seals them (at least every [`MAX_SEAL_GAP`] entries and always the last of a
+/// batch). Holding the [`DeviceKey`] is what makes the log one's own.
+#[derive(Debug, Clone)]
+pub struct OwnLog {
+    key: DeviceKey,
+    workspace: WorkspaceId,
+    origin: PeerId,
+    position: ChainPosition,
+}
+
+impl OwnLog {
+    /// Continues the log of `key` in `workspace` from `position`.
+    pub fn resume(key: DeviceKey, workspace: WorkspaceId, position: ChainPosition) -> Self {
+        let origin = key.peer_id(&workspace);
+        OwnLog { key, workspace, origin, position }
+    }
+
+    /// The origin (derived from the key).
+    pub fn origin(&self) -> PeerId {
+        self.origin
+    }
+
+    /// The position after the last appended entry.
+    pub fn position(&self) -> ChainPosition {
+        self.position
+    }
+
+    /// Appends a batch of payloads, returning the new sealed entries. Each entry comes with
+    /// its encoded payload so a store need not encode it again.
+    pub fn append(&mut self, payloads: Vec<Payload>) -> Vec<(Entry, Vec<u8>)> {
+        let count = payloads.len();
+        let mut out = Vec::with_capacity(count);
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let index = self.position.next;
+            let bytes = payload.to_bytes();
+            let hash = EntryHash::of_payload_bytes(&self.origin, index, &bytes);
+            self.position =
+                ChainPosition { next: index + 1, chain: self.position.chain.link(&hash) };
+            let seal = (i + 1 == count || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
+                SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
+                    .seal
+            });
+            out.push((
+                Entry { origin: self.origin, index, body: EntryBody::Live(payload), seal },
+                bytes,
+            ));
+        }
+        out
+    }
+}
+
+/// Where a receiver stands in one origin's log: the next index it expects and the chain
+/// hash before that index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainPosition {
+    /// The next index expected (the cursor).
+    pub next: u64,
+    /// The chain hash after entry `next - 1` (the seed when `next == 0`).
+    pub chain: ChainHash,
+}
+
+impl ChainPosition {
+    /// The position of a receiver that has nothing of `origin` yet.
+    pub fn start(workspace: &WorkspaceId, origin: &PeerId) -> Self {
+        ChainPosition { next: 0, chain: ChainHash::seed(workspace, origin) }
+    }
+}
+
+/// The outcome of [`verify_run`]: which part of a run of entries is authentic and new.
+#[derive(Debug)]
+pub struct RunCheck {
+    /// Leading entries the receiver already has (index below its cursor).
+    pub duplicates: usize,
+    /// Entries after the duplicates that are authenticated by a seal, in order.
+    pub accepted: usize,
+    /// The receiver's position after the accepted entries.
+    pub position: ChainPosition,
+    /// Why the rest of the run was not accepted, if it was not: a rejected seal, a gap, a
+    /// foreign origin, or an unsealed tail (which is not an error for the sender's next
+    /// page, so it is reported as `None` when it is shorter than [`MAX_SEAL_GAP`]).
+    pub error: Option<SyncError>,
+}
+
+/// Authenticates a run of entries of `origin` (ascending, as returned by `read_since`)
+/// against the receiver's position.
+///
+/// Entries below `position.next` are skipped as duplicates. From there on, each entry must
+/// have the next index; the chain is extended with each entry's hash, and every seal must be
+/// a valid signature of the origin over the chain at that point. Only entries up to the last
+/// valid seal are accepted: an entry not yet covered by a seal is not known to be authentic.
+pub fn verify_run(
+    workspace: &WorkspaceId,
+    origin: &PeerId,
+    position: ChainPosition,
+    entries: &[Entry],
+) -> RunCheck {
+    let duplicates =
+        entries.iter().take_while(|e| e.origin == *origin && e.index < position.next).count();
+    let mut check = RunCheck { duplicates, accepted: 0, position, error: None };
+    let mut chain = position.chain;
+    let mut next = position.next;
+    for (i, e) in entries[duplicates..].iter().enumerate() {
+        if e.origin != *origin {
+            check.error = Some(SyncError::Misuse(format!(
+                "a run of {origin} contains an entry of {} at index {}",
+                e.origin, e.index
+            )));
+            return check;
+        }
+        if e.index != next {
+            check.error = Some(SyncError::Gap { origin: *origin, expected: next, got: e.index });
+            return check;
+        }
+        chain = chain.link(&e.hash());
+        next += 1;
+        if let Some(seal) = &e.seal {
+            if let Err(reason) = check_seal(workspace, origin, next, &chain, seal) {
+                check.error = Some(SyncError::Rejected { origin: *origin, index: e.index, reason });
+                return check;
+            }
+            check.accepted = i + 1;
+            check.position = ChainPosition { next, chain };
+        } else if next - check.position.next >= MAX_SEAL_GAP {
+            check.error = Some(SyncError::Rejected {
+                origin: *origin,
+                index: e.index,
+                reason: RejectReason::UnsealedRunTooLong,
+            });
+            return check;
+        }
+    }
+    check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        (0u32..5, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(d, kind, body)| Op { domain: Domain(d), kind, body })
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        let live = (
+            any::<u64>(),
+            proptest::option::of(any::<[u8; 16]>()),
+            proptest::collection::vec(arb_op(), 0..6),
+        )
+            .prop_map(|(hlc, author, ops)| {
+                EntryBody::Live(Payload {
+                    hlc: Hlc::from_u64(hlc),
+                    author: author.map(UserId::from_bytes),
+                    ops,
+                })
+            });
+        let expunged = any::<[u8; 32]>().prop_map(|h| EntryBody::Expunged(EntryHash(h)));
+        let seal =
+            proptest::option::of((1u8..=255, any::<[u8; 64]>()).prop_map(|(k, signature)| Seal {
+                key: DeviceKey::from_secret_bytes(&[k; 32]).public_key(),
+                signature,
+            }));
+        (any::<[u8; 16]>(), any::<u64>(), prop_oneof![3 => live, 1 => expunged], seal).prop_map(
+            |(origin, index, body, seal)| Entry {
+                origin: PeerId::from_bytes(origin),
+                index,
+                body,
+                seal,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn entry_wire_form_round_trips(e in arb_entry()) {
+            let bytes = e.to_bytes();
+            prop_assert_eq!(Entry::decode(&bytes).unwrap(), e);
+        }
+
+        #[test]
+        fn truncated_entries_are_errors_not_panics(e in arb_entry(), cut in any::<prop::sample::Index>()) {
+            let bytes = e.to_bytes();
+            let cut = cut.index(bytes.len());
+            prop_assert!(Entry::decode(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(e) = Entry::decode(&bytes) {
+                // Whatever decodes must re-encode to the same bytes: one form per value.
+                prop_assert_eq!(e.to_bytes(), bytes);
+            }
+        }
+
+        #[test]
+        fn expunging_keeps_the_hash(e in arb_entry()) {
+            prop_assert_eq!(e.expunged().hash(), e.hash());
+        }
+    }
+
+    fn log(key: &DeviceKey, ws: WorkspaceId, n: u64, seal_every: u64) -> Vec<Entry> {
+        let origin = key.peer_id(&ws);
+        let mut chain = ChainHash::seed(&ws, &origin);
+        (0..n)
+            .map(|index| {
+                let payload = Payload {
+                    hlc: Hlc::from_millis(1000 + index),
+                    author: None,
+                    ops: vec![Op {
+                        domain: Domain::TABLES,
+                        kind: 1,
+                        body: index.to_le_bytes().to_vec(),
+                    }],
+                };
+                let mut e = Entry { origin, index, body: EntryBody::Live(payload), seal: None };
+                chain = chain.link(&e.hash());
+                if (index + 1) % seal_every == 0 || index + 1 == n {
+                    e.seal = Some(SignedHead::sign(key, ws, index + 1, chain).seal);
+                }
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_honest_run_verifies_and_duplicates_are_skipped() {
+        let key = DeviceKey::from_secret_bytes(&[3; 32]);
+        let ws = WorkspaceId::from_bytes([9; 16]);
+        let origin = key.peer_id(&ws);
+        let entries = log(&key, ws, 10, 4);
+        let check = verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &entries);
+        assert!(check.error.is_none());
+        assert_eq!((check.duplicates, check.accepted, check.position.next), (0, 10, 10));
+
+        let mid =
+            verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &entries[..4]).position;
+        let check = verify_run(&ws, &origin, mid, &entries);
+        assert_eq!((check.duplicates, check.accepted, check.position.next), (4, 6, 10));
+    }
+
+    #[test]
+    fn an_unsealed_tail_is_not_accepted() {
+        let key = DeviceKey::from_secret_bytes(&[3; 32]);
+        let ws = WorkspaceId::from_bytes([9; 16]);
+        let origin = key.peer_id(&ws);
+        let entries = log(&key, ws, 10, 4);
+        let check = verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &entries[..7]);
+        assert!(check.error.is_none());
+        assert_eq!(check.accepted, 4);
+    }
+
+    #[test]
+    fn tampered_transplanted_and_forged_runs_are_rejected() {
+        let key = DeviceKey::from_secret_bytes(&[3; 32]);
+        let ws = WorkspaceId::from_bytes([9; 16]);
+        let origin = key.peer_id(&ws);
+        let start = ChainPosition::start(&ws, &origin);
+        let entries = log(&key, ws, 8, 4);
+
+        let mut tampered = entries.clone();
+        if let EntryBody::Live(p) = &mut tampered[5].body {
+            p.ops[0].body[0] ^= 1;
+        }
+        let check = verify_run(&ws, &origin, start, &tampered);
+        assert_eq!(check.accepted, 4, "the run before the tampered entry stands");
+        assert!(matches!(
+            check.error,
+            Some(SyncError::Rejected { index: 7, reason: RejectReason::BadSignature, .. })
+        ));
+
+        let other_ws = WorkspaceId::from_bytes([8; 16]);
+        let check =
+            verify_run(&other_ws, &origin, ChainPosition::start(&other_ws, &origin), &entries);
+        assert!(matches!(
+            check.error,
+            Some(SyncError::Rejected { reason: RejectReason::KeyNotOfOrigin, .. })
+        ));
+
+        let forger = DeviceKey::from_secret_bytes(&[4; 32]);
+        let mut forged = entries.clone();
+        forged[3].seal = Some(Seal { key: forger.public_key(), signature: [0; 64] });
+        let check = verify_run(&ws, &origin, start, &forged);
+        assert!(matches!(
+            check.error,
+            Some(SyncError::Rejected { index: 3, reason: RejectReason::KeyNotOfOrigin, .. })
+        ));
+
+        let check = verify_run(&ws, &origin, start, &entries[1..]);
+        assert!(matches!(check.error, Some(SyncError::Gap { expected: 0, got: 1, .. })));
+
+        let mut expunged = entries.clone();
+        expunged[2] = expunged[2].expunged();
+        assert_eq!(
+            verify_run(&ws, &origin, start, &expunged).accepted,
+            8,
+            "expunged entries keep the chain"
+        );
+    }
+}

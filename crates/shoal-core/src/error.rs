@@ -1,0 +1,161 @@
+//! [`SyncError`]: the one error type for reading, applying and writing logs.
+//!
+//! Owns: the classification of failures by whose fault they are — the input (a malformed
+//! file or message), the origin (a rejected or too-new entry), the caller (misuse), the
+//! storage or transport (backend, unavailable), or Shoal itself (a bug) — each with the
+//! origin, index, file or peer involved.
+//!
+//! Never: carries a backend's concrete error type in its signature: backends erase theirs
+//! into [`SyncError::Backend`] so the sync traits stay object-safe.
+
+use std::fmt;
+
+use crate::codec::DecodeError;
+use crate::hlc::ClockSkew;
+use crate::ids::PeerId;
+
+/// An error from reading, applying or writing logs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// Storage or transport failed (I/O, database). `context` names the file, database or
+    /// peer.
+    #[error("{context}: {source}")]
+    Backend {
+        /// What was being done, and where.
+        context: String,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Shoal broke one of its own invariants. Please report it.
+    #[error("internal error (a bug in Shoal, please report it): {0}")]
+    Bug(String),
+
+    /// An entry of `origin` at `index` carries a timestamp too far in the future; that origin
+    /// stalls there until the local clock catches up, and the others keep syncing.
+    #[error("entry {origin}#{index} is stalled: {skew}")]
+    ClockSkew {
+        /// The origin that stalls.
+        origin: PeerId,
+        /// The refused entry.
+        index: u64,
+        /// By how much.
+        skew: ClockSkew,
+    },
+
+    /// An entry was offered past the receiver's cursor.
+    #[error("gap in the log of {origin}: expected index {expected}, got {got}")]
+    Gap {
+        /// The origin.
+        origin: PeerId,
+        /// The receiver's cursor.
+        expected: u64,
+        /// The offered index.
+        got: u64,
+    },
+
+    /// Bytes from a file or a peer are not a valid Shoal structure. `source_name` names the
+    /// file path or peer.
+    #[error("{source_name}: malformed {what}: {problem}")]
+    Malformed {
+        /// The file or peer the bytes came from.
+        source_name: String,
+        /// What was being decoded.
+        what: &'static str,
+        /// What was wrong, and at which byte.
+        problem: DecodeError,
+    },
+
+    /// The caller used the API wrongly. Never caused by untrusted input.
+    #[error("misuse: {0}")]
+    Misuse(String),
+
+    /// An entry uses an op this version does not understand. It is stored and forwarded;
+    /// applying that origin stalls at `index` until Shoal is upgraded.
+    #[error("entry {origin}#{index} needs a newer Shoal: {what}")]
+    NeedsUpgrade {
+        /// The origin that stalls.
+        origin: PeerId,
+        /// The entry.
+        index: u64,
+        /// Which op was not understood.
+        what: String,
+    },
+
+    /// An entry failed authentication: tampered, truncated, transplanted or forged.
+    #[error("entry {origin}#{index} rejected: {reason}")]
+    Rejected {
+        /// The origin the entry claims.
+        origin: PeerId,
+        /// Its index.
+        index: u64,
+        /// Why.
+        reason: RejectReason,
+    },
+
+    /// A source or destination is not reachable now (folder missing, peer disconnected);
+    /// retry later.
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable {
+        /// The folder, file or peer.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SyncError {
+    /// Wraps a backend error with the context it happened in.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SyncError::Backend { context: context.into(), source: Box::new(source) }
+    }
+
+    /// True when the problem lies with one origin's entries (the driver stalls that origin
+    /// and keeps syncing the others) rather than with the source or destination as a whole.
+    pub fn stalls_origin(&self) -> bool {
+        matches!(
+            self,
+            SyncError::ClockSkew { .. }
+                | SyncError::Gap { .. }
+                | SyncError::NeedsUpgrade { .. }
+                | SyncError::Rejected { .. }
+                | SyncError::Malformed { .. }
+        )
+    }
+}
+
+/// Why an entry failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The signature does not match the chain: some entry before it was altered, removed or
+    /// reordered, or the log belongs to another workspace.
+    BadSignature,
+    /// The sealing key does not derive the origin id: the entry was forged or moved to
+    /// another origin.
+    KeyNotOfOrigin,
+    /// The origin is not a member of the workspace.
+    NotAMember,
+    /// More than [`crate::entry::MAX_SEAL_GAP`] entries arrived without a seal.
+    UnsealedRunTooLong,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RejectReason::BadSignature => {
+                "signature does not match the log (tampered, truncated or from another workspace)"
+            }
+            RejectReason::KeyNotOfOrigin => {
+                "signed by a key that is not the origin's (forged or transplanted)"
+            }
+            RejectReason::NotAMember => "the origin is not a member of the workspace",
+            RejectReason::UnsealedRunTooLong => "too many entries without a signed head",
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! # shoal-core
+//!
+//! The vocabulary every other Shoal crate speaks: ids, the hybrid logical clock, the entry
+//! envelope with its canonical bytes and hash chain, signed heads, version vectors
+//! ([`PeerCursors`]), the sync traits, and the convergence drivers that move entries
+//! between any two replicas.
+//!
+//! ```text
+//!   device A                                  device B
+//!   local write ──► Replica ──read_since──►  pull driver ──apply──► Replica
+//!                     ▲    ◄──watch_cursors──┘                        │
+//!                     └───────────── the same drivers, reversed ──────┘
+//! ```
+//!
+//! - An **entry** is one local transaction of one device: `{origin, index, hlc, author,
+//!   ops}` ([`Entry`], [`Payload`]). Ops are domain-tagged and opaque here.
+//! - Each origin's log is a **hash chain** seeded by (workspace, origin); a **signed head**
+//!   ([`SignedHead`], attached to entries as a [`Seal`]) authenticates everything before it.
+//!   [`verify_run`] is the single check every replica runs before applying received entries.
+//! - A **replica** ([`Replica`]) can read ([`LogSource`]) and apply ([`LogProcessor`])
+//!   entries and report its cursors ([`HasCursors`]). Drivers ([`pull`],
+//!   [`pull_continuous`], [`publish`]) need nothing else.
+//!
+//! What this crate never does: touch a database, a file, a socket or a domain's op
+//! encoding. Byte formats are specified in `docs/FORMAT.md`.
+//!
+//! # Example: two replicas converge
+//!
+//! ```
+//! use shoal_core::*;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), SyncError> {
+//! let alice = DeviceKey::from_secret_bytes(&[1; 32]);
+//! let bob = DeviceKey::from_secret_bytes(&[2; 32]);
+//! let ws = WorkspaceId::derive(&alice.public_key(), &[0; 16]);
+//! let a = MemoryReplica::new(ws, Some(alice));
+//! let b = MemoryReplica::new(ws, Some(bob));
+//! let op = |n: u8| Op { domain: Domain::TABLES, kind: 0, body: vec![n] };
+//! a.append_local(vec![Payload { hlc: Hlc::from_millis(1), author: None, ops: vec![op(1)] }])?;
+//! b.append_local(vec![Payload { hlc: Hlc::from_millis(2), author: None, ops: vec![op(2)] }])?;
+//!
+//! pull(&a, &b).await?; // b takes what a has
+//! pull(&b, &a).await?; // and the other way
+//! assert_eq!(a.cursors().await?, b.cursors().await?);
+//! assert_eq!(a.dump(), b.dump());
+//! # Ok(()) }
+//! ```
+
+pub mod codec;
+mod cursors;
+mod drivers;
+mod entry;
+mod error;
+mod hlc;
+mod ids;
+mod memory;
+mod sync;
+
+pub use cursors::{CursorBroadcast, CursorStream, CursorsEvent, PeerCursors};
+pub use drivers::{PullReport, publish, pull, pull_continuous};
+pub use entry::{
+    ChainHash, ChainPosition, Domain, Entry, EntryBody, EntryHash, MAX_OP_BYTES, MAX_OPS_PER_ENTRY,
+    MAX_SEAL_GAP, Op, OwnLog, Payload, RunCheck, Seal, SignedHead, verify_run,
+};
+pub use error::{RejectReason, SyncError};
+pub use hlc::{
+    ClockSkew, Hlc, HlcClock, MAX_FORWARD_SKEW_MS, ManualClock, SystemClock, WallClock, check_skew,
+};
+pub use ids::{
+    DeviceKey, IdParseError, InvalidKey, PeerId, PublicKey, RandomnessUnavailable, UserId,
+    WorkspaceId, random_bytes,
+};
+pub use memory::MemoryReplica;
+pub use sync::{
+    Applied, BatchApplied, FileLogPuller, FileLogReplica, FileLogSink, HasCursors, LogPosition,
+    LogProcessor, LogSource, Replica,
+};
