@@ -422,10 +422,16 @@ impl OwnLog {
             let hash = EntryHash::of_payload_bytes(&self.origin, index, &bytes);
             self.position =
                 ChainPosition { next: index + 1, chain: self.position.chain.link(&hash) };
-            let seal = (i + 1 == count || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
-                SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
+            let seal =
+                (i + 1 == count || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
+                    SignedHead::sign(
+                        &self.key,
+                        self.workspace,
+                        self.position.next,
+                        self.position.chain,
+                    )
                     .seal
-            });
+                });
             out.push((
                 Entry { origin: self.origin, index, body: EntryBody::Live(payload), seal },
                 bytes,
