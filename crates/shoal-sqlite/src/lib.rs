@@ -1,14 +1,41 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # shoal-sqlite
+//!
+//! The device replica: one SQLite file holding the oplog (every entry of every origin,
+//! keyed by origin and index — it is also the history), per-origin cursors and chain
+//! positions, the persisted hybrid logical clock, the device key, and the materialized
+//! state that domains keep through the [`Materializer`] hook.
+//!
+//! [`SqliteReplica`] implements the core sync traits ([`shoal_core::Replica`]), so the core
+//! drivers move entries between it and any other replica (another SQLite file, a folder, a
+//! relay connection).
+//!
+//! ```text
+//!  append_local ──► BEGIN IMMEDIATE ─ stamp ─ oplog insert ─ materialize ─ cursor ─ clock ─ COMMIT (FULL)
+//!  apply_batch  ──► BEGIN IMMEDIATE ─ verify_run ─ oplog insert ─ materialize ─ cursor ─ COMMIT (NORMAL)
+//!  read_since   ──► pooled read-only connection (WAL: never blocks the writer)
+//! ```
+//!
+//! What this crate never does: interpret op bodies (that is the materializer's job), talk
+//! to the network, or modify a file that is not a Shoal workspace.
+//!
+//! ```
+//! use shoal_core::{DeviceKey, Domain, Op, WorkspaceId};
+//! use shoal_sqlite::{LocalTx, Options, SqliteReplica};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let key = DeviceKey::generate()?;
+//! let ws = WorkspaceId::derive(&key.public_key(), &[0; 16]);
+//! let replica = SqliteReplica::create(dir.path().join("a.shoal"), ws, Some(key), Options::default())?;
+//! let op = Op { domain: Domain::TABLES, kind: 0, body: vec![1, 2, 3] };
+//! let commits = replica.append_local(vec![LocalTx { ops: vec![op], author: None }])?;
+//! assert_eq!(commits[0].index, 0);
+//! # Ok(()) }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod materialize;
+mod replica;
+mod schema;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use materialize::{LogOnly, MaterializeError, Materializer};
+pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
+pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};

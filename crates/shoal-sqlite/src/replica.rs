@@ -1,0 +1,978 @@
+//! [`SqliteReplica`]: a replica over one SQLite file.
+//!
+//! Owns: the oplog (keyed by origin, index; it is also the history), per-origin cursors and
+//! chain positions, the persisted HLC, the device key, local appends, applying received
+//! entries, paging reads, and cursor notifications.
+//!
+//! Invariants:
+//! - A local append is one SQLite transaction: stamp with the HLC, append to the oplog,
+//!   materialize, advance the cursor and chain, persist the clock. It returns only after the
+//!   commit is durable (`synchronous = FULL`).
+//! - `apply` verifies every run with [`shoal_core::verify_run`] before storing it; only
+//!   sealed prefixes are stored, so every stored log ends on a sealed entry. Applying is
+//!   atomic with the cursor advance; an error leaves the origin where it was.
+//! - State that other processes may change (cursors, clock, positions) is read inside the
+//!   write transaction, never cached, so several processes may share one file.
+//! - Remote applies commit with `synchronous = NORMAL`: a power loss may forget the last of
+//!   them, together with their cursor advance, and they are pulled again. Local writes are
+//!   never forgotten once acknowledged.
+//!
+//! Never: writes an entry of another origin that failed verification; blocks a writer on a
+//! watcher; panics on what it reads from the file (a damaged row is an error naming the file,
+//! origin and index).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use shoal_core::codec::{DecodeError, Encode};
+use shoal_core::{
+    Applied, BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey,
+    Entry, EntryBody, EntryHash, HasCursors, Hlc, HlcClock, LogProcessor, LogSource, Op, OwnLog,
+    Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId, WallClock,
+    WorkspaceId, check_skew, verify_run,
+};
+
+use crate::materialize::{LogOnly, MaterializeError, Materializer};
+use crate::schema::{self, OpenError};
+
+/// Entries per `read_since` page before it is extended to the next seal. Large enough that
+/// a catch-up commits rarely, small enough that a page is a few hundred kilobytes.
+pub const PAGE_ENTRIES: usize = 4096;
+
+/// How often a watched replica looks for commits made by other processes.
+const EXTERNAL_POLL: Duration = Duration::from_millis(50);
+
+/// A replica over one SQLite file. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct SqliteReplica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    workspace: WorkspaceId,
+    device: Option<DeviceKey>,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    cursors: CursorBroadcast,
+    clock: Arc<dyn WallClock>,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Writer {
+    conn: Connection,
+    materializer: Box<dyn Materializer>,
+}
+
+impl fmt::Debug for SqliteReplica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteReplica")
+            .field("path", &self.inner.path)
+            .field("workspace", &self.inner.workspace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to open or create a replica.
+pub struct Options {
+    /// The wall clock (the system clock unless a test injects one).
+    pub clock: Arc<dyn WallClock>,
+    /// What to materialize (nothing by default).
+    pub materializer: Box<dyn Materializer>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { clock: Arc::new(SystemClock), materializer: Box::new(LogOnly) }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options").field("clock", &self.clock).finish_non_exhaustive()
+    }
+}
+
+/// One local transaction to append: its ops and, optionally, who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTx {
+    /// The ops, in order.
+    pub ops: Vec<Op>,
+    /// The author, if the app tracks one.
+    pub author: Option<UserId>,
+}
+
+/// Where a local transaction landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalCommit {
+    /// Its index in this device's log.
+    pub index: u64,
+    /// Its timestamp (op `i` has `hlc + i`).
+    pub hlc: Hlc,
+}
+
+/// What the replica knows about one origin, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginStatus {
+    /// The origin.
+    pub origin: PeerId,
+    /// Entries held (the cursor).
+    pub next: u64,
+    /// Entries applied to the materialized state.
+    pub materialized: u64,
+    /// Why the origin does not advance, if it does not.
+    pub stalled: Option<String>,
+    /// When it stalled (Unix milliseconds).
+    pub stalled_at: Option<u64>,
+}
+
+impl SqliteReplica {
+    /// Creates a new workspace file at `path` for `workspace`, holding `device` as this
+    /// device's key (or none, for a replica that only relays).
+    pub fn create(
+        path: impl AsRef<Path>,
+        workspace: WorkspaceId,
+        device: Option<DeviceKey>,
+        options: Options,
+    ) -> Result<Self, OpenError> {
+        let path = path.as_ref();
+        let mut meta = vec![("workspace", workspace.as_bytes().to_vec())];
+        if let Some(key) = &device {
+            meta.push(("device_key", key.to_secret_bytes().to_vec()));
+        }
+        let conn = schema::create(path, &meta)?;
+        Self::finish_open(path, conn, options)
+    }
+
+    /// Opens an existing workspace file.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Self, OpenError> {
+        let path = path.as_ref();
+        let conn = schema::open_existing(path, false)?;
+        Self::finish_open(path, conn, options)
+    }
+
+    fn finish_open(path: &Path, conn: Connection, options: Options) -> Result<Self, OpenError> {
+        let damaged = |what: String| OpenError::Damaged { path: path.to_owned(), what };
+        let sql = |e| OpenError::sqlite(path, e);
+        let ws = schema::meta(&conn, "workspace").map_err(sql)?;
+        let workspace = ws
+            .as_deref()
+            .and_then(WorkspaceId::from_slice)
+            .ok_or_else(|| damaged("the workspace id is missing or not 16 bytes".into()))?;
+        let device = match schema::meta(&conn, "device_key").map_err(sql)? {
+            None => None,
+            Some(bytes) => {
+                let secret: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| damaged("the device key is not 32 bytes".into()))?;
+                Some(DeviceKey::from_secret_bytes(&secret))
+            }
+        };
+        let mut writer = Writer { conn, materializer: options.materializer };
+        {
+            let tx = writer.conn.transaction().map_err(sql)?;
+            writer.materializer.init(&tx).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+        }
+        let cursors = read_cursors(&writer.conn).map_err(sql)?;
+        let replica = SqliteReplica {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                workspace,
+                device,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                cursors: CursorBroadcast::new(cursors),
+                clock: options.clock,
+                poller: Mutex::new(None),
+            }),
+        };
+        replica.resume_materialization().map_err(|e| damaged(e.to_string()))?;
+        Ok(replica)
+    }
+
+    /// The workspace file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The workspace id.
+    pub fn workspace(&self) -> WorkspaceId {
+        self.inner.workspace
+    }
+
+    /// This device's origin, if the replica holds a device key.
+    pub fn own_origin(&self) -> Option<PeerId> {
+        self.inner.device.as_ref().map(|k| k.peer_id(&self.inner.workspace))
+    }
+
+    /// The wall clock this replica stamps with.
+    pub fn wall_clock(&self) -> &Arc<dyn WallClock> {
+        &self.inner.clock
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while the writer was held cannot leave a half-done transaction behind:
+        // rusqlite rolls back an uncommitted transaction when it is dropped during unwinding.
+        self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn backend(&self, what: &str) -> impl Fn(rusqlite::Error) -> SyncError + '_ {
+        let what = what.to_owned();
+        move |e| SyncError::backend(format!("{}: {what}", self.inner.path.display()), e)
+    }
+
+    /// Runs `f` on a read-only connection from the pool.
+    pub fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let pooled = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => schema::open_existing(&self.inner.path, true).map_err(|e| {
+                SyncError::Unavailable {
+                    what: self.inner.path.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?,
+        };
+        let out = f(&conn);
+        self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        out
+    }
+
+    /// Appends local transactions to this device's log, all in one SQLite transaction,
+    /// materializes them, and returns once that transaction is durable.
+    pub fn append_local(&self, txs: Vec<LocalTx>) -> Result<Vec<LocalCommit>, SyncError> {
+        let key = self.inner.device.clone().ok_or_else(|| {
+            SyncError::Misuse("this replica holds no device key; it cannot write".into())
+        })?;
+        if txs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ws = self.inner.workspace;
+        let origin = key.peer_id(&ws);
+        let mut guard = self.writer();
+        let Writer { conn, materializer } = &mut *guard;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(self.backend("set synchronous"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.backend("begin local write"))?;
+        let result = (|| {
+            let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
+            let row = read_origin(&tx, &origin).map_err(self.backend("read own position"))?;
+            let position = row
+                .as_ref()
+                .map(|r| r.position)
+                .unwrap_or_else(|| ChainPosition::start(&ws, &origin));
+            let materialized_to = row.as_ref().map(|r| r.materialized).unwrap_or(0);
+            let wall = self.inner.clock.now_millis();
+            let payloads: Vec<Payload> = txs
+                .into_iter()
+                .map(|t| Payload {
+                    hlc: clock.tick(wall, t.ops.len()),
+                    author: t.author,
+                    ops: t.ops,
+                })
+                .collect();
+            let mut own = OwnLog::resume(key.clone(), ws, position);
+            let entries = own.append(payloads);
+            let mut commits = Vec::with_capacity(entries.len());
+            let mut materialized = materialized_to;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO shoal_oplog (origin, idx, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                    )
+                    .map_err(self.backend("prepare oplog insert"))?;
+                for (entry, bytes) in &entries {
+                    let EntryBody::Live(payload) = &entry.body else {
+                        return Err(SyncError::Bug("a local entry was built expunged".into()));
+                    };
+                    insert
+                        .execute(params![
+                            origin.as_bytes(),
+                            to_sql_index(entry.index)?,
+                            payload.hlc.as_u64() as i64,
+                            bytes,
+                            entry.seal.as_ref().map(|s| s.signature.as_slice()),
+                        ])
+                        .map_err(self.backend("append to the oplog"))?;
+                    // Our own origin only stalls materialization if a newer version wrote
+                    // this log before (a restored backup); keep entries in order then.
+                    if materialized == entry.index {
+                        match materializer.apply(&tx, origin, entry.index, payload) {
+                            Ok(()) => materialized += 1,
+                            Err(MaterializeError::NeedsUpgrade(what)) => {
+                                return Err(SyncError::NeedsUpgrade {
+                                    origin,
+                                    index: entry.index,
+                                    what,
+                                });
+                            }
+                            Err(MaterializeError::Sqlite(e)) => {
+                                return Err(self.backend("materialize")(e));
+                            }
+                        }
+                    }
+                    commits.push(LocalCommit { index: entry.index, hlc: payload.hlc });
+                }
+            }
+            write_origin(&tx, &origin, own.position(), Some(&key.public_key()), materialized)
+                .map_err(self.backend("advance own cursor"))?;
+            write_clock(&tx, clock.last()).map_err(self.backend("persist clock"))?;
+            Ok((commits, own.position().next))
+        })();
+        match result {
+            Ok((commits, next)) => {
+                tx.commit().map_err(self.backend("commit local write"))?;
+                materializer.committed();
+                drop(guard);
+                self.inner.cursors.publish(&[(origin, next)].into_iter().collect());
+                Ok(commits)
+            }
+            Err(e) => {
+                drop(tx);
+                materializer.rolled_back();
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies received entries of `origin` (ascending) in one transaction. See
+    /// [`LogProcessor::apply_batch`].
+    pub fn apply_entries(
+        &self,
+        origin: PeerId,
+        entries: &[Entry],
+    ) -> Result<BatchApplied, SyncError> {
+        let ws = self.inner.workspace;
+        let wall = self.inner.clock.now_millis();
+        // Entries stamped too far ahead are refused before anything else; the run stops
+        // just before the first of them (and then at the last seal before it).
+        let skewed = entries
+            .iter()
+            .position(|e| e.payload().is_some_and(|p| check_skew(p.last_hlc(), wall).is_err()));
+        let usable = &entries[..skewed.unwrap_or(entries.len())];
+
+        let mut guard = self.writer();
+        let Writer { conn, materializer } = &mut *guard;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.backend("set synchronous"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.backend("begin apply"))?;
+        let result = (|| {
+            let row = read_origin(&tx, &origin).map_err(self.backend("read position"))?;
+            let position = row
+                .as_ref()
+                .map(|r| r.position)
+                .unwrap_or_else(|| ChainPosition::start(&ws, &origin));
+            let mut materialized = row.as_ref().map(|r| r.materialized).unwrap_or(0);
+            let mut stall: Option<String> = None;
+            let check = verify_run(&ws, &origin, position, usable);
+            let accepted = &usable[check.duplicates..check.duplicates + check.accepted];
+            let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
+            let mut key: Option<PublicKey> = row.as_ref().and_then(|r| r.key);
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO shoal_oplog (origin, idx, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(self.backend("prepare oplog insert"))?;
+                let mut buf = Vec::with_capacity(256);
+                for e in accepted {
+                    if let Some(seal) = &e.seal
+                        && key.is_none()
+                    {
+                        key = Some(seal.key);
+                    }
+                    buf.clear();
+                    let (hlc, expunged) = match &e.body {
+                        EntryBody::Live(p) => {
+                            p.encode(&mut buf);
+                            // Cannot fail: the skew check above already passed for this entry.
+                            let _ = clock.observe(p.last_hlc(), wall);
+                            (p.hlc.as_u64() as i64, false)
+                        }
+                        EntryBody::Expunged(h) => {
+                            buf.extend_from_slice(&h.0);
+                            (0, true)
+                        }
+                    };
+                    insert
+                        .execute(params![
+                            origin.as_bytes(),
+                            to_sql_index(e.index)?,
+                            hlc,
+                            expunged,
+                            &buf,
+                            e.seal.as_ref().map(|s| s.signature.as_slice()),
+                        ])
+                        .map_err(self.backend("append to the oplog"))?;
+                    if materialized == e.index {
+                        match &e.body {
+                            EntryBody::Expunged(_) => materialized += 1,
+                            EntryBody::Live(p) => match materializer.apply(&tx, origin, e.index, p)
+                            {
+                                Ok(()) => materialized += 1,
+                                Err(MaterializeError::NeedsUpgrade(what)) => {
+                                    stall = Some(format!(
+                                        "entry {} needs a newer Shoal: {what}",
+                                        e.index
+                                    ));
+                                }
+                                Err(MaterializeError::Sqlite(err)) => {
+                                    return Err(self.backend("materialize")(err));
+                                }
+                            },
+                        }
+                    }
+                }
+            }
+            if check.accepted > 0 {
+                write_origin(&tx, &origin, check.position, key.as_ref(), materialized)
+                    .map_err(self.backend("advance cursor"))?;
+                write_clock(&tx, clock.last()).map_err(self.backend("persist clock"))?;
+            }
+            let error = match (check.error, skewed) {
+                (Some(e), _) => Some(e),
+                (None, Some(i)) if check.duplicates + check.accepted == i => {
+                    let e = &entries[i];
+                    let last = e.payload().map(|p| p.last_hlc()).unwrap_or_default();
+                    check_skew(last, wall).err().map(|skew| SyncError::ClockSkew {
+                        origin,
+                        index: e.index,
+                        skew,
+                    })
+                }
+                _ => None,
+            };
+            let reason = stall.or_else(|| error.as_ref().map(|e| e.to_string()));
+            set_stall(&tx, &ws, &origin, reason.as_deref(), wall)
+                .map_err(self.backend("record stall"))?;
+            Ok((
+                BatchApplied {
+                    new: check.accepted as u64,
+                    duplicates: check.duplicates as u64,
+                    next: check.position.next,
+                },
+                error,
+            ))
+        })();
+        match result {
+            Ok((applied, error)) => {
+                tx.commit().map_err(self.backend("commit apply"))?;
+                materializer.committed();
+                drop(guard);
+                if applied.new > 0 {
+                    self.inner.cursors.publish(&[(origin, applied.next)].into_iter().collect());
+                }
+                match error {
+                    Some(e) => Err(e),
+                    None if applied.new == 0 && applied.duplicates == 0 && !entries.is_empty() => {
+                        Err(SyncError::Rejected {
+                            origin,
+                            index: applied.next,
+                            reason: shoal_core::RejectReason::UnsealedRunTooLong,
+                        })
+                    }
+                    None => Ok(applied),
+                }
+            }
+            Err(e) => {
+                drop(tx);
+                materializer.rolled_back();
+                Err(e)
+            }
+        }
+    }
+
+    /// Entries of `origin` from `from`, at least [`PAGE_ENTRIES`] if there are that many,
+    /// extended to end on a sealed entry.
+    pub fn read_page(&self, origin: PeerId, from: u64) -> Result<Vec<Entry>, SyncError> {
+        self.read_range(origin, from, PAGE_ENTRIES)
+    }
+
+    fn read_range(&self, origin: PeerId, from: u64, page: usize) -> Result<Vec<Entry>, SyncError> {
+        let path = self.inner.path.clone();
+        self.with_reader(|conn| {
+            let sql = |e| SyncError::backend(format!("{}: read the oplog of {origin}", path.display()), e);
+            let key = read_origin(conn, &origin).map_err(sql)?.and_then(|r| r.key);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT idx, hlc, expunged, payload, seal FROM shoal_oplog WHERE origin = ?1 AND idx >= ?2 ORDER BY idx",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query(params![origin.as_bytes(), to_sql_index(from)?]).map_err(sql)?;
+            let mut out = Vec::with_capacity(page.min(PAGE_ENTRIES));
+            while let Some(row) = rows.next().map_err(sql)? {
+                let entry = decode_row(&path, origin, key, row)?;
+                let sealed = entry.seal.is_some();
+                out.push(entry);
+                if out.len() >= page && sealed {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The oplog of one origin (or all, in origin order) from `from`, at most `limit` rows:
+    /// the history that `shoal log` shows.
+    pub fn history(
+        &self,
+        origin: Option<PeerId>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, SyncError> {
+        match origin {
+            Some(o) => {
+                let mut page = self.read_range(o, from, limit)?;
+                page.truncate(limit);
+                Ok(page)
+            }
+            None => {
+                let mut out = Vec::new();
+                for (o, _) in self.durable_cursors()?.iter() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let mut page = self.read_range(o, from, limit - out.len())?;
+                    page.truncate(limit - out.len());
+                    out.extend(page);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Per-origin status: cursor, materialization progress, stall reason.
+    pub fn origin_status(&self) -> Result<Vec<OriginStatus>, SyncError> {
+        let path = self.inner.path.clone();
+        self.with_reader(|conn| {
+            let sql = |e| SyncError::backend(format!("{}: read origin status", path.display()), e);
+            let mut stmt = conn
+                .prepare_cached("SELECT origin, next, materialized, stalled, stalled_at FROM shoal_origins ORDER BY origin")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get::<_, Option<i64>>(4)?))
+                })
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (origin, next, materialized, stalled, at) = row.map_err(sql)?;
+                let origin = PeerId::from_slice(&origin).ok_or_else(|| damaged_row(&path, "an origin id is not 16 bytes"))?;
+                out.push(OriginStatus {
+                    origin,
+                    next: next as u64,
+                    materialized: materialized as u64,
+                    stalled,
+                    stalled_at: at.map(|t| t as u64),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Cursors as stored in the file (including commits by other processes).
+    pub fn durable_cursors(&self) -> Result<PeerCursors, SyncError> {
+        let path = self.inner.path.clone();
+        let cursors = self.with_reader(|conn| {
+            read_cursors(conn)
+                .map_err(|e| SyncError::backend(format!("{}: read cursors", path.display()), e))
+        })?;
+        // Other processes may have advanced the file; let watchers know.
+        self.inner.cursors.publish(&cursors);
+        Ok(cursors)
+    }
+
+    /// Checks every stored entry: decodes it and recomputes each origin's chain from its
+    /// seed, verifying every seal. Returns the number of entries checked. `progress` is
+    /// called with the running count.
+    pub fn verify_all(&self, mut progress: impl FnMut(u64)) -> Result<u64, SyncError> {
+        let ws = self.inner.workspace;
+        let mut checked = 0;
+        for (origin, next) in self.durable_cursors()?.iter() {
+            let mut position = ChainPosition::start(&ws, &origin);
+            while position.next < next {
+                let page = self.read_page(origin, position.next)?;
+                if page.is_empty() {
+                    return Err(damaged_row(
+                        &self.inner.path,
+                        &format!(
+                            "the oplog of {origin} ends at {} but its cursor is {next}",
+                            position.next
+                        ),
+                    ));
+                }
+                let check = verify_run(&ws, &origin, position, &page);
+                if let Some(e) = check.error {
+                    return Err(e);
+                }
+                if check.accepted == 0 {
+                    return Err(damaged_row(
+                        &self.inner.path,
+                        &format!(
+                            "the oplog of {origin} has unsealed entries from {}",
+                            position.next
+                        ),
+                    ));
+                }
+                checked += check.accepted as u64;
+                position = check.position;
+                progress(checked);
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Re-applies stored entries whose materialization stalled (after an upgrade, or after a
+    /// crash between versions). Runs at open.
+    fn resume_materialization(&self) -> Result<(), SyncError> {
+        let behind: Vec<OriginStatus> =
+            self.origin_status()?.into_iter().filter(|s| s.materialized < s.next).collect();
+        for status in behind {
+            let mut from = status.materialized;
+            while from < status.next {
+                let page = self.read_page(status.origin, from)?;
+                if page.is_empty() {
+                    break;
+                }
+                let done = self.rematerialize(status.origin, from, &page)?;
+                if done == from {
+                    break; // still stalled: this version cannot apply it either
+                }
+                from = done;
+            }
+        }
+        Ok(())
+    }
+
+    fn rematerialize(&self, origin: PeerId, from: u64, page: &[Entry]) -> Result<u64, SyncError> {
+        let ws = self.inner.workspace;
+        let wall = self.inner.clock.now_millis();
+        let mut guard = self.writer();
+        let Writer { conn, materializer } = &mut *guard;
+        let tx = conn.transaction().map_err(self.backend("begin rematerialize"))?;
+        let mut materialized = from;
+        let mut stall = None;
+        for e in page.iter().filter(|e| e.index >= from) {
+            match &e.body {
+                EntryBody::Expunged(_) => materialized += 1,
+                EntryBody::Live(p) => match materializer.apply(&tx, origin, e.index, p) {
+                    Ok(()) => materialized += 1,
+                    Err(MaterializeError::NeedsUpgrade(what)) => {
+                        stall = Some(format!("entry {} needs a newer Shoal: {what}", e.index));
+                        break;
+                    }
+                    Err(MaterializeError::Sqlite(err)) => {
+                        drop(tx);
+                        materializer.rolled_back();
+                        return Err(self.backend("materialize")(err));
+                    }
+                },
+            }
+        }
+        let r = (|| {
+            tx.execute(
+                "UPDATE shoal_origins SET materialized = ?2 WHERE origin = ?1",
+                params![origin.as_bytes(), to_sql_index(materialized)?],
+            )
+            .map_err(self.backend("record materialization"))?;
+            set_stall(&tx, &ws, &origin, stall.as_deref(), wall)
+                .map_err(self.backend("record stall"))?;
+            tx.commit().map_err(self.backend("commit rematerialize"))
+        })();
+        match r {
+            Ok(()) => {
+                materializer.committed();
+                Ok(materialized)
+            }
+            Err(e) => {
+                materializer.rolled_back();
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` with the writer connection and the materializer, outside any transaction
+    /// the replica manages: for domain maintenance (the facade's schema bootstrap).
+    pub fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Connection, &mut dyn Materializer) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let mut guard = self.writer();
+        let Writer { conn, materializer } = &mut *guard;
+        f(conn, materializer.as_mut())
+    }
+
+    fn ensure_poller(&self) {
+        let mut poller = self.inner.poller.lock().unwrap_or_else(|p| p.into_inner());
+        if poller.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: watchers see this process's own commits only
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let path = self.inner.path.clone();
+        *poller = Some(handle.spawn(async move {
+            // A connection of its own: `data_version` is per connection and changes when any
+            // *other* connection commits.
+            let Ok(Ok(conn)) =
+                tokio::task::spawn_blocking(move || schema::open_existing(&path, true)).await
+            else {
+                return;
+            };
+            let mut conn = Some(conn);
+            let mut last_version = None;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let replica = SqliteReplica { inner };
+                let Some(c) = conn.take() else { return };
+                let probe = tokio::task::spawn_blocking(move || {
+                    let version = c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+                    (c, version)
+                })
+                .await;
+                let Ok((c, Ok(version))) = probe else { return };
+                conn = Some(c);
+                // The first probe refreshes too: a commit may have landed before it.
+                if last_version != Some(version) {
+                    let _ = tokio::task::spawn_blocking(move || replica.durable_cursors()).await;
+                } else {
+                    drop(replica);
+                }
+                last_version = Some(version);
+                tokio::time::sleep(EXTERNAL_POLL).await;
+            }
+        }));
+    }
+}
+
+#[async_trait]
+impl HasCursors for SqliteReplica {
+    async fn cursors(&self) -> Result<PeerCursors, SyncError> {
+        let me = self.clone();
+        blocking(move || me.durable_cursors()).await
+    }
+
+    fn watch_cursors(&self) -> CursorStream {
+        self.ensure_poller();
+        self.inner.cursors.subscribe()
+    }
+}
+
+#[async_trait]
+impl LogSource<Entry> for SqliteReplica {
+    async fn read_since(&self, origin: PeerId, from: u64) -> Result<Vec<Entry>, SyncError> {
+        let me = self.clone();
+        blocking(move || me.read_page(origin, from)).await
+    }
+}
+
+#[async_trait]
+impl LogProcessor<Entry> for SqliteReplica {
+    async fn apply(&self, entry: Entry) -> Result<Applied, SyncError> {
+        let origin = entry.origin;
+        let out = self.apply_batch(origin, vec![entry]).await?;
+        Ok(Applied { new: out.new > 0 })
+    }
+
+    async fn apply_batch(
+        &self,
+        origin: PeerId,
+        entries: Vec<Entry>,
+    ) -> Result<BatchApplied, SyncError> {
+        let me = self.clone();
+        blocking(move || me.apply_entries(origin, &entries)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::Bug(format!("a replica task failed: {e}")))?
+}
+
+fn to_sql_index(index: u64) -> Result<i64, SyncError> {
+    i64::try_from(index)
+        .map_err(|_| SyncError::Misuse(format!("index {index} does not fit SQLite's INTEGER")))
+}
+
+fn damaged_row(path: &Path, what: &str) -> SyncError {
+    SyncError::backend(format!("{}: damaged workspace", path.display()), Damaged(what.to_owned()))
+}
+
+/// Stored state that contradicts itself (for example a cursor past the stored entries).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Damaged(String);
+
+fn decode_row(
+    path: &Path,
+    origin: PeerId,
+    key: Option<PublicKey>,
+    row: &rusqlite::Row<'_>,
+) -> Result<Entry, SyncError> {
+    let sql = |e| SyncError::backend(format!("{}: read the oplog of {origin}", path.display()), e);
+    let index: i64 = row.get(0).map_err(sql)?;
+    let expunged: bool = row.get(2).map_err(sql)?;
+    let payload: Vec<u8> = row.get(3).map_err(sql)?;
+    let seal: Option<Vec<u8>> = row.get(4).map_err(sql)?;
+    let at = |what: &'static str, problem: DecodeError| SyncError::Malformed {
+        source_name: format!("{} (oplog row {origin}#{index})", path.display()),
+        what,
+        problem,
+    };
+    let invalid = |what: &'static str, msg: &'static str| {
+        at(what, DecodeError { offset: 0, what: shoal_core::codec::DecodeProblem::Invalid(msg) })
+    };
+    let body = if expunged {
+        let hash: [u8; 32] = payload
+            .as_slice()
+            .try_into()
+            .map_err(|_| invalid("expunged entry", "the kept hash is not 32 bytes"))?;
+        EntryBody::Expunged(EntryHash(hash))
+    } else {
+        EntryBody::Live(Payload::decode(&payload).map_err(|e| at("entry payload", e))?)
+    };
+    let seal = match seal {
+        None => None,
+        Some(sig) => {
+            let signature: [u8; 64] = sig
+                .as_slice()
+                .try_into()
+                .map_err(|_| invalid("seal", "the signature is not 64 bytes"))?;
+            let key = key.ok_or_else(|| {
+                invalid("seal", "a sealed entry of an origin without a known key")
+            })?;
+            Some(Seal { key, signature })
+        }
+    };
+    let index = u64::try_from(index).map_err(|_| invalid("entry index", "negative index"))?;
+    Ok(Entry { origin, index, body, seal })
+}
+
+struct OriginRow {
+    position: ChainPosition,
+    key: Option<PublicKey>,
+    materialized: u64,
+}
+
+fn read_origin(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<OriginRow>> {
+    conn.prepare_cached(
+        "SELECT next, chain, key, materialized FROM shoal_origins WHERE origin = ?1",
+    )?
+    .query_row([origin.as_bytes()], |r| {
+        let next: i64 = r.get(0)?;
+        let chain: Vec<u8> = r.get(1)?;
+        let key: Option<Vec<u8>> = r.get(2)?;
+        let materialized: i64 = r.get(3)?;
+        let bad = |what: &str| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Blob,
+                format!("shoal_origins row of {origin}: {what}").into(),
+            )
+        };
+        let chain: [u8; 32] =
+            chain.as_slice().try_into().map_err(|_| bad("chain hash is not 32 bytes"))?;
+        let key = match key {
+            None => None,
+            Some(k) => {
+                let k: [u8; 32] =
+                    k.as_slice().try_into().map_err(|_| bad("key is not 32 bytes"))?;
+                Some(PublicKey::from_bytes(&k).map_err(|_| bad("key is not an Ed25519 key"))?)
+            }
+        };
+        Ok(OriginRow {
+            position: ChainPosition { next: next as u64, chain: ChainHash(chain) },
+            key,
+            materialized: materialized as u64,
+        })
+    })
+    .optional()
+}
+
+fn write_origin(
+    conn: &Connection,
+    origin: &PeerId,
+    position: ChainPosition,
+    key: Option<&PublicKey>,
+    materialized: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO shoal_origins (origin, next, chain, key, materialized) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (origin) DO UPDATE SET next = excluded.next, chain = excluded.chain,
+             key = coalesce(shoal_origins.key, excluded.key), materialized = excluded.materialized",
+    )?
+    .execute(params![
+        origin.as_bytes(),
+        position.next as i64,
+        position.chain.0.as_slice(),
+        key.map(|k| k.as_bytes().as_slice()),
+        materialized as i64,
+    ])?;
+    Ok(())
+}
+
+fn set_stall(
+    conn: &Connection,
+    workspace: &WorkspaceId,
+    origin: &PeerId,
+    reason: Option<&str>,
+    wall: u64,
+) -> rusqlite::Result<()> {
+    match reason {
+        None => {
+            conn.prepare_cached("UPDATE shoal_origins SET stalled = NULL, stalled_at = NULL WHERE origin = ?1 AND stalled IS NOT NULL")?
+                .execute([origin.as_bytes()])?;
+        }
+        Some(reason) => {
+            let seed = ChainHash::seed(workspace, origin);
+            conn.prepare_cached(
+                "INSERT INTO shoal_origins (origin, next, chain, key, materialized, stalled, stalled_at) VALUES (?1, 0, ?2, NULL, 0, ?3, ?4)
+                 ON CONFLICT (origin) DO UPDATE SET stalled = excluded.stalled,
+                     stalled_at = coalesce(shoal_origins.stalled_at, excluded.stalled_at)",
+            )?
+            .execute(params![origin.as_bytes(), seed.0.as_slice(), reason, wall as i64])?;
+        }
+    }
+    Ok(())
+}
+
+fn read_clock(conn: &Connection) -> rusqlite::Result<Hlc> {
+    conn.prepare_cached("SELECT last FROM shoal_clock WHERE id = 0")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|v| Hlc::from_u64(v as u64))
+}
+
+fn write_clock(conn: &Connection, last: Hlc) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE shoal_clock SET last = ?1 WHERE id = 0")?
+        .execute([last.as_u64() as i64])?;
+    Ok(())
+}
+
+fn read_cursors(conn: &Connection) -> rusqlite::Result<PeerCursors> {
+    let mut stmt = conn.prepare_cached("SELECT origin, next FROM shoal_origins WHERE next > 0")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = PeerCursors::new();
+    for row in rows {
+        let (origin, next) = row?;
+        if let Some(origin) = PeerId::from_slice(&origin) {
+            out.advance(origin, next as u64);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,215 @@
+//! The on-disk layout of a workspace file and how it is opened.
+//!
+//! Owns: the DDL of the oplog, origins, clock and metadata tables, the format version, and
+//! the checks that refuse files that are not Shoal workspaces or were written by a newer
+//! Shoal ([`OpenError`]).
+//!
+//! Invariants: a Shoal file has `PRAGMA application_id` = [`APPLICATION_ID`] and
+//! `PRAGMA user_version` = the format version it was written with. The file is in WAL mode
+//! so that readers never block the writer.
+//!
+//! Never: modifies a file it does not recognise; opening an existing non-Shoal database or
+//! a newer format fails before anything is written.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+/// `PRAGMA application_id` of Shoal workspace files: ASCII "SHOL".
+pub const APPLICATION_ID: i32 = 0x5348_4f4c;
+
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: i32 = 1;
+
+/// Why a workspace file could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No file at the path (and creation was not asked for).
+    #[error("{}: no such workspace file", path.display())]
+    Missing {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file exists but is not an SQLite database.
+    #[error("{}: not a Shoal workspace (the file is not an SQLite database)", path.display())]
+    NotADatabase {
+        /// The path.
+        path: PathBuf,
+    },
+    /// An SQLite database that Shoal did not create.
+    #[error("{}: not a Shoal workspace (an SQLite database with application id {found:#x})", path.display())]
+    NotAWorkspace {
+        /// The path.
+        path: PathBuf,
+        /// Its application id.
+        found: i32,
+    },
+    /// Written by a newer Shoal.
+    #[error("{}: written by a newer Shoal (format version {found}; this version reads up to {supported})", path.display())]
+    NewerFormat {
+        /// The path.
+        path: PathBuf,
+        /// The file's format version.
+        found: i32,
+        /// The newest this build reads.
+        supported: i32,
+    },
+    /// The file is a Shoal workspace but its contents are inconsistent.
+    #[error("{}: damaged workspace: {what}", path.display())]
+    Damaged {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A workspace already exists where one was to be created.
+    #[error("{}: a workspace already exists here", path.display())]
+    AlreadyExists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// SQLite failed.
+    #[error("{}: {source}", path.display())]
+    Sqlite {
+        /// The path.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl OpenError {
+    pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(e, _) = &source
+            && e.code == rusqlite::ErrorCode::NotADatabase
+        {
+            return OpenError::NotADatabase { path: path.to_owned() };
+        }
+        OpenError::Sqlite { path: path.to_owned(), source }
+    }
+}
+
+const DDL: &str = "
+CREATE TABLE shoal_meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- One row per entry of every origin. payload is the canonical payload (FORMAT §3.1), or the
+-- 32-byte entry hash when expunged = 1. seal is the 64-byte signature of the head ending at
+-- this entry (the key is in shoal_origins), NULL for unsealed entries.
+CREATE TABLE shoal_oplog (
+    origin   BLOB    NOT NULL,
+    idx      INTEGER NOT NULL,
+    hlc      INTEGER NOT NULL,
+    expunged INTEGER NOT NULL DEFAULT 0,
+    payload  BLOB    NOT NULL,
+    seal     BLOB,
+    PRIMARY KEY (origin, idx)
+) WITHOUT ROWID;
+
+-- Per-origin position: next index (the cursor), the chain hash after next - 1, the origin's
+-- public key, how far materialization got, and why the origin is stalled if it is.
+CREATE TABLE shoal_origins (
+    origin       BLOB PRIMARY KEY,
+    next         INTEGER NOT NULL,
+    chain        BLOB    NOT NULL,
+    key          BLOB,
+    materialized INTEGER NOT NULL,
+    stalled      TEXT,
+    stalled_at   INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE shoal_clock (
+    id   INTEGER PRIMARY KEY CHECK (id = 0),
+    last INTEGER NOT NULL
+);
+INSERT INTO shoal_clock (id, last) VALUES (0, 0);
+";
+
+/// Applies the connection settings every Shoal connection uses.
+pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "temp_store", "memory")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(())
+}
+
+/// Opens a connection to an existing workspace file and checks that it is one this build
+/// can read.
+pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Connection, OpenError> {
+    if !path.exists() {
+        return Err(OpenError::Missing { path: path.to_owned() });
+    }
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| OpenError::sqlite(path, e))?;
+    configure(&conn).map_err(|e| OpenError::sqlite(path, e))?;
+    check_identity(path, &conn)?;
+    Ok(conn)
+}
+
+fn check_identity(path: &Path, conn: &Connection) -> Result<(), OpenError> {
+    // Reading the header is what tells SQLite-or-not; a non-database fails here.
+    let app: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| OpenError::sqlite(path, e))?;
+    if app != APPLICATION_ID {
+        return Err(OpenError::NotAWorkspace { path: path.to_owned(), found: app });
+    }
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| OpenError::sqlite(path, e))?;
+    if version > FORMAT_VERSION {
+        return Err(OpenError::NewerFormat {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version < 1 {
+        return Err(OpenError::Damaged {
+            path: path.to_owned(),
+            what: format!("format version {version} is not a released format"),
+        });
+    }
+    Ok(())
+}
+
+/// Creates a new workspace file with the given metadata. Fails if the path holds anything.
+pub(crate) fn create(path: &Path, meta: &[(&str, Vec<u8>)]) -> Result<Connection, OpenError> {
+    if path.exists() {
+        return Err(OpenError::AlreadyExists { path: path.to_owned() });
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn =
+        Connection::open_with_flags(path, flags).map_err(|e| OpenError::sqlite(path, e))?;
+    let init = |conn: &mut Connection| -> rusqlite::Result<()> {
+        configure(conn)?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(DDL)?;
+        for (k, v) in meta {
+            tx.execute("INSERT INTO shoal_meta (key, value) VALUES (?1, ?2)", (k, v))?;
+        }
+        // The identity goes last: a file interrupted before this commit is not a workspace.
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
+        tx.commit()
+    };
+    init(&mut conn).map_err(|e| OpenError::sqlite(path, e))?;
+    Ok(conn)
+}
+
+/// Reads a metadata value.
+pub(crate) fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.query_row("SELECT value FROM shoal_meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+}
