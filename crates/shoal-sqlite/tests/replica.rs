@@ -1,4 +1,5 @@
 //! Behaviour of the SQLite replica: local appends, apply rules, convergence, bad files.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use std::sync::Arc;
 
