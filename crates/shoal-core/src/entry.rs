@@ -18,6 +18,8 @@
 //!
 //! Never: interprets op bodies. Ops of unknown domains or kinds are carried untouched.
 
+use std::sync::LazyLock;
+
 use crate::codec::{DecodeError, DecodeProblem, Encode, Reader, put_varint};
 use crate::error::{RejectReason, SyncError};
 use crate::hlc::Hlc;
@@ -27,6 +29,13 @@ const ENTRY_HASH_CONTEXT: &str = "shoal 2026-11 entry hash v1";
 const CHAIN_SEED_CONTEXT: &str = "shoal 2026-11 chain seed v1";
 const CHAIN_LINK_CONTEXT: &str = "shoal 2026-11 chain link v1";
 const HEAD_SIGNATURE_PREFIX: &[u8] = b"shoal 2026-11 signed head v1\0";
+
+// Deriving a key from a context string costs a hash of its own; every entry needs two
+// keyed hashers, so the derived states are built once and cloned.
+static ENTRY_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(ENTRY_HASH_CONTEXT));
+static CHAIN_LINK_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(CHAIN_LINK_CONTEXT));
 
 /// The most ops one entry may hold.
 pub const MAX_OPS_PER_ENTRY: u64 = 1 << 20;
@@ -256,7 +265,7 @@ impl EntryHash {
 
     /// Hashes a live entry whose payload is already encoded (as a replica stores it).
     pub fn of_payload_bytes(origin: &PeerId, index: u64, payload: &[u8]) -> EntryHash {
-        let mut h = blake3::Hasher::new_derive_key(ENTRY_HASH_CONTEXT);
+        let mut h = ENTRY_HASHER.clone();
         h.update(origin.as_bytes());
         let mut idx = Vec::with_capacity(10);
         put_varint(&mut idx, index);
@@ -288,7 +297,7 @@ impl ChainHash {
 
     /// The chain after appending the entry with hash `entry`.
     pub fn link(&self, entry: &EntryHash) -> ChainHash {
-        let mut h = blake3::Hasher::new_derive_key(CHAIN_LINK_CONTEXT);
+        let mut h = CHAIN_LINK_HASHER.clone();
         h.update(&self.0);
         h.update(&entry.0);
         ChainHash(*h.finalize().as_bytes())

@@ -266,12 +266,9 @@ impl SqliteReplica {
             .map_err(self.backend("begin local write"))?;
         let result = (|| {
             let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
-            let row = read_origin(&tx, &origin).map_err(self.backend("read own position"))?;
-            let position = row
-                .as_ref()
-                .map(|r| r.position)
-                .unwrap_or_else(|| ChainPosition::start(&ws, &origin));
-            let materialized_to = row.as_ref().map(|r| r.materialized).unwrap_or(0);
+            let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read own position"))?;
+            let position = row.position;
+            let materialized_to = row.materialized;
             let wall = self.inner.clock.now_millis();
             let payloads: Vec<Payload> = txs
                 .into_iter()
@@ -288,7 +285,7 @@ impl SqliteReplica {
             {
                 let mut insert = tx
                     .prepare_cached(
-                        "INSERT INTO shoal_oplog (origin, idx, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                        "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, 0, ?3, ?4)",
                     )
                     .map_err(self.backend("prepare oplog insert"))?;
                 for (entry, bytes) in &entries {
@@ -297,8 +294,7 @@ impl SqliteReplica {
                     };
                     insert
                         .execute(params![
-                            origin.as_bytes(),
-                            to_sql_index(entry.index)?,
+                            oplog_id(row.no, entry.index)?,
                             payload.hlc.as_u64() as i64,
                             bytes,
                             entry.seal.as_ref().map(|s| s.signature.as_slice()),
@@ -369,21 +365,18 @@ impl SqliteReplica {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.backend("begin apply"))?;
         let result = (|| {
-            let row = read_origin(&tx, &origin).map_err(self.backend("read position"))?;
-            let position = row
-                .as_ref()
-                .map(|r| r.position)
-                .unwrap_or_else(|| ChainPosition::start(&ws, &origin));
-            let mut materialized = row.as_ref().map(|r| r.materialized).unwrap_or(0);
+            let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read position"))?;
+            let position = row.position;
+            let mut materialized = row.materialized;
             let mut stall: Option<String> = None;
             let check = verify_run(&ws, &origin, position, usable);
             let accepted = &usable[check.duplicates..check.duplicates + check.accepted];
             let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
-            let mut key: Option<PublicKey> = row.as_ref().and_then(|r| r.key);
+            let mut key: Option<PublicKey> = row.key;
             {
                 let mut insert = tx
                     .prepare_cached(
-                        "INSERT INTO shoal_oplog (origin, idx, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
                     )
                     .map_err(self.backend("prepare oplog insert"))?;
                 let mut buf = Vec::with_capacity(256);
@@ -408,8 +401,7 @@ impl SqliteReplica {
                     };
                     insert
                         .execute(params![
-                            origin.as_bytes(),
-                            to_sql_index(e.index)?,
+                            oplog_id(row.no, e.index)?,
                             hlc,
                             expunged,
                             &buf,
@@ -504,13 +496,16 @@ impl SqliteReplica {
         let path = self.inner.path.clone();
         self.with_reader(|conn| {
             let sql = |e| SyncError::backend(format!("{}: read the oplog of {origin}", path.display()), e);
-            let key = read_origin(conn, &origin).map_err(sql)?.and_then(|r| r.key);
+            let Some(row) = read_origin(conn, &origin).map_err(sql)? else { return Ok(Vec::new()) };
+            let key = row.key;
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT idx, hlc, expunged, payload, seal FROM shoal_oplog WHERE origin = ?1 AND idx >= ?2 ORDER BY idx",
+                    "SELECT id, hlc, expunged, payload, seal FROM shoal_oplog WHERE id >= ?1 AND id <= ?2 ORDER BY id",
                 )
                 .map_err(sql)?;
-            let mut rows = stmt.query(params![origin.as_bytes(), to_sql_index(from)?]).map_err(sql)?;
+            let mut rows = stmt
+                .query(params![oplog_id(row.no, from.min(MAX_INDEX))?, oplog_id(row.no, MAX_INDEX)?])
+                .map_err(sql)?;
             let mut out = Vec::with_capacity(page.min(PAGE_ENTRIES));
             while let Some(row) = rows.next().map_err(sql)? {
                 let entry = decode_row(&path, origin, key, row)?;
@@ -826,7 +821,7 @@ fn decode_row(
     row: &rusqlite::Row<'_>,
 ) -> Result<Entry, SyncError> {
     let sql = |e| SyncError::backend(format!("{}: read the oplog of {origin}", path.display()), e);
-    let index: i64 = row.get(0).map_err(sql)?;
+    let index: i64 = row.get::<_, i64>(0).map_err(sql)? & MAX_INDEX as i64;
     let expunged: bool = row.get(2).map_err(sql)?;
     let payload: Vec<u8> = row.get(3).map_err(sql)?;
     let seal: Option<Vec<u8>> = row.get(4).map_err(sql)?;
@@ -865,44 +860,69 @@ fn decode_row(
 }
 
 struct OriginRow {
+    no: i64,
     position: ChainPosition,
     key: Option<PublicKey>,
     materialized: u64,
 }
 
+/// The largest index an origin's log may reach in one file: the oplog key keeps 40 bits for
+/// it (about 10^12 entries per origin).
+const MAX_INDEX: u64 = (1 << 40) - 1;
+
+/// The oplog rowid of `(origin_no, index)`.
+fn oplog_id(origin_no: i64, index: u64) -> Result<i64, SyncError> {
+    if index > MAX_INDEX {
+        return Err(SyncError::Misuse(format!("index {index} is beyond the largest supported, {MAX_INDEX}")));
+    }
+    Ok((origin_no << 40) | index as i64)
+}
+
 fn read_origin(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<OriginRow>> {
-    conn.prepare_cached(
-        "SELECT next, chain, key, materialized FROM shoal_origins WHERE origin = ?1",
-    )?
-    .query_row([origin.as_bytes()], |r| {
-        let next: i64 = r.get(0)?;
-        let chain: Vec<u8> = r.get(1)?;
-        let key: Option<Vec<u8>> = r.get(2)?;
-        let materialized: i64 = r.get(3)?;
-        let bad = |what: &str| {
-            rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Blob,
-                format!("shoal_origins row of {origin}: {what}").into(),
-            )
-        };
-        let chain: [u8; 32] =
-            chain.as_slice().try_into().map_err(|_| bad("chain hash is not 32 bytes"))?;
-        let key = match key {
-            None => None,
-            Some(k) => {
-                let k: [u8; 32] =
-                    k.as_slice().try_into().map_err(|_| bad("key is not 32 bytes"))?;
-                Some(PublicKey::from_bytes(&k).map_err(|_| bad("key is not an Ed25519 key"))?)
-            }
-        };
-        Ok(OriginRow {
-            position: ChainPosition { next: next as u64, chain: ChainHash(chain) },
-            key,
-            materialized: materialized as u64,
+    conn.prepare_cached("SELECT no, next, chain, key, materialized FROM shoal_origins WHERE origin = ?1")?
+        .query_row([origin.as_bytes()], |r| {
+            let no: i64 = r.get(0)?;
+            let next: i64 = r.get(1)?;
+            let chain: Vec<u8> = r.get(2)?;
+            let key: Option<Vec<u8>> = r.get(3)?;
+            let materialized: i64 = r.get(4)?;
+            let bad = |what: &str| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Blob,
+                    format!("shoal_origins row of {origin}: {what}").into(),
+                )
+            };
+            let chain: [u8; 32] = chain.as_slice().try_into().map_err(|_| bad("chain hash is not 32 bytes"))?;
+            let key = match key {
+                None => None,
+                Some(k) => {
+                    let k: [u8; 32] = k.as_slice().try_into().map_err(|_| bad("key is not 32 bytes"))?;
+                    Some(PublicKey::from_bytes(&k).map_err(|_| bad("key is not an Ed25519 key"))?)
+                }
+            };
+            Ok(OriginRow {
+                no,
+                position: ChainPosition { next: next as u64, chain: ChainHash(chain) },
+                key,
+                materialized: materialized as u64,
+            })
         })
-    })
-    .optional()
+        .optional()
+}
+
+/// The origin's row, created at the start of its log if absent (writers only).
+fn origin_row(conn: &Connection, workspace: &WorkspaceId, origin: &PeerId) -> rusqlite::Result<OriginRow> {
+    if let Some(row) = read_origin(conn, origin)? {
+        return Ok(row);
+    }
+    let start = ChainPosition::start(workspace, origin);
+    conn.prepare_cached(
+        "INSERT INTO shoal_origins (origin, no, next, chain, key, materialized)
+         VALUES (?1, (SELECT coalesce(max(no), 0) + 1 FROM shoal_origins), 0, ?2, NULL, 0)",
+    )?
+    .execute(params![origin.as_bytes(), start.chain.0.as_slice()])?;
+    read_origin(conn, origin)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
 }
 
 fn write_origin(
@@ -913,9 +933,8 @@ fn write_origin(
     materialized: u64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO shoal_origins (origin, next, chain, key, materialized) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (origin) DO UPDATE SET next = excluded.next, chain = excluded.chain,
-             key = coalesce(shoal_origins.key, excluded.key), materialized = excluded.materialized",
+        "UPDATE shoal_origins SET next = ?2, chain = ?3, key = coalesce(key, ?4), materialized = ?5
+         WHERE origin = ?1",
     )?
     .execute(params![
         origin.as_bytes(),
@@ -936,17 +955,17 @@ fn set_stall(
 ) -> rusqlite::Result<()> {
     match reason {
         None => {
-            conn.prepare_cached("UPDATE shoal_origins SET stalled = NULL, stalled_at = NULL WHERE origin = ?1 AND stalled IS NOT NULL")?
-                .execute([origin.as_bytes()])?;
+            conn.prepare_cached(
+                "UPDATE shoal_origins SET stalled = NULL, stalled_at = NULL WHERE origin = ?1 AND stalled IS NOT NULL",
+            )?
+            .execute([origin.as_bytes()])?;
         }
         Some(reason) => {
-            let seed = ChainHash::seed(workspace, origin);
+            origin_row(conn, workspace, origin)?;
             conn.prepare_cached(
-                "INSERT INTO shoal_origins (origin, next, chain, key, materialized, stalled, stalled_at) VALUES (?1, 0, ?2, NULL, 0, ?3, ?4)
-                 ON CONFLICT (origin) DO UPDATE SET stalled = excluded.stalled,
-                     stalled_at = coalesce(shoal_origins.stalled_at, excluded.stalled_at)",
+                "UPDATE shoal_origins SET stalled = ?2, stalled_at = coalesce(stalled_at, ?3) WHERE origin = ?1",
             )?
-            .execute(params![origin.as_bytes(), seed.0.as_slice(), reason, wall as i64])?;
+            .execute(params![origin.as_bytes(), reason, wall as i64])?;
         }
     }
     Ok(())

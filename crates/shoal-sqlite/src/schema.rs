@@ -97,23 +97,26 @@ CREATE TABLE shoal_meta (
     value BLOB NOT NULL
 ) WITHOUT ROWID;
 
--- One row per entry of every origin. payload is the canonical payload (FORMAT §3.1), or the
--- 32-byte entry hash when expunged = 1. seal is the 64-byte signature of the head ending at
--- this entry (the key is in shoal_origins), NULL for unsealed entries.
+-- One row per entry of every origin, keyed by (origin, index) packed into the rowid:
+-- id = origin_no << 40 | index, where origin_no numbers origins within this file
+-- (shoal_origins.no). An integer key keeps appends at the end of one B-tree and saves the
+-- 16-byte origin id per row. payload is the canonical payload (FORMAT §3.1), or the 32-byte
+-- entry hash when expunged = 1. seal is the 64-byte signature of the head ending at this
+-- entry (the key is in shoal_origins), NULL for unsealed entries.
 CREATE TABLE shoal_oplog (
-    origin   BLOB    NOT NULL,
-    idx      INTEGER NOT NULL,
+    id       INTEGER PRIMARY KEY,
     hlc      INTEGER NOT NULL,
     expunged INTEGER NOT NULL DEFAULT 0,
     payload  BLOB    NOT NULL,
-    seal     BLOB,
-    PRIMARY KEY (origin, idx)
-) WITHOUT ROWID;
+    seal     BLOB
+);
 
--- Per-origin position: next index (the cursor), the chain hash after next - 1, the origin's
--- public key, how far materialization got, and why the origin is stalled if it is.
+-- Per-origin position: its number in this file, next index (the cursor), the chain hash
+-- after next - 1, the origin's public key, how far materialization got, and why the origin
+-- is stalled if it is.
 CREATE TABLE shoal_origins (
     origin       BLOB PRIMARY KEY,
+    no           INTEGER NOT NULL UNIQUE,
     next         INTEGER NOT NULL,
     chain        BLOB    NOT NULL,
     key          BLOB,
@@ -134,7 +137,9 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.pragma_update(None, "temp_store", "memory")?;
-    conn.pragma_update(None, "cache_size", -32_000)?;
+    // 8 MiB of page cache per connection: enough for the hot B-tree pages, and a bound on
+    // memory that does not grow with the log.
+    conn.pragma_update(None, "cache_size", -8_000)?;
     Ok(())
 }
 

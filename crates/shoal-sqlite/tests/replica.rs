@@ -233,7 +233,7 @@ async fn a_corrupted_oplog_row_is_an_error_naming_file_origin_and_index() {
     a.append_local(vec![tx(1), tx(2)]).unwrap();
     let origin = a.own_origin().unwrap();
     let conn = rusqlite::Connection::open(a.path()).unwrap();
-    conn.execute("UPDATE shoal_oplog SET payload = x'ff' WHERE idx = 1", []).unwrap();
+    conn.execute("UPDATE shoal_oplog SET payload = x'ff' WHERE id & 0xffffffffff = 1", []).unwrap();
     drop(conn);
     let err = a.read_since(origin, 0).await.unwrap_err();
     let msg = err.to_string();

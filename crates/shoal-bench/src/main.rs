@@ -1,0 +1,45 @@
+//! Shoal's benchmarks: each prints its figure next to a baseline measured in the same run on
+//! the same machine, so the ratio holds on a noisy machine. `BENCHMARKS.md` keeps the
+//! latest figures and the command that produced them.
+//!
+//! Run: `cargo run --release -p shoal-bench -- <bench> [options]` (see `--help`).
+
+mod oplog;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Shoal benchmarks (each next to a same-run baseline)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Local append of 1-op entries committed in batches, vs plain SQLite INSERTs of the
+    /// same bytes.
+    Append {
+        /// Entries to append.
+        #[arg(long, default_value_t = 200_000)]
+        entries: u64,
+        /// Entries per committed transaction.
+        #[arg(long, default_value_t = 1_000)]
+        batch: u64,
+    },
+    /// Pull of N entries from one SQLite replica into another, vs a plain SQLite
+    /// SELECT+INSERT copy of the same rows; with peak RSS during the pull.
+    Pull {
+        /// Entries in the source log.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Append { entries, batch } => oplog::append(entries, batch),
+        Bench::Pull { entries } => oplog::pull(entries),
+    }
+}
