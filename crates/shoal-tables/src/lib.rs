@@ -48,11 +48,21 @@
 //! let likes = TableOp::add_column(notes, "likes", ColumnType::Integer, MergeKind::Counter);
 //! let likes_id = ColumnId::from_name(notes, "likes");
 //! let key = RowKey::from_values(&[Value::text("n1")?])?;
-//! let like = |n| TableOp::Put { table: notes, key: key.clone(), cells: vec![(likes_id, CellWrite::Add(n))] };
+//! let like = |n| TableOp::Put {
+//!     table: notes,
+//!     key: key.clone(),
+//!     cells: vec![(likes_id, CellWrite::Add(n))],
+//! };
 //!
-//! // Two devices write; a third receives their entries in either order.
-//! let a = Payload { hlc: Hlc::from_millis(1), author: None, ops: vec![create.to_op()?, likes.to_op()?, like(1).to_op()?] };
-//! let b = Payload { hlc: Hlc::from_millis(2), author: None, ops: vec![like(2).to_op()?] };
+//! // Two devices write one entry each; op i of an entry stamped h is stamped h + i.
+//! let entry = |millis, ops: Vec<TableOp>| -> Result<Payload, ValidationError> {
+//!     let ops = ops.iter().map(TableOp::to_op).collect::<Result<_, _>>()?;
+//!     Ok(Payload { hlc: Hlc::from_millis(millis), author: None, ops })
+//! };
+//! let a = entry(1, vec![create, likes, like(1)])?;
+//! let b = entry(2, vec![like(2)])?;
+//!
+//! // Two replicas receive them in different orders.
 //! let (mut x, mut y) = (TablesModel::new(), TablesModel::new());
 //! x.apply_payload(&a)?;
 //! x.apply_payload(&b)?;

@@ -187,6 +187,15 @@ impl TablesModel {
     }
 
     fn apply_valid(&mut self, hlc: Hlc, op: &TableOp) {
+        let table = op.table();
+        self.apply_to_table(hlc, op);
+        // An ignored put on a table with nothing else leaves nothing to keep.
+        if self.tables.get(&table).is_some_and(|t| *t == TableState::default()) {
+            self.tables.remove(&table);
+        }
+    }
+
+    fn apply_to_table(&mut self, hlc: Hlc, op: &TableOp) {
         let t = self.tables.entry(op.table()).or_default();
         match op {
             TableOp::CreateTable { name, primary_key, .. } => {
@@ -387,7 +396,8 @@ fn table_view(
     let mut candidates: Vec<Candidate> = Vec::new();
     for (cid, c) in &t.columns {
         let Some((cdef, def_hlc)) = c.definitions.winner() else { continue };
-        if !defined_after_drop(c.definitions.latest(), c.dropped) {
+        // A table drop drops its columns too: a re-created table starts without them.
+        if !defined_after_drop(c.definitions.latest(), c.dropped.max(t.dropped)) {
             continue;
         }
         let (name_hlc, cname) = column_name(t, *cid);
