@@ -1,6 +1,6 @@
 //! Table and column ids, and the rules for names.
 //!
-//! Owns: [`TableId`], [`ColumnId`], [`validate_name`] (the rule for names a *local* caller
+//! Owns: [`TableId`], [`ColumnId`] (and [`ParseIdError`]), [`validate_name`] (the rule for names a *local* caller
 //! declares) and [`check_stored_name`] (the weaker rule every replica enforces on names in
 //! ops, [`MAX_STORED_NAME_BYTES`]).
 //!
@@ -38,6 +38,11 @@ fn derive_u64(context: &str, parts: &[&[u8]]) -> u64 {
     u64::from_le_bytes(first)
 }
 
+/// A table or column id could not be parsed from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected an id of exactly 16 hex digits, got {0:?}")]
+pub struct ParseIdError(pub String);
+
 macro_rules! id8 {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -70,12 +75,14 @@ macro_rules! id8 {
         }
 
         impl FromStr for $name {
-            type Err = std::num::ParseIntError;
+            type Err = ParseIdError;
 
-            /// Parses the 16-hex-digit form written by `Display` (any case; at most 16
-            /// digits).
+            /// Parses the form written by `Display`: exactly 16 hex digits (any case).
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                u64::from_str_radix(s, 16).map($name)
+                if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ParseIdError(s.chars().take(40).collect()));
+                }
+                u64::from_str_radix(s, 16).map($name).map_err(|_| ParseIdError(s.to_owned()))
             }
         }
     };
@@ -172,6 +179,9 @@ mod tests {
         assert_eq!(t.to_string().len(), 16);
         assert_eq!(t.to_string().parse::<TableId>().unwrap(), t);
         assert_eq!(TableId(1).to_string(), "0000000000000001");
+        assert!("1".parse::<TableId>().is_err());
+        assert!("+000000000000001".parse::<TableId>().is_err());
+        assert_eq!("00000000000000FF".parse::<ColumnId>().unwrap(), ColumnId(255));
     }
 
     #[test]

@@ -84,7 +84,8 @@ mod value;
 
 pub use error::{NameError, TableOpError, ValidationError};
 pub use ids::{
-    ColumnId, MAX_NAME_CHARS, MAX_STORED_NAME_BYTES, TableId, check_stored_name, validate_name,
+    ColumnId, MAX_NAME_CHARS, MAX_STORED_NAME_BYTES, ParseIdError, TableId, check_stored_name,
+    validate_name,
 };
 pub use key::{MAX_KEY_BYTES, MAX_KEY_VALUES, RowKey};
 pub use merge::{
