@@ -1,8 +1,8 @@
 //! Table and column ids, and the rules for names.
 //!
-//! Owns: [`TableId`], [`ColumnId`] (and [`ParseIdError`]), [`validate_name`] (the rule for names a *local* caller
-//! declares) and [`check_stored_name`] (the weaker rule every replica enforces on names in
-//! ops, [`MAX_STORED_NAME_BYTES`]).
+//! Owns: [`TableId`], [`ColumnId`] (and [`ParseIdError`]), [`validate_name`] (the rule
+//! for names a *local* caller declares) and [`check_stored_name`] (the weaker rule every
+//! replica enforces on names in ops, [`MAX_STORED_NAME_BYTES`]).
 //!
 //! Invariants: ids are derived deterministically from names at creation
 //! (`docs/TABLES.md` §1), so two devices that declare the same schema offline agree without
