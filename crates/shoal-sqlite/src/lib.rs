@@ -35,7 +35,11 @@
 mod materialize;
 mod replica;
 mod schema;
+mod tables;
 
 pub use materialize::{LogOnly, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};
+pub use tables::{
+    CHANGE_BUFFER, TableChange, TablesHandle, TablesMaterializer, from_sql, quote_ident, to_sql,
+};

@@ -19,6 +19,10 @@ pub enum MaterializeError {
     /// (and is forwarded); materializing its origin stalls here until an upgrade.
     #[error("needs a newer Shoal: {0}")]
     NeedsUpgrade(String),
+    /// The entry holds an op that can never be applied (it breaks the domain's format). The
+    /// entry stays in the oplog; materializing its origin stalls here.
+    #[error("malformed op: {0}")]
+    Malformed(String),
     /// SQLite failed.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),

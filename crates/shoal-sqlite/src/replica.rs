@@ -305,7 +305,10 @@ impl SqliteReplica {
                     if materialized == entry.index {
                         match materializer.apply(&tx, origin, entry.index, payload) {
                             Ok(()) => materialized += 1,
-                            Err(MaterializeError::NeedsUpgrade(what)) => {
+                            Err(
+                                MaterializeError::NeedsUpgrade(what)
+                                | MaterializeError::Malformed(what),
+                            ) => {
                                 return Err(SyncError::NeedsUpgrade {
                                     origin,
                                     index: entry.index,
@@ -417,6 +420,12 @@ impl SqliteReplica {
                                 Err(MaterializeError::NeedsUpgrade(what)) => {
                                     stall = Some(format!(
                                         "entry {} needs a newer Shoal: {what}",
+                                        e.index
+                                    ));
+                                }
+                                Err(MaterializeError::Malformed(what)) => {
+                                    stall = Some(format!(
+                                        "entry {} cannot be applied: {what}",
                                         e.index
                                     ));
                                 }
@@ -668,6 +677,10 @@ impl SqliteReplica {
                         stall = Some(format!("entry {} needs a newer Shoal: {what}", e.index));
                         break;
                     }
+                    Err(MaterializeError::Malformed(what)) => {
+                        stall = Some(format!("entry {} cannot be applied: {what}", e.index));
+                        break;
+                    }
                     Err(MaterializeError::Sqlite(err)) => {
                         drop(tx);
                         materializer.rolled_back();
@@ -873,46 +886,56 @@ const MAX_INDEX: u64 = (1 << 40) - 1;
 /// The oplog rowid of `(origin_no, index)`.
 fn oplog_id(origin_no: i64, index: u64) -> Result<i64, SyncError> {
     if index > MAX_INDEX {
-        return Err(SyncError::Misuse(format!("index {index} is beyond the largest supported, {MAX_INDEX}")));
+        return Err(SyncError::Misuse(format!(
+            "index {index} is beyond the largest supported, {MAX_INDEX}"
+        )));
     }
     Ok((origin_no << 40) | index as i64)
 }
 
 fn read_origin(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<OriginRow>> {
-    conn.prepare_cached("SELECT no, next, chain, key, materialized FROM shoal_origins WHERE origin = ?1")?
-        .query_row([origin.as_bytes()], |r| {
-            let no: i64 = r.get(0)?;
-            let next: i64 = r.get(1)?;
-            let chain: Vec<u8> = r.get(2)?;
-            let key: Option<Vec<u8>> = r.get(3)?;
-            let materialized: i64 = r.get(4)?;
-            let bad = |what: &str| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Blob,
-                    format!("shoal_origins row of {origin}: {what}").into(),
-                )
-            };
-            let chain: [u8; 32] = chain.as_slice().try_into().map_err(|_| bad("chain hash is not 32 bytes"))?;
-            let key = match key {
-                None => None,
-                Some(k) => {
-                    let k: [u8; 32] = k.as_slice().try_into().map_err(|_| bad("key is not 32 bytes"))?;
-                    Some(PublicKey::from_bytes(&k).map_err(|_| bad("key is not an Ed25519 key"))?)
-                }
-            };
-            Ok(OriginRow {
-                no,
-                position: ChainPosition { next: next as u64, chain: ChainHash(chain) },
-                key,
-                materialized: materialized as u64,
-            })
+    conn.prepare_cached(
+        "SELECT no, next, chain, key, materialized FROM shoal_origins WHERE origin = ?1",
+    )?
+    .query_row([origin.as_bytes()], |r| {
+        let no: i64 = r.get(0)?;
+        let next: i64 = r.get(1)?;
+        let chain: Vec<u8> = r.get(2)?;
+        let key: Option<Vec<u8>> = r.get(3)?;
+        let materialized: i64 = r.get(4)?;
+        let bad = |what: &str| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Blob,
+                format!("shoal_origins row of {origin}: {what}").into(),
+            )
+        };
+        let chain: [u8; 32] =
+            chain.as_slice().try_into().map_err(|_| bad("chain hash is not 32 bytes"))?;
+        let key = match key {
+            None => None,
+            Some(k) => {
+                let k: [u8; 32] =
+                    k.as_slice().try_into().map_err(|_| bad("key is not 32 bytes"))?;
+                Some(PublicKey::from_bytes(&k).map_err(|_| bad("key is not an Ed25519 key"))?)
+            }
+        };
+        Ok(OriginRow {
+            no,
+            position: ChainPosition { next: next as u64, chain: ChainHash(chain) },
+            key,
+            materialized: materialized as u64,
         })
-        .optional()
+    })
+    .optional()
 }
 
 /// The origin's row, created at the start of its log if absent (writers only).
-fn origin_row(conn: &Connection, workspace: &WorkspaceId, origin: &PeerId) -> rusqlite::Result<OriginRow> {
+fn origin_row(
+    conn: &Connection,
+    workspace: &WorkspaceId,
+    origin: &PeerId,
+) -> rusqlite::Result<OriginRow> {
     if let Some(row) = read_origin(conn, origin)? {
         return Ok(row);
     }
