@@ -35,8 +35,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use shoal_core::codec::Encode;
 use shoal_core::{Domain, Hlc, Payload, PeerId};
 use shoal_tables::{
-    CellState, CellWrite, ColumnId, HiddenDump, MaxFrontier, MergeKind, RowKey, RowState,
-    SchemaConflict, TableId, TableOp, TablesDump, TablesModel, Value, lww_wins, survives,
+    CellWrite, ColumnId, HiddenDump, MaxFrontier, MergeKind, RowKey, RowState, SchemaConflict,
+    TableId, TableOp, TablesDump, TablesModel, Value, lww_wins, survives,
 };
 use tokio::sync::broadcast;
 
