@@ -731,8 +731,10 @@ impl TablesMaterializer {
             let from = if self.physical.contains_key(&table.id) {
                 format!("\"{}\" WHERE written IS NOT NULL AND kn = {key_len}", phys_name(table.id))
             } else {
-                // No data yet: an empty view with the right columns.
-                "(SELECT 1) WHERE 0".to_owned()
+                // No data yet: an empty view with the right columns. It reads a real table
+                // so that a connection holding an older schema notices the change (SQLite
+                // checks the schema cookie only for statements that touch a table).
+                "shoal_schema_gen WHERE 0".to_owned()
             };
             let sql = format!(
                 "CREATE VIEW {} AS SELECT {} FROM {from}",

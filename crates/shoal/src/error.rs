@@ -1,0 +1,128 @@
+//! [`Error`]: what the `Workspace` API reports, with the table, column, file or statement
+//! involved.
+
+use std::path::PathBuf;
+
+use shoal_sqlite::OpenError;
+use shoal_tables::{ColumnType, NameError, ValidationError};
+
+/// An error from the [`Workspace`](crate::Workspace) API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The workspace file could not be opened or created.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+
+    /// Reading, applying or writing the log failed.
+    #[error(transparent)]
+    Sync(#[from] shoal_core::SyncError),
+
+    /// No visible table has this name.
+    #[error("no table named {name:?} (see `shoal table list`)")]
+    UnknownTable {
+        /// The name asked for.
+        name: String,
+    },
+
+    /// The table has no visible column with this name.
+    #[error("table {table:?} has no column named {column:?}")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The column asked for.
+        column: String,
+    },
+
+    /// A value does not have the column's declared type.
+    #[error("column {table}.{column} is {expected}; got {got}")]
+    WrongType {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its declared type.
+        expected: ColumnType,
+        /// The type of the value given.
+        got: &'static str,
+    },
+
+    /// A row was written without every primary-key column.
+    #[error("table {table:?} needs a value for its key column {column:?}")]
+    MissingKey {
+        /// The table.
+        table: String,
+        /// The key column that was not given.
+        column: String,
+    },
+
+    /// A key had the wrong number of values.
+    #[error("table {table:?} has {expected} key columns; got {got} key values")]
+    KeyArity {
+        /// The table.
+        table: String,
+        /// Its number of key columns.
+        expected: usize,
+        /// How many values were given.
+        got: usize,
+    },
+
+    /// A counter column can only be incremented, and only a counter can be incremented.
+    #[error("column {table}.{column} is a {kind} column: {hint}")]
+    WrongMerge {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its merge kind.
+        kind: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// A declaration contradicts the table as it exists.
+    #[error("table {table:?} already exists with a different definition: {what}")]
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// What differs.
+        what: String,
+    },
+
+    /// A table or column name is not allowed.
+    #[error("invalid name: {0}")]
+    InvalidName(#[from] NameError),
+
+    /// A value or key that no replica would accept.
+    #[error("invalid value: {0}")]
+    InvalidValue(#[from] ValidationError),
+
+    /// SQL given to `query` writes; it must only read.
+    #[error("SQL is read-only in Shoal (write with put, increment and delete): {sql:?}")]
+    NotReadOnly {
+        /// The statement.
+        sql: String,
+    },
+
+    /// SQLite refused a query.
+    #[error("SQL error in {sql:?}: {source}")]
+    Sql {
+        /// The statement.
+        sql: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A file or folder given by the caller is unusable.
+    #[error("{}: {reason}", path.display())]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,652 @@
+//! [`Workspace`]: one SQLite file holding a device's replica of a workspace, with the API
+//! apps use — declare tables, write in transactions, query with read-only SQL, watch.
+//!
+//! Invariants: every write goes through a [`Transaction`] that becomes exactly one entry of
+//! this device's log, durable when `commit` returns. Local writes are checked against the
+//! declared schema (names, key columns, types, merge kinds); what other devices wrote is
+//! stored as it comes. SQL is read-only.
+//!
+//! Never: blocks on the network, or writes the file outside the replica's transactions.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use shoal_core::{
+    DeviceKey, Domain, HasCursors, Hlc, Op, PeerCursors, PeerId, SystemClock, WallClock,
+    WorkspaceId, random_bytes,
+};
+use shoal_sqlite::{
+    LocalTx, Options, OriginStatus, SqliteReplica, TableChange, TablesHandle, TablesMaterializer,
+    from_sql, quote_ident, to_sql,
+};
+use shoal_tables::{
+    CellWrite, ColumnType, ColumnView, MergeKind, PkColumn, RowKey, SchemaConflict, TableId,
+    TableOp, TableView, TablesDump, Value, validate_name,
+};
+
+use crate::error::{Error, Result};
+
+/// Control-domain op kind of the genesis entry (creator key and salt).
+pub const CONTROL_GENESIS: u32 = 1;
+
+/// How to open or create a workspace.
+#[derive(Debug, Clone)]
+pub struct WorkspaceOptions {
+    /// The wall clock (the system clock unless a test injects one).
+    pub clock: Arc<dyn WallClock>,
+}
+
+impl Default for WorkspaceOptions {
+    fn default() -> Self {
+        WorkspaceOptions { clock: Arc::new(SystemClock) }
+    }
+}
+
+/// A device's replica of a workspace. Cheap to clone.
+#[derive(Clone)]
+pub struct Workspace {
+    replica: SqliteReplica,
+    tables: TablesHandle,
+    schema: Arc<Mutex<Option<CachedSchema>>>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+/// The schema with the generation it was read at (`shoal_schema_gen`).
+type CachedSchema = (i64, Arc<Schema>);
+
+/// The visible schema: tables and their columns in view order.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    /// Visible tables (no rows).
+    pub tables: Vec<TableView>,
+    /// Conflicts between definitions made offline on different devices.
+    pub conflicts: Vec<SchemaConflict>,
+}
+
+impl Schema {
+    /// The visible table named `name` (exact, else ASCII case-insensitive, as SQL matches).
+    pub fn table(&self, name: &str) -> Option<&TableView> {
+        self.tables
+            .iter()
+            .find(|t| t.name == name)
+            .or_else(|| self.tables.iter().find(|t| t.name.eq_ignore_ascii_case(name)))
+    }
+
+    fn table_or_err(&self, name: &str) -> Result<&TableView> {
+        self.table(name).ok_or_else(|| Error::UnknownTable { name: name.to_owned() })
+    }
+}
+
+/// A table to declare: its name, primary key and columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// The table's name.
+    pub name: String,
+    /// Primary-key columns, in key order.
+    pub key: Vec<(String, ColumnType)>,
+    /// Other columns: name, type, merge kind.
+    pub columns: Vec<(String, ColumnType, MergeKind)>,
+}
+
+impl TableSpec {
+    /// A table named `name` with no columns yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        TableSpec { name: name.into(), key: Vec::new(), columns: Vec::new() }
+    }
+
+    /// Adds a primary-key column.
+    pub fn key(mut self, name: impl Into<String>, ty: ColumnType) -> Self {
+        self.key.push((name.into(), ty));
+        self
+    }
+
+    /// Adds a last-writer-wins column.
+    pub fn column(mut self, name: impl Into<String>, ty: ColumnType) -> Self {
+        self.columns.push((name.into(), ty, MergeKind::Lww));
+        self
+    }
+
+    /// Adds a counter column (INTEGER; concurrent increments add up).
+    pub fn counter(mut self, name: impl Into<String>) -> Self {
+        self.columns.push((name.into(), ColumnType::Integer, MergeKind::Counter));
+        self
+    }
+
+    /// Adds a max column (the greatest value written wins).
+    pub fn max(mut self, name: impl Into<String>, ty: ColumnType) -> Self {
+        self.columns.push((name.into(), ty, MergeKind::Max));
+        self
+    }
+}
+
+/// Where a committed transaction landed in this device's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// The entry's index in this device's log.
+    pub index: u64,
+    /// The entry's timestamp.
+    pub hlc: Hlc,
+}
+
+/// The result of a read-only query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, one value per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// This device's origin.
+    pub device: Option<PeerId>,
+    /// Every origin known, with its cursor, materialization progress and stall reason.
+    pub origins: Vec<OriginStatus>,
+    /// Schema conflicts.
+    pub conflicts: Vec<SchemaConflict>,
+}
+
+impl Workspace {
+    /// Creates a new workspace founded by this device (a new key), in a new file.
+    pub fn create(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
+        let key = DeviceKey::generate()
+            .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
+        let salt = random_bytes::<16>()
+            .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
+        let id = WorkspaceId::derive(&key.public_key(), &salt);
+        let mut body = key.public_key().as_bytes().to_vec();
+        body.extend_from_slice(&salt);
+        let ws = Self::create_file(path.as_ref(), id, key, options)?;
+        // The genesis entry: anyone can check that the id derives from this key and salt.
+        let genesis = Op { domain: Domain::CONTROL, kind: CONTROL_GENESIS, body };
+        ws.replica.append_local(vec![LocalTx { ops: vec![genesis], author: None }])?;
+        Ok(ws)
+    }
+
+    /// Creates a file for a new device of the existing workspace `id`; it fills by syncing.
+    pub fn join(
+        path: impl AsRef<Path>,
+        id: WorkspaceId,
+        options: WorkspaceOptions,
+    ) -> Result<Workspace> {
+        let key = DeviceKey::generate()
+            .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
+        Self::create_file(path.as_ref(), id, key, options)
+    }
+
+    fn create_file(
+        path: &Path,
+        id: WorkspaceId,
+        key: DeviceKey,
+        options: WorkspaceOptions,
+    ) -> Result<Workspace> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(Error::Path {
+                path: parent.to_owned(),
+                reason: "no such directory".into(),
+            });
+        }
+        let m = TablesMaterializer::new();
+        let tables = m.handle();
+        let replica = SqliteReplica::create(
+            path,
+            id,
+            Some(key),
+            Options { clock: options.clock, materializer: Box::new(m) },
+        )?;
+        Ok(Workspace { replica, tables, schema: Arc::default() })
+    }
+
+    /// Opens an existing workspace file.
+    pub fn open(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
+        let m = TablesMaterializer::new();
+        let tables = m.handle();
+        let replica =
+            SqliteReplica::open(path, Options { clock: options.clock, materializer: Box::new(m) })?;
+        Ok(Workspace { replica, tables, schema: Arc::default() })
+    }
+
+    /// The workspace id.
+    pub fn id(&self) -> WorkspaceId {
+        self.replica.workspace()
+    }
+
+    /// This device's origin id.
+    pub fn device(&self) -> Option<PeerId> {
+        self.replica.own_origin()
+    }
+
+    /// The replica, for the sync drivers (`shoal_core::pull`, the folder mirror).
+    pub fn replica(&self) -> &SqliteReplica {
+        &self.replica
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        self.replica.path()
+    }
+
+    /// The visible schema (cached until a schema change).
+    pub fn schema(&self) -> Result<Arc<Schema>> {
+        let cached = self.schema.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (generation, schema) = self.replica.with_reader(|conn| {
+            let generation: i64 = conn
+                .query_row("SELECT gen FROM shoal_schema_gen WHERE id = 0", [], |r| r.get(0))
+                .map_err(|e| shoal_core::SyncError::backend("read the schema generation", e))?;
+            if let Some((g, s)) = &cached
+                && *g == generation
+            {
+                return Ok((generation, s.clone()));
+            }
+            let mut m = TablesMaterializer::new();
+            let dump: TablesDump = m
+                .schema_from(conn)
+                .map_err(|e| shoal_core::SyncError::backend("read the schema", e))?;
+            Ok((
+                generation,
+                Arc::new(Schema { tables: dump.tables, conflicts: m.conflicts().to_vec() }),
+            ))
+        })?;
+        *self.schema.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, schema.clone()));
+        Ok(schema)
+    }
+
+    /// Declares a table (idempotent): creates it, or adds the columns it lacks. Fails if the
+    /// table exists with another key or a column exists with another type or merge kind.
+    /// Two devices that declare the same table offline get the same ids and agree.
+    pub fn declare(&self, spec: &TableSpec) -> Result<Option<Commit>> {
+        validate_name(&spec.name)?;
+        if spec.key.is_empty() {
+            return Err(Error::SchemaMismatch {
+                table: spec.name.clone(),
+                what: "a table needs at least one key column".into(),
+            });
+        }
+        for (name, _) in &spec.key {
+            validate_name(name)?;
+        }
+        for (name, ty, merge) in &spec.columns {
+            validate_name(name)?;
+            if *merge == MergeKind::Counter && *ty != ColumnType::Integer {
+                return Err(Error::SchemaMismatch {
+                    table: spec.name.clone(),
+                    what: format!("counter column {name:?} must be INTEGER"),
+                });
+            }
+        }
+        let schema = self.schema()?;
+        let mut ops = Vec::new();
+        let (table, existing) = match schema.table(&spec.name) {
+            Some(t) => (t.id, Some(t)),
+            None => (free_table_id(&schema, &spec.name), None),
+        };
+        match existing {
+            Some(t) => {
+                let keys: Vec<&ColumnView> =
+                    t.columns.iter().filter(|c| c.merge.is_none()).collect();
+                let same = keys.len() == spec.key.len()
+                    && keys
+                        .iter()
+                        .zip(&spec.key)
+                        .all(|(c, (n, ty))| c.name.eq_ignore_ascii_case(n) && c.ty == *ty);
+                if !same {
+                    let have: Vec<String> =
+                        keys.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
+                    return Err(Error::SchemaMismatch {
+                        table: spec.name.clone(),
+                        what: format!("its primary key is ({})", have.join(", ")),
+                    });
+                }
+            }
+            None => ops.push(TableOp::CreateTable {
+                table,
+                name: spec.name.clone(),
+                primary_key: spec.key.iter().map(|(n, ty)| PkColumn::new(table, n, *ty)).collect(),
+            }),
+        }
+        for (name, ty, merge) in &spec.columns {
+            let found =
+                existing.and_then(|t| t.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)));
+            match found {
+                Some(c) if c.merge == Some(*merge) && c.ty == *ty => {}
+                Some(c) => {
+                    return Err(Error::SchemaMismatch {
+                        table: spec.name.clone(),
+                        what: format!(
+                            "column {:?} is {} {}",
+                            c.name,
+                            c.ty,
+                            c.merge.map_or("KEY".to_owned(), |m| m.to_string())
+                        ),
+                    });
+                }
+                None => ops.push(TableOp::add_column(table, name, *ty, *merge)),
+            }
+        }
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        self.commit_ops(ops).map(Some)
+    }
+
+    /// Starts a transaction; nothing is written until [`Transaction::commit`].
+    pub fn transaction(&self) -> Result<Transaction<'_>> {
+        Ok(Transaction { ws: self, schema: self.schema()?, ops: Vec::new() })
+    }
+
+    fn commit_ops(&self, ops: Vec<TableOp>) -> Result<Commit> {
+        let ops = ops.iter().map(|o| o.to_op()).collect::<Result<Vec<_>, _>>()?;
+        let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;
+        let c = commits.first().ok_or_else(|| {
+            shoal_core::SyncError::Bug("a local append returned no commit".into())
+        })?;
+        Ok(Commit { index: c.index, hlc: c.hlc })
+    }
+
+    /// Runs read-only SQL with positional parameters (`?1`, `?2`, …). Tables are views
+    /// named after the tables; hidden bookkeeping lives in `shoal_*` tables.
+    pub fn query(&self, sql: &str, params: &[Value]) -> Result<QueryResult> {
+        self.replica.with_reader(|conn| Ok(run_query(conn, sql, params)))?
+    }
+
+    /// The live row of `table` with primary key `key`, as `(column, value)` pairs.
+    pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Vec<(String, Value)>>> {
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        let keys: Vec<&ColumnView> = t.columns.iter().filter(|c| c.merge.is_none()).collect();
+        if keys.len() != key.len() {
+            return Err(Error::KeyArity {
+                table: t.name.clone(),
+                expected: keys.len(),
+                got: key.len(),
+            });
+        }
+        let wanted = RowKey::from_values(key)?;
+        let cond: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", quote_ident(&c.name), i + 1))
+            .collect();
+        let sql = format!("SELECT * FROM {} WHERE {}", quote_ident(&t.name), cond.join(" AND "));
+        let result = self.query(&sql, key)?;
+        // SQL equality treats 1 and 1.0 (and -0.0 and 0.0) as equal; keys do not.
+        let row = result
+            .rows
+            .into_iter()
+            .find(|row| RowKey::from_values(&row[..keys.len()]).is_ok_and(|k| k == wanted));
+        Ok(row.map(|values| result.columns.iter().cloned().zip(values).collect()))
+    }
+
+    /// Change events of `table` committed by this process from now on (local writes and
+    /// applied sync), with a `Lagged` event if the subscriber falls behind.
+    pub fn watch(&self, table: &str) -> Result<TableWatch> {
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        Ok(TableWatch { ws: self.clone(), table: t.id, rx: self.tables.subscribe() })
+    }
+
+    /// Cursors of every origin held.
+    pub async fn cursors(&self) -> Result<PeerCursors> {
+        Ok(self.replica.cursors().await?)
+    }
+
+    /// Per-origin status and schema conflicts.
+    pub fn status(&self) -> Result<Status> {
+        Ok(Status {
+            workspace: self.id(),
+            device: self.device(),
+            origins: self.replica.origin_status()?,
+            conflicts: self.schema()?.conflicts.clone(),
+        })
+    }
+}
+
+/// The smallest free id for a new table named `name`: derived from the name, unless a
+/// visible table (renamed since) already holds it; then from `name` and a counter, which
+/// every device computes alike.
+fn free_table_id(schema: &Schema, name: &str) -> TableId {
+    let taken = |id: TableId| schema.tables.iter().any(|t| t.id == id);
+    let mut id = TableId::from_name(name);
+    let mut n = 1u32;
+    while taken(id) {
+        id = TableId::from_name(&format!("{name}\0{n}"));
+        n += 1;
+    }
+    id
+}
+
+fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<QueryResult> {
+    let err = |source| Error::Sql { sql: sql.to_owned(), source };
+    let mut stmt = match conn.prepare(sql) {
+        Ok(stmt) => stmt,
+        // Writing to a view fails while preparing, before `readonly()` can be asked.
+        Err(_) if starts_with_write_verb(sql) => {
+            return Err(Error::NotReadOnly { sql: sql.to_owned() });
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if !stmt.readonly() {
+        return Err(Error::NotReadOnly { sql: sql.to_owned() });
+    }
+    let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+    let n = columns.len();
+    let args: Vec<rusqlite::types::Value> = params.iter().map(to_sql).collect();
+    let mut rows_out = Vec::new();
+    let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(from_sql(row.get_ref(i).map_err(err)?));
+        }
+        rows_out.push(values);
+    }
+    Ok(QueryResult { columns, rows: rows_out })
+}
+
+fn starts_with_write_verb(sql: &str) -> bool {
+    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    ["INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "UPSERT"]
+        .iter()
+        .any(|verb| first.eq_ignore_ascii_case(verb))
+}
+
+/// Writes collected for one commit. Each write is checked against the schema as it is
+/// added; `commit` makes them one entry, durable on return.
+#[derive(Debug)]
+pub struct Transaction<'w> {
+    ws: &'w Workspace,
+    schema: Arc<Schema>,
+    ops: Vec<TableOp>,
+}
+
+impl Transaction<'_> {
+    /// Writes a row: every key column by name, and any other LWW or max columns.
+    pub fn put(&mut self, table: &str, cells: &[(&str, Value)]) -> Result<&mut Self> {
+        let t = self.schema.table_or_err(table)?;
+        let mut key = Vec::new();
+        for c in t.columns.iter().filter(|c| c.merge.is_none()) {
+            let Some((_, v)) = cells.iter().find(|(n, _)| n.eq_ignore_ascii_case(&c.name)) else {
+                return Err(Error::MissingKey { table: t.name.clone(), column: c.name.clone() });
+            };
+            check_type(t, c, v)?;
+            key.push(v.clone());
+        }
+        let mut writes = Vec::new();
+        for (name, v) in cells {
+            let c = column(t, name)?;
+            v.validate()?;
+            match c.merge {
+                None => continue,
+                Some(MergeKind::Lww) => {
+                    check_type(t, c, v)?;
+                    writes.push((c.id, CellWrite::Set(v.clone())));
+                }
+                Some(MergeKind::Max) => {
+                    check_type(t, c, v)?;
+                    writes.push((c.id, CellWrite::Max(v.clone())));
+                }
+                Some(MergeKind::Counter) => {
+                    return Err(Error::WrongMerge {
+                        table: t.name.clone(),
+                        column: c.name.clone(),
+                        kind: "counter",
+                        hint: "change it with increment, not put",
+                    });
+                }
+            }
+        }
+        let key = RowKey::from_values(&key)?;
+        self.ops.push(TableOp::Put { table: t.id, key, cells: writes });
+        Ok(self)
+    }
+
+    /// Adds `by` (wrapping; negative subtracts) to a counter column of the row `key`.
+    pub fn increment(
+        &mut self,
+        table: &str,
+        key: &[Value],
+        column_name: &str,
+        by: i64,
+    ) -> Result<&mut Self> {
+        let t = self.schema.table_or_err(table)?;
+        let key = row_key(t, key)?;
+        let c = column(t, column_name)?;
+        if c.merge != Some(MergeKind::Counter) {
+            return Err(Error::WrongMerge {
+                table: t.name.clone(),
+                column: c.name.clone(),
+                kind: if c.merge.is_none() { "key" } else { "non-counter" },
+                hint: "only counter columns can be incremented; write it with put",
+            });
+        }
+        self.ops.push(TableOp::Put { table: t.id, key, cells: vec![(c.id, CellWrite::Add(by))] });
+        Ok(self)
+    }
+
+    /// Deletes the row `key`. A later write revives it with only the cells written after.
+    pub fn delete(&mut self, table: &str, key: &[Value]) -> Result<&mut Self> {
+        let t = self.schema.table_or_err(table)?;
+        let key = row_key(t, key)?;
+        self.ops.push(TableOp::Delete { table: t.id, key });
+        Ok(self)
+    }
+
+    /// Commits the writes as one entry; durable when it returns. `None` if there were none.
+    pub fn commit(self) -> Result<Option<Commit>> {
+        if self.ops.is_empty() {
+            return Ok(None);
+        }
+        self.ws.commit_ops(self.ops).map(Some)
+    }
+}
+
+fn column<'t>(t: &'t TableView, name: &str) -> Result<&'t ColumnView> {
+    t.columns
+        .iter()
+        .find(|c| c.name == name)
+        .or_else(|| t.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)))
+        .ok_or_else(|| Error::UnknownColumn { table: t.name.clone(), column: name.to_owned() })
+}
+
+fn check_type(t: &TableView, c: &ColumnView, v: &Value) -> Result<()> {
+    if c.ty.accepts(v) {
+        Ok(())
+    } else {
+        Err(Error::WrongType {
+            table: t.name.clone(),
+            column: c.name.clone(),
+            expected: c.ty,
+            got: v.type_name(),
+        })
+    }
+}
+
+fn row_key(t: &TableView, key: &[Value]) -> Result<RowKey> {
+    let keys: Vec<&ColumnView> = t.columns.iter().filter(|c| c.merge.is_none()).collect();
+    if keys.len() != key.len() {
+        return Err(Error::KeyArity {
+            table: t.name.clone(),
+            expected: keys.len(),
+            got: key.len(),
+        });
+    }
+    for (c, v) in keys.iter().zip(key) {
+        check_type(t, c, v)?;
+    }
+    Ok(RowKey::from_values(key)?)
+}
+
+/// A change to a watched table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// A row changed: its key values, the columns whose value changed, and whether it is
+    /// live (false: it was deleted).
+    Changed {
+        /// Key values.
+        key: Vec<Value>,
+        /// Names of the columns that changed.
+        columns: Vec<String>,
+        /// Whether the row is visible now.
+        live: bool,
+    },
+    /// The subscriber fell behind and missed `missed` events: re-query the table.
+    Lagged {
+        /// How many events were missed.
+        missed: u64,
+    },
+}
+
+/// Change events of one table; see [`Workspace::watch`].
+#[derive(Debug)]
+pub struct TableWatch {
+    ws: Workspace,
+    table: TableId,
+    rx: tokio::sync::broadcast::Receiver<TableChange>,
+}
+
+impl TableWatch {
+    /// The next event of this table; `None` when the workspace is closed.
+    pub async fn next(&mut self) -> Option<WatchEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(change) if change.table == self.table => return Some(self.event(change)),
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    return Some(WatchEvent::Lagged { missed });
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn event(&self, change: TableChange) -> WatchEvent {
+        let schema = self.ws.schema().ok();
+        let names = change
+            .columns
+            .iter()
+            .map(|id| {
+                schema
+                    .as_ref()
+                    .and_then(|s| s.tables.iter().find(|t| t.id == self.table))
+                    .and_then(|t| t.columns.iter().find(|c| c.id == *id))
+                    .map_or_else(|| id.to_string(), |c| c.name.clone())
+            })
+            .collect();
+        WatchEvent::Changed {
+            key: change.key.values().unwrap_or_default(),
+            columns: names,
+            live: change.live,
+        }
+    }
+}
