@@ -1,14 +1,16 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! shoal-filelog (work in progress)
+mod config;
+mod fsutil;
+pub mod layout;
+mod mirror;
+mod puller;
+mod replica;
+pub mod segment;
+mod sink;
+mod watch;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use config::Config;
+pub use mirror::{Mirror, MirrorStatus, OriginStatus, StalledOrigin, SyncReport};
+pub use puller::{BadFile, FolderPuller};
+pub use replica::FolderReplica;
+pub use sink::FolderSink;

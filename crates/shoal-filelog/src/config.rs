@@ -1,0 +1,92 @@
+//! Tunables of the file log: segment sizes, compaction, paging, watching and retries.
+//!
+//! Owns: [`Config`] and its defaults (documented in `docs/FILELOG.md`).
+//!
+//! Invariants: every field has a safe default; values out of range are clamped where they
+//! are used (a zero page size reads one entry, a fanout below 2 disables compaction).
+//!
+//! Never: changes the byte format. Two devices with different configs share a folder
+//! without trouble.
+
+use std::time::Duration;
+
+use crate::segment::Compression;
+
+/// Tunables of a folder replica, its sink and puller, and the mirror.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A segment whose body (before compression) reaches this many bytes is full: a sink
+    /// cuts large batches into segments near this size (at a seal), and compaction never
+    /// merges past it. Also bounds what a reader holds per cached segment. Default 8 MiB.
+    pub segment_target_bytes: usize,
+    /// A segment with this many entries is full (cut and compacted like the byte size).
+    /// Default 65,536.
+    pub segment_max_entries: usize,
+    /// Compaction merges small adjacent segments of the sink's own log once `fanout` of
+    /// them have piled up in one size tier, so a busy device keeps O(fanout × log n)
+    /// files. Below 2, compaction is off. Default 8.
+    pub compaction_fanout: usize,
+    /// How segment bodies are written. Default zstd level 3.
+    pub compression: Compression,
+    /// Entries per page returned by `read_since` (extended to the next seal). Default 4,096.
+    pub page_entries: usize,
+    /// Decoded segments a puller keeps, so that consecutive pages of one segment are not
+    /// decoded again. Memory is bounded by this times `segment_target_bytes` (for segments
+    /// written with the default policy). Default 4.
+    pub cached_segments: usize,
+    /// Watch the folder with file-system events (`notify`). Default true.
+    pub fs_events: bool,
+    /// Rescan the folder this often even without events: network shares and many cloud
+    /// clients emit none. Default 2 s.
+    pub poll_interval: Duration,
+    /// After a wake-up (a file event, a local commit), wait this long so that a burst of
+    /// changes is handled by one pass. Default 50 ms.
+    pub debounce: Duration,
+    /// First delay before a file that failed verification is read again, and before a
+    /// failed pass (folder unavailable) is retried; doubles up to `retry_max`. Default 250 ms.
+    pub retry_initial: Duration,
+    /// The longest retry delay. Default 30 s.
+    pub retry_max: Duration,
+    /// Failures after which a bad file appears in the status (before that it is presumed
+    /// to be an upload in progress). Default 3.
+    pub report_after: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            segment_target_bytes: 8 << 20,
+            segment_max_entries: 65_536,
+            compaction_fanout: 8,
+            compression: Compression::Zstd { level: 3 },
+            page_entries: 4096,
+            cached_segments: 4,
+            fs_events: true,
+            poll_interval: Duration::from_secs(2),
+            debounce: Duration::from_millis(50),
+            retry_initial: Duration::from_millis(250),
+            retry_max: Duration::from_secs(30),
+            report_after: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Short intervals for tests: 10 ms debounce, 50 ms polling, retries from 10 ms to
+    /// 200 ms.
+    pub fn for_tests() -> Self {
+        Config {
+            poll_interval: Duration::from_millis(50),
+            debounce: Duration::from_millis(10),
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(200),
+            ..Config::default()
+        }
+    }
+
+    /// The delay before retry number `failures` (1 = the first retry).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(20);
+        self.retry_initial.saturating_mul(1 << shift).min(self.retry_max)
+    }
+}

@@ -1,0 +1,107 @@
+//! File-system primitives with the durability rules the file log relies on.
+//!
+//! Owns: atomic publication of one file ([`write_atomically`]), directory fsync, creating
+//! the workspace and origin directories without ever creating the shared folder itself,
+//! and bounded reads.
+//!
+//! Invariants: a canonical segment name only ever points at a complete, fsynced file; a
+//! publication is durable (file and directory entry on disk) before it returns. Reads never
+//! allocate more than the cap they are given.
+//!
+//! Never: creates the shared folder's root (an unmounted share must stay visibly missing),
+//! or renames across directories (rename is atomic only within one).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::layout::{FileStamp, SegmentName, temp_name};
+
+/// Writes `bytes` as `dir/<name>` so that the name appears only once the whole file is on
+/// disk, and is itself on disk before this returns.
+pub fn write_atomically(dir: &Path, name: &SegmentName, bytes: &[u8]) -> io::Result<PathBuf> {
+    // Random bytes in the temporary name: a leftover from a crash never collides with the
+    // next attempt. If the OS has no randomness the clock is good enough for that purpose.
+    let random = shoal_core::random_bytes::<8>().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        nanos.to_le_bytes()
+    });
+    // 1. A temporary name in the *same* directory: rename is atomic only within one
+    //    filesystem, and readers ignore the name (it is not canonical), so a partial file is
+    //    never seen as a segment.
+    let tmp = dir.join(temp_name(name, random));
+    let target = dir.join(name.file_name());
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // 2. Write the whole file.
+        file.write_all(bytes)?;
+        // 3. fsync the file before renaming: otherwise a crash after the rename could leave
+        //    the canonical name pointing at an empty or partial file (the rename may reach
+        //    the disk before the data does).
+        file.sync_all()?;
+        drop(file);
+        // 4. Rename onto the canonical name: atomic, so a reader sees either no file (or
+        //    the previous one of that name) or the complete new one.
+        fs::rename(&tmp, &target)?;
+        // 5. fsync the directory: the rename is a change of the directory, and until that
+        //    is on disk a crash can undo it — we would have acknowledged a publication that
+        //    is lost.
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Best effort: a leftover is also removed by the sink's next start.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| target)
+}
+
+/// Makes a directory's entries (creations, renames, deletions) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        // Windows has no directory handle to fsync; NTFS journals renames itself.
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Creates `dir` (one level) if missing, and makes its creation durable. Fails with
+/// `NotFound` when the parent is missing: parents are never created implicitly.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a whole file of at most `cap` bytes, with the stamp of the version read.
+pub fn read_capped(path: &Path, cap: u64) -> io::Result<(Vec<u8>, FileStamp)> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.len() > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes, more than a segment may have ({cap})", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read (an upload in progress): never past the cap.
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the file grew past the cap"));
+    }
+    Ok((bytes, FileStamp::of(&meta)))
+}

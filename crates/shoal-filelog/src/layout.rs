@@ -1,0 +1,314 @@
+//! Where things live in a shared folder, and which names count.
+//!
+//! Owns: the directory layout `<folder>/<workspace hex>/<origin hex>/<first>-<last>.seg`
+//! ([`SegmentName`], [`Layout`]), the name of the temporary files a sink writes before it
+//! renames them into place, and the listing of one origin directory ([`list_segments`]).
+//!
+//! Invariants: a name is *canonical* only in exactly one spelling — ids as 32 lowercase hex
+//! digits, indices as 20 zero-padded decimal digits (`u64::MAX` has 20), `first <= last`,
+//! suffix `.seg`. Everything else in the folder (temporary files, `*.sync-conflict-*`,
+//! `name (1).seg`, `.DS_Store`, upper-case hex, unpadded numbers, symlinks, directories where
+//! files belong) is ignored by readers, so cloud clients may litter the folder freely.
+//!
+//! Never: reads file contents, or creates, renames or deletes anything.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use shoal_core::{PeerId, WorkspaceId};
+
+/// The file name suffix of segments.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Digits of each index in a segment file name (`u64::MAX` has 20 decimal digits).
+pub const INDEX_DIGITS: usize = 20;
+/// The suffix of a sink's temporary files (`.<first>-<last>.seg.<16 hex>.tmp`).
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// The index range of a segment, as its canonical file name spells it:
+/// `<first:020>-<last:020>.seg`, e.g. `00000000000000000000-00000000000000000041.seg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentName {
+    /// Index of the first entry.
+    pub first: u64,
+    /// Index of the last entry (inclusive).
+    pub last: u64,
+}
+
+impl SegmentName {
+    /// Parses a canonical segment file name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<SegmentName> {
+        let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+        let (a, b) = stem.split_once('-')?;
+        let first = parse_padded(a)?;
+        let last = parse_padded(b)?;
+        (first <= last).then_some(SegmentName { first, last })
+    }
+
+    /// The canonical file name.
+    pub fn file_name(&self) -> String {
+        format!("{:020}-{:020}{SEGMENT_SUFFIX}", self.first, self.last)
+    }
+
+    /// The number of entries the name claims.
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    /// Always false: a segment holds at least one entry.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// True when `index` lies in the range.
+    pub fn contains(&self, index: u64) -> bool {
+        self.first <= index && index <= self.last
+    }
+
+    /// True when `other`'s range lies within this one.
+    pub fn covers(&self, other: &SegmentName) -> bool {
+        self.first <= other.first && other.last <= self.last
+    }
+}
+
+fn parse_padded(s: &str) -> Option<u64> {
+    if s.len() != INDEX_DIGITS || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // 20 digits may exceed u64::MAX ("99999999999999999999"); parse rejects those.
+    s.parse().ok()
+}
+
+/// Parses a directory name that must be an id in canonical form (32 lowercase hex digits).
+pub fn parse_id_dir(name: &str) -> Option<[u8; 16]> {
+    if name.len() != 32 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(name, &mut out).ok()?;
+    Some(out)
+}
+
+/// The temporary name a sink writes `name` under before renaming it into place. It starts
+/// with a dot (hidden, and never canonical) and carries random bytes so two attempts never
+/// collide.
+pub fn temp_name(name: &SegmentName, random: [u8; 8]) -> String {
+    format!(".{}.{}{TEMP_SUFFIX}", name.file_name(), hex::encode(random))
+}
+
+/// True for a name [`temp_name`] produces (used by a sink to clean up after a crash in its
+/// own directory only).
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else { return false };
+    let Some(rest) = rest.strip_suffix(TEMP_SUFFIX) else { return false };
+    let Some((seg, random)) = rest.rsplit_once('.') else { return false };
+    random.len() == 16
+        && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && SegmentName::parse(seg).is_some()
+}
+
+/// The paths of one workspace in one shared folder.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+    workspace: WorkspaceId,
+}
+
+impl Layout {
+    /// The layout of `workspace` under the shared folder `root`.
+    pub fn new(root: impl Into<PathBuf>, workspace: WorkspaceId) -> Self {
+        Layout { root: root.into(), workspace }
+    }
+
+    /// The shared folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The workspace.
+    pub fn workspace(&self) -> WorkspaceId {
+        self.workspace
+    }
+
+    /// `<folder>/<workspace hex>`.
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.root.join(self.workspace.to_hex())
+    }
+
+    /// `<folder>/<workspace hex>/<origin hex>`.
+    pub fn origin_dir(&self, origin: &PeerId) -> PathBuf {
+        self.workspace_dir().join(origin.to_hex())
+    }
+
+    /// The path of a segment of `origin`.
+    pub fn segment_path(&self, origin: &PeerId, name: &SegmentName) -> PathBuf {
+        self.origin_dir(origin).join(name.file_name())
+    }
+
+    /// Fails with a description when the shared folder itself is missing or not a
+    /// directory. Nothing below it is ever created when it is missing: an unmounted network
+    /// share or a cloud folder that was moved away must not be silently replaced by an
+    /// empty local directory.
+    pub fn check_root(&self) -> Result<(), String> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err("is not a directory".into()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err("does not exist (moved, deleted or not mounted?)".into())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What identifies one version of a file: if any of these change, the file was replaced or
+/// grew, and whatever was learned from it must be learned again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    /// Length in bytes.
+    pub len: u64,
+    /// Modification time, where the filesystem has one.
+    pub modified: Option<SystemTime>,
+    /// Inode number (0 where the platform has none). A rename over the file changes it.
+    pub inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileStamp { len: meta.len(), modified: meta.modified().ok(), inode }
+    }
+}
+
+/// One canonical segment file found in an origin directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFile {
+    /// Its range.
+    pub name: SegmentName,
+    /// Its path.
+    pub path: PathBuf,
+    /// The version of the file that was listed.
+    pub stamp: FileStamp,
+}
+
+/// Lists the canonical segment files of one origin directory, sorted by `(first, last)`.
+/// Everything else is skipped. A missing directory lists as empty. Files that vanish while
+/// being listed (a compaction deleting its parts) are skipped too.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<SegmentFile>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(SegmentName::parse) else { continue };
+        // `DirEntry::metadata` does not follow symlinks: a symlink is not a segment.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        out.push(SegmentFile { name, path: entry.path(), stamp: FileStamp::of(&meta) });
+    }
+    out.sort_by_key(|f| f.name);
+    Ok(out)
+}
+
+/// The segments a reader follows from index 0: starting at 0, repeatedly the usable segment
+/// that contains the next needed index and reaches furthest. Returns that path (consecutive
+/// segments may overlap) and the index after its end.
+pub fn coverage_path<T>(
+    segments: &[T],
+    name: impl Fn(&T) -> SegmentName,
+    usable: impl Fn(&T) -> bool,
+) -> (Vec<&T>, u64) {
+    let mut path = Vec::new();
+    let mut next = 0u64;
+    loop {
+        let best = segments
+            .iter()
+            .filter(|s| usable(s) && name(s).contains(next))
+            .max_by_key(|s| name(s).last);
+        let Some(best) = best else { break };
+        path.push(best);
+        let last = name(best).last;
+        if last == u64::MAX {
+            next = u64::MAX;
+            break;
+        }
+        next = last + 1;
+    }
+    (path, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_segment_names_parse() {
+        let good = SegmentName { first: 0, last: 41 };
+        assert_eq!(good.file_name(), "00000000000000000000-00000000000000000041.seg");
+        assert_eq!(SegmentName::parse(&good.file_name()), Some(good));
+        let max = SegmentName { first: u64::MAX, last: u64::MAX };
+        assert_eq!(SegmentName::parse(&max.file_name()), Some(max));
+        for bad in [
+            "0-41.seg",
+            "00000000000000000000-00000000000000000041.seg.tmp",
+            "00000000000000000000-00000000000000000041 (1).seg",
+            "00000000000000000000-00000000000000000041.sync-conflict-20261125-101010-ABCDEFG.seg",
+            "00000000000000000041-00000000000000000000.seg",
+            "99999999999999999999-99999999999999999999.seg",
+            "+0000000000000000000-00000000000000000041.seg",
+            "00000000000000000000-00000000000000000041.SEG",
+            ".DS_Store",
+            "",
+        ] {
+            assert_eq!(SegmentName::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn temp_names_are_recognised_and_never_canonical() {
+        let name = SegmentName { first: 3, last: 9 };
+        let t = temp_name(&name, [0xab; 8]);
+        assert!(is_temp_name(&t), "{t}");
+        assert_eq!(SegmentName::parse(&t), None);
+        assert!(!is_temp_name(&name.file_name()));
+        assert!(!is_temp_name(".DS_Store"));
+        assert!(!is_temp_name(".x.tmp"));
+    }
+
+    #[test]
+    fn id_dirs_must_be_lowercase_hex() {
+        assert!(parse_id_dir(&"ab".repeat(16)).is_some());
+        assert!(parse_id_dir(&"AB".repeat(16)).is_none());
+        assert!(parse_id_dir("abc").is_none());
+    }
+
+    #[test]
+    fn coverage_follows_the_furthest_reaching_segment() {
+        let n = |first, last| SegmentName { first, last };
+        let segs = [n(0, 4), n(0, 9), n(5, 9), n(8, 12), n(20, 30)];
+        let (path, next) = coverage_path(&segs, |s| *s, |_| true);
+        assert_eq!(path, vec![&n(0, 9), &n(8, 12)]);
+        assert_eq!(next, 13);
+        let (path, next) = coverage_path(&segs, |s| *s, |s| *s != n(0, 9));
+        assert_eq!(path, vec![&n(0, 4), &n(5, 9), &n(8, 12)]);
+        assert_eq!(next, 13);
+        let (path, next) = coverage_path(&segs[2..], |s| *s, |_| true);
+        assert!(path.is_empty());
+        assert_eq!(next, 0);
+    }
+}

@@ -1,0 +1,311 @@
+//! [`Mirror`]: the driver that keeps a device replica and a shared folder in sync.
+//!
+//! Owns: pairing one [`FolderReplica`] with one local device replica (any
+//! `Arc<dyn Replica<Entry>>`: the in-memory one today, the SQLite one tomorrow), the
+//! pass that publishes the device's own new entries and pulls every other origin's, the
+//! loop that runs passes when something changes, and the [`MirrorStatus`] a user sees.
+//!
+//! Invariants:
+//! - A pass is: publish (core [`shoal_core::publish`], local -> folder, own origin only),
+//!   then pull (core [`shoal_core::pull`], folder -> local, every origin where the folder is
+//!   ahead). Passes never overlap. The cursor diff is the truth; wake-ups only say when to
+//!   look.
+//! - Wake-ups: the local replica's cursor stream (a commit of the device's own origin),
+//!   the folder's (file events or polling), the earliest retry of a bad file, and
+//!   `poll_interval` as a safety net. After a wake-up the loop waits `debounce`, so a
+//!   burst costs one pass.
+//! - A failed pass (folder unavailable, disk error) is retried with exponential backoff
+//!   and recorded in the status; the loop ends only on shutdown, when the local replica
+//!   closes, or on a caller's misuse or a bug.
+//! - One bad origin never blocks the others: the pull driver stalls it and the status
+//!   says where and why.
+//!
+//! Never: writes another origin's log into the folder, or holds more than the drivers'
+//! pages in memory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use futures::{FutureExt, StreamExt};
+use shoal_core::{
+    CursorsEvent, DeviceKey, Entry, FileLogReplica, HasCursors, PeerCursors, PeerId, Replica,
+    SyncError, WorkspaceId,
+};
+
+use crate::config::Config;
+use crate::puller::BadFile;
+use crate::replica::FolderReplica;
+
+/// One origin's position in the folder and in the local replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginStatus {
+    /// The origin.
+    pub origin: PeerId,
+    /// How far the folder holds its log (verified at the tip).
+    pub in_folder: u64,
+    /// How far the local replica holds it.
+    pub local: u64,
+}
+
+/// An origin the mirror cannot advance, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalledOrigin {
+    /// The origin.
+    pub origin: PeerId,
+    /// The local replica's cursor for it (where it is stuck).
+    pub at: u64,
+    /// Why (names the file when a file is at fault).
+    pub reason: String,
+    /// Since when it has been stalled.
+    pub since: SystemTime,
+}
+
+/// What a mirror has done and what it is stuck on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorStatus {
+    /// The shared folder.
+    pub folder: PathBuf,
+    /// The device's own origin.
+    pub origin: PeerId,
+    /// Every origin known to the folder or the local replica, by origin.
+    pub origins: Vec<OriginStatus>,
+    /// Origins that could not advance in the last pass.
+    pub stalled: Vec<StalledOrigin>,
+    /// Files that keep failing verification.
+    pub bad_files: Vec<BadFile>,
+    /// When the last pass completed without error.
+    pub last_success: Option<SystemTime>,
+    /// The error of the last pass, if it failed.
+    pub last_error: Option<String>,
+    /// Passes run so far.
+    pub passes: u64,
+}
+
+impl MirrorStatus {
+    /// True when the last pass succeeded, nothing is stalled or bad, and the local replica
+    /// holds everything the folder holds and vice versa.
+    pub fn in_sync(&self) -> bool {
+        self.last_error.is_none()
+            && self.last_success.is_some()
+            && self.stalled.is_empty()
+            && self.bad_files.is_empty()
+            && self.origins.iter().all(|o| o.in_folder == o.local)
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Own entries published to the folder.
+    pub published: u64,
+    /// Entries pulled into the local replica.
+    pub pulled: u64,
+    /// Entries the local replica already had.
+    pub duplicates: u64,
+    /// Origins that could not advance, with why.
+    pub stalled: Vec<(PeerId, String)>,
+}
+
+/// Keeps a device replica and a shared folder in sync. See the module doc.
+pub struct Mirror {
+    folder: FolderReplica,
+    local: Arc<dyn Replica<Entry>>,
+    status: Mutex<MirrorStatus>,
+    pass: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror").field("folder", &self.folder).finish_non_exhaustive()
+    }
+}
+
+impl Mirror {
+    /// A mirror between `folder` and the device replica `local`.
+    pub fn new(folder: FolderReplica, local: Arc<dyn Replica<Entry>>) -> Self {
+        let status = MirrorStatus {
+            folder: folder.folder().to_path_buf(),
+            origin: folder.origin(),
+            origins: Vec::new(),
+            stalled: Vec::new(),
+            bad_files: Vec::new(),
+            last_success: None,
+            last_error: None,
+            passes: 0,
+        };
+        Mirror { folder, local, status: Mutex::new(status), pass: tokio::sync::Mutex::new(()) }
+    }
+
+    /// A mirror between the shared folder `folder` (workspace `workspace`) and the replica
+    /// `local` of the device holding `key`.
+    pub fn open(
+        folder: impl Into<PathBuf>,
+        workspace: WorkspaceId,
+        key: DeviceKey,
+        local: Arc<dyn Replica<Entry>>,
+        config: Config,
+    ) -> Self {
+        Mirror::new(FolderReplica::new(folder, workspace, key, config), local)
+    }
+
+    /// The folder side.
+    pub fn folder(&self) -> &FolderReplica {
+        &self.folder
+    }
+
+    /// The current status.
+    pub fn status(&self) -> MirrorStatus {
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> MutexGuard<'_, MirrorStatus> {
+        // Updates replace whole fields; a panic elsewhere cannot leave it half-written.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one pass: publish the device's new entries, pull every other origin's. The
+    /// status is updated either way; the first error (publish before pull) is returned.
+    pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
+        let _one_pass_at_a_time = self.pass.lock().await;
+        let mut report = SyncReport::default();
+        let published = self.folder.publish_from(self.local.clone()).await;
+        if let Ok(n) = &published {
+            report.published = *n;
+        }
+        let pulled = shoal_core::pull(&self.folder, &*self.local).await;
+        if let Ok(r) = &pulled {
+            report.pulled = r.new;
+            report.duplicates = r.duplicates;
+            report.stalled = r.stalled.iter().map(|(o, e)| (*o, e.to_string())).collect();
+        }
+        let folder_cursors = self.folder.cursors().await.unwrap_or_default();
+        let local_cursors = self.local.cursors().await.unwrap_or_default();
+        let error = published.err().or(pulled.err());
+        self.update_status(&report, &folder_cursors, &local_cursors, error.as_ref());
+        match error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    fn update_status(
+        &self,
+        report: &SyncReport,
+        folder: &PeerCursors,
+        local: &PeerCursors,
+        error: Option<&SyncError>,
+    ) {
+        let now = SystemTime::now();
+        let mut origins: BTreeMap<PeerId, OriginStatus> = BTreeMap::new();
+        for (origin, _) in folder.iter().chain(local.iter()) {
+            origins.entry(origin).or_insert_with(|| OriginStatus {
+                origin,
+                in_folder: folder.get(&origin),
+                local: local.get(&origin),
+            });
+        }
+        let bad_files = self.folder.bad_files();
+        let mut st = self.lock_status();
+        let stalled = report
+            .stalled
+            .iter()
+            .map(|(origin, reason)| StalledOrigin {
+                origin: *origin,
+                at: local.get(origin),
+                reason: reason.clone(),
+                since: st.stalled.iter().find(|s| s.origin == *origin).map_or(now, |s| s.since),
+            })
+            .collect();
+        st.passes += 1;
+        st.origins = origins.into_values().collect();
+        st.stalled = stalled;
+        st.bad_files = bad_files;
+        match error {
+            None => {
+                st.last_success = Some(now);
+                st.last_error = None;
+            }
+            Some(e) => st.last_error = Some(e.to_string()),
+        }
+    }
+
+    /// Runs passes whenever something changes until `shutdown` completes (or the local
+    /// replica closes). Failed passes are retried with backoff; only a misuse of the API
+    /// or a bug ends the loop with an error.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), SyncError> {
+        let config = self.folder.config().clone();
+        let own = self.folder.origin();
+        let mut local_events = self.local.watch_cursors();
+        let mut folder_events = self.folder.watch_cursors();
+        let mut folder_live = true;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut failures = 0u32;
+        loop {
+            let backoff = match self.sync_once().await {
+                Ok(_) => {
+                    failures = 0;
+                    None
+                }
+                Err(e @ (SyncError::Misuse(_) | SyncError::Bug(_))) => return Err(e),
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, failures, "mirror pass failed; retrying");
+                    Some(config.backoff(failures))
+                }
+            };
+            let now = Instant::now();
+            let mut deadline = now + config.poll_interval;
+            if let Some(b) = backoff {
+                deadline = deadline.min(now + b);
+            }
+            if let Some(retry) = self.folder.puller().next_retry() {
+                deadline = deadline.min(retry.max(now));
+            }
+            // While backing off, only the deadline (or shutdown) ends the wait.
+            let listening = backoff.is_none();
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep_until(deadline.into()) => break,
+                    event = local_events.next(), if listening => match event {
+                        Some(e) if wakes(&e, own, Side::Local) => break,
+                        Some(_) => {}
+                        None => return Ok(()),
+                    },
+                    event = folder_events.next(), if listening && folder_live => match event {
+                        Some(e) if wakes(&e, own, Side::Folder) => break,
+                        Some(_) => {}
+                        None => folder_live = false,
+                    },
+                }
+            }
+            // Debounce: let the burst that woke us finish; one pass then covers all of it.
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(config.debounce) => {}
+            }
+            while let Some(Some(_)) = local_events.next().now_or_never() {}
+            while let Some(Some(_)) = folder_events.next().now_or_never() {}
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Local,
+    Folder,
+}
+
+/// Whether a cursor event calls for a pass: locally, only the device's own commits
+/// (entries pulled in need no publishing); in the folder, only other origins (our own
+/// publications need no pulling).
+fn wakes(event: &CursorsEvent, own: PeerId, side: Side) -> bool {
+    match (event, side) {
+        (CursorsEvent::Snapshot(_), _) => true,
+        (CursorsEvent::Advanced(c), Side::Local) => c.get(&own) > 0,
+        (CursorsEvent::Advanced(c), Side::Folder) => c.iter().any(|(o, _)| o != own),
+    }
+}
