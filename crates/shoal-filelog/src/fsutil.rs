@@ -16,6 +16,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::layout::{FileStamp, SegmentName, temp_name};
+use crate::segment::{HEADER_LEN, declared_len};
 
 /// Writes `bytes` as `dir/<name>` so that the name appears only once the whole file is on
 /// disk, and is itself on disk before this returns.
@@ -87,21 +88,20 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Reads a whole file of at most `cap` bytes, with the stamp of the version read.
-pub fn read_capped(path: &Path, cap: u64) -> io::Result<(Vec<u8>, FileStamp)> {
-    let file = File::open(path)?;
-    let meta = file.metadata()?;
-    if meta.len() > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} bytes, more than a segment may have ({cap})", meta.len()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // The file may grow while it is read (an upload in progress): never past the cap.
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "the file grew past the cap"));
-    }
-    Ok((bytes, FileStamp::of(&meta)))
+/// Reads a segment file: its header, then no more than the header declares plus one byte
+/// (so a longer file fails as "trailing bytes" without being read whole). A file whose
+/// header is not acceptable is returned as its first [`HEADER_LEN`] bytes, for the decoder
+/// to name the problem. Returns the stamp of the version read.
+pub fn read_segment_file(path: &Path) -> io::Result<(Vec<u8>, FileStamp)> {
+    let mut file = File::open(path)?;
+    let stamp = FileStamp::of(&file.metadata()?);
+    let mut bytes = Vec::with_capacity(HEADER_LEN);
+    (&mut file).take(HEADER_LEN as u64).read_to_end(&mut bytes)?;
+    let Some(total) = declared_len(&bytes) else { return Ok((bytes, stamp)) };
+    // `total` is at most HEADER_LEN + MAX_BODY_BYTES + TRAILER_LEN (checked by
+    // `declared_len`), and the reservation is bounded by what the file claims to hold.
+    bytes.reserve((total as usize).saturating_sub(HEADER_LEN).min(stamp.len as usize));
+    let rest = total + 1 - bytes.len() as u64;
+    file.take(rest).read_to_end(&mut bytes)?;
+    Ok((bytes, stamp))
 }

@@ -266,26 +266,30 @@ impl Mirror {
             }
             // While backing off, only the deadline (or shutdown) ends the wait.
             let listening = backoff.is_none();
-            loop {
+            let local_commit = loop {
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep_until(deadline.into()) => break,
+                    () = tokio::time::sleep_until(deadline.into()) => break false,
                     event = local_events.next(), if listening => match event {
-                        Some(e) if wakes(&e, own, Side::Local) => break,
+                        Some(e) if wakes(&e, own, Side::Local) => break true,
                         Some(_) => {}
                         None => return Ok(()),
                     },
                     event = folder_events.next(), if listening && folder_live => match event {
-                        Some(e) if wakes(&e, own, Side::Folder) => break,
+                        Some(e) if wakes(&e, own, Side::Folder) => break false,
                         Some(_) => {}
                         None => folder_live = false,
                     },
                 }
-            }
-            // Debounce: let the burst that woke us finish; one pass then covers all of it.
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                () = tokio::time::sleep(config.debounce) => {}
+            };
+            // Debounce local commits: let the burst finish, so one pass (and one segment)
+            // covers all of it. Folder events were already debounced by the folder's
+            // watcher, and timers need none.
+            if local_commit {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(config.debounce) => {}
+                }
             }
             while let Some(Some(_)) = local_events.next().now_or_never() {}
             while let Some(Some(_)) = folder_events.next().now_or_never() {}

@@ -36,14 +36,9 @@ use shoal_core::codec::{DecodeError, DecodeProblem};
 use shoal_core::{Entry, FileLogPuller, PeerCursors, PeerId, SyncError, WorkspaceId};
 
 use crate::config::Config;
-use crate::fsutil::read_capped;
+use crate::fsutil::read_segment_file;
 use crate::layout::{FileStamp, Layout, SegmentFile, coverage_path, list_segments, parse_id_dir};
-use crate::segment::{
-    Expected, HEADER_LEN, MAX_BODY_BYTES, Segment, SegmentProblem, SegmentTip, TRAILER_LEN,
-};
-
-/// The largest file that can be a segment.
-pub(crate) const MAX_SEGMENT_FILE: u64 = (HEADER_LEN + TRAILER_LEN) as u64 + MAX_BODY_BYTES as u64;
+use crate::segment::{Expected, Segment, SegmentProblem, SegmentTip};
 
 /// A file in the folder that could not be used, as shown in a status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,9 +218,12 @@ impl FolderPuller {
         out
     }
 
-    /// When the next bad file is due to be read again, if any is waiting.
+    /// When the next bad file becomes due to be read again, if one is waiting. (Files
+    /// already due are read by the next pass that needs them; they are not a reason to
+    /// wake up.)
     pub fn next_retry(&self) -> Option<Instant> {
-        self.lock().bad.values().map(|r| r.retry_at).min()
+        let now = Instant::now();
+        self.lock().bad.values().map(|r| r.retry_at).filter(|t| *t > now).min()
     }
 
     /// Reads and fully verifies one segment file of `origin` (or takes it from the cache).
@@ -308,7 +306,7 @@ impl FolderPuller {
     }
 
     fn read(&self, origin: PeerId, file: &SegmentFile) -> Result<(Vec<u8>, FileStamp), Load> {
-        match read_capped(&file.path, MAX_SEGMENT_FILE) {
+        match read_segment_file(&file.path) {
             Ok(r) => Ok(r),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Load::Vanished),
             Err(e) => {

@@ -567,6 +567,19 @@ impl Segment {
     }
 }
 
+/// The total file length a segment's first [`HEADER_LEN`] bytes declare, when the magic,
+/// version, flags and body length are acceptable; `None` otherwise (the decoder then says
+/// what is wrong). Lets a reader read no more than the header declares, so a large
+/// foreign file under a canonical name costs one header read.
+pub fn declared_len(prefix: &[u8]) -> Option<u64> {
+    let header = prefix.get(..HEADER_LEN)?;
+    if header[..8] != MAGIC || header[8] != FORMAT_VERSION || header[9] & !FLAG_ZSTD != 0 {
+        return None;
+    }
+    let stored = u32::from_le_bytes([header[126], header[127], header[128], header[129]]);
+    (stored <= MAX_BODY_BYTES).then_some((HEADER_LEN + TRAILER_LEN) as u64 + u64::from(stored))
+}
+
 /// The blake3 checksum a segment ends with, over every byte before it.
 pub fn checksum(bytes: &[u8]) -> [u8; 32] {
     *blake3::Hasher::new_derive_key(CHECKSUM_CONTEXT).update(bytes).finalize().as_bytes()

@@ -36,11 +36,11 @@ use shoal_core::{
 };
 
 use crate::config::Config;
-use crate::fsutil::{ensure_dir, read_capped, write_atomically};
+use crate::fsutil::{ensure_dir, read_segment_file, write_atomically};
 use crate::layout::{
     FileStamp, Layout, SegmentFile, SegmentName, coverage_path, is_temp_name, list_segments,
 };
-use crate::puller::{FileProblem, MAX_SEGMENT_FILE};
+use crate::puller::FileProblem;
 use crate::segment::{Expected, SealCheck, Segment, SegmentTip};
 
 /// One of the sink's own segments, known to be good (its tip was checked or it was written
@@ -226,7 +226,7 @@ impl FolderSink {
         {
             return Ok((*stamp, *tip));
         }
-        let (bytes, stamp) = match read_capped(&file.path, MAX_SEGMENT_FILE) {
+        let (bytes, stamp) = match read_segment_file(&file.path) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(None),
             Err(e) => return Err(Some(FileProblem::Io(e.to_string()))),
@@ -417,8 +417,8 @@ impl FolderSink {
     fn merge(&mut self, group: &[OwnSegment]) -> Result<(), SyncError> {
         let mut parts = Vec::with_capacity(group.len());
         for s in group {
-            let (bytes, _) = read_capped(&s.path, MAX_SEGMENT_FILE)
-                .map_err(|e| self.io_error("reading", &s.path, e))?;
+            let (bytes, _) =
+                read_segment_file(&s.path).map_err(|e| self.io_error("reading", &s.path, e))?;
             // Own files were verified when written; re-checking the chain and head is
             // enough to know the bytes are still the same entries.
             let seg = Segment::decode_with(&bytes, &self.expected(s.name), SealCheck::HeadOnly)
