@@ -5,6 +5,7 @@
 //! Run: `cargo run --release -p shoal-bench -- <bench> [options]` (see `--help`).
 
 mod oplog;
+mod tables;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -35,11 +36,26 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u64,
     },
+    /// Local transactions of 100 cell writes vs plain SQLite upserts of the same rows.
+    TablesLocal {
+        /// Transactions.
+        #[arg(long, default_value_t = 5_000)]
+        transactions: usize,
+    },
+    /// Remote apply of N cell changes from another replica vs plain upserts; bookkeeping
+    /// bytes per cell.
+    TablesRemote {
+        /// Cell changes.
+        #[arg(long, default_value_t = 1_000_000)]
+        cells: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Append { entries, batch } => oplog::append(entries, batch),
         Bench::Pull { entries } => oplog::pull(entries),
+        Bench::TablesLocal { transactions } => tables::local(transactions),
+        Bench::TablesRemote { cells } => tables::remote(cells),
     }
 }

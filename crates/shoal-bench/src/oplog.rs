@@ -5,7 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use rusqlite::{Connection, params};
 use shoal_core::codec::Encode;
-use shoal_core::{DeviceKey, Domain, HasCursors, Hlc, ManualClock, Op, Payload, WorkspaceId, pull as pull_entries};
+use shoal_core::{
+    DeviceKey, Domain, HasCursors, Hlc, ManualClock, Op, Payload, WorkspaceId, pull as pull_entries,
+};
 use shoal_sqlite::{LocalTx, Options, SqliteReplica};
 
 use crate::util::{peak_rss_mib, rate, reset_peak_rss, row, rss_mib, timed};
@@ -24,8 +26,14 @@ fn workspace() -> (WorkspaceId, DeviceKey) {
 
 fn replica(dir: &std::path::Path, name: &str, seed: u8) -> anyhow::Result<SqliteReplica> {
     let (ws, _) = workspace();
-    let opts = Options { clock: Arc::new(ManualClock::new(1_700_000_000_000)), ..Options::default() };
-    Ok(SqliteReplica::create(dir.join(name), ws, Some(DeviceKey::from_secret_bytes(&[seed; 32])), opts)?)
+    let opts =
+        Options { clock: Arc::new(ManualClock::new(1_700_000_000_000)), ..Options::default() };
+    Ok(SqliteReplica::create(
+        dir.join(name),
+        ws,
+        Some(DeviceKey::from_secret_bytes(&[seed; 32])),
+        opts,
+    )?)
 }
 
 /// Plain SQLite with the same durability settings as the replica (WAL, synchronous=FULL).
@@ -65,7 +73,9 @@ pub fn append(entries: u64, batch: u64) -> anyhow::Result<()> {
     let (res, shoal) = timed(|| -> anyhow::Result<()> {
         let mut n = 0;
         while n < entries {
-            let txs = (n..(n + batch).min(entries)).map(|k| LocalTx { ops: vec![op(k)], author: None }).collect();
+            let txs = (n..(n + batch).min(entries))
+                .map(|k| LocalTx { ops: vec![op(k)], author: None })
+                .collect();
             r.append_local(txs)?;
             n += batch;
         }
@@ -85,7 +95,9 @@ pub fn pull(entries: u64) -> anyhow::Result<()> {
     let source = replica(dir.path(), "source.db", 1)?;
     let mut n = 0;
     while n < entries {
-        let txs = (n..(n + 10_000).min(entries)).map(|k| LocalTx { ops: vec![op(k)], author: None }).collect();
+        let txs = (n..(n + 10_000).min(entries))
+            .map(|k| LocalTx { ops: vec![op(k)], author: None })
+            .collect();
         source.append_local(txs)?;
         n += 10_000;
     }
@@ -103,8 +115,9 @@ pub fn pull(entries: u64) -> anyhow::Result<()> {
             let mut stmt = src_conn.prepare_cached(
                 "SELECT id, payload FROM shoal_oplog WHERE id >= ?1 ORDER BY id LIMIT 4096",
             )?;
-            let rows: Vec<(i64, Vec<u8>)> =
-                stmt.query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let rows: Vec<(i64, Vec<u8>)> = stmt
+                .query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
             if rows.is_empty() {
                 break;
             }

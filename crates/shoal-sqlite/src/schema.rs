@@ -140,6 +140,8 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // 8 MiB of page cache per connection: enough for the hot B-tree pages, and a bound on
     // memory that does not grow with the log.
     conn.pragma_update(None, "cache_size", -8_000)?;
+    // Table materialization uses one statement per table and cell signature.
+    conn.set_prepared_statement_cache_capacity(512);
     Ok(())
 }
 

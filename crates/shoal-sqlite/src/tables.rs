@@ -29,6 +29,7 @@
 //! processes (it checks `shoal_schema_gen` before every entry).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -104,8 +105,20 @@ impl Drops {
     }
 }
 
+/// The SQL of puts with one signature (which cells, of which kind).
+#[derive(Debug)]
+struct PutStatements {
+    select: String,
+    upsert: String,
+    state_columns: usize,
+}
+
+/// Puts are keyed by table, the (column, part) of each cell, and the number of key values.
+type PutKey = (TableId, Vec<(ColumnId, Part)>, usize);
+
 /// Keeps tables materialized in the replica's file. See the module doc.
 pub struct TablesMaterializer {
+    put_sql: HashMap<PutKey, Arc<PutStatements>>,
     schema: TablesModel,
     drops: HashMap<TableId, Drops>,
     physical: HashMap<TableId, Physical>,
@@ -159,6 +172,7 @@ impl TablesMaterializer {
     /// A materializer; its state is loaded from the file at `init`.
     pub fn new() -> Self {
         TablesMaterializer {
+            put_sql: HashMap::new(),
             schema: TablesModel::new(),
             drops: HashMap::new(),
             physical: HashMap::new(),
@@ -392,45 +406,76 @@ impl TablesMaterializer {
         for (column, write) in cells {
             self.ensure_part(conn, table, *column, part_of(write))?;
         }
-        let drops = self.drops.get(&table).cloned().unwrap_or_default();
-        let t = phys_name(table);
-        let (tomb, written) = read_row_head(conn, &t, key)?.unwrap_or((None, None));
-        let floor = tomb.max(drops.table);
+        let values =
+            key.values().map_err(|e| MaterializeError::Malformed(format!("row key: {e}")))?;
+        self.ensure_key_columns(conn, table, values.len())?;
+        let (table_dropped, column_drops): (Option<Hlc>, Vec<Option<Hlc>>) = {
+            let d = self.drops.get(&table);
+            (
+                d.and_then(|d| d.table),
+                cells.iter().map(|(c, _)| d.and_then(|d| d.column(*c))).collect(),
+            )
+        };
+        let signature: Vec<(ColumnId, Part)> =
+            cells.iter().map(|(c, w)| (*c, part_of(w))).collect();
+        let statements = self.put_statements(table, &signature, values.len());
+
+        // One read of the row: its tombstone, last write and the current state of every
+        // cell written, in signature order.
+        let current: Option<(Option<i64>, Option<i64>, Vec<SqlValue>)> = conn
+            .prepare_cached(&statements.select)?
+            .query_row([key.as_bytes()], |r| {
+                let n = r.as_ref().column_count();
+                let mut rest = Vec::with_capacity(n - 2);
+                for i in 2..n {
+                    rest.push(r.get::<_, SqlValue>(i)?);
+                }
+                Ok((r.get(0)?, r.get(1)?, rest))
+            })
+            .optional()?;
+        let (tomb, written, mut state) = match current {
+            Some((t, w, state)) => (
+                t.map(|h| Hlc::from_u64(h as u64)),
+                w.filter(|w| *w != 0).map(|h| Hlc::from_u64(h as u64)),
+                state,
+            ),
+            None => (None, None, vec![SqlValue::Null; statements.state_columns]),
+        };
+        let floor = tomb.max(table_dropped);
         if !survives(floor, hlc) {
             return Ok(());
         }
         let was_live = written.is_some_and(|w| survives(floor, w));
-        let new_written = written.max(Some(hlc));
-
-        // Read the current state of the written cells, decide, and collect the new values.
-        let mut sets: Vec<(String, SqlValue)> = Vec::new();
-        let mut changed: Vec<ColumnId> = Vec::new();
         let tbl = table.as_u64() as i64;
-        for (column, write) in cells {
-            let cell_floor = floor.max(drops.column(*column));
-            if !survives(cell_floor, hlc) {
-                continue;
+        let mut changed: Vec<ColumnId> = Vec::new();
+        let mut at = 0; // position in `state` of the current cell's columns
+        for ((column, write), column_dropped) in cells.iter().zip(column_drops) {
+            let width = if matches!(write, CellWrite::Set(_)) { 2 } else { 1 };
+            let slot = at;
+            at += width;
+            if !survives(floor.max(column_dropped), hlc) {
+                continue; // `state` keeps the current values: written back unchanged
             }
             match write {
                 CellWrite::Set(v) => {
-                    let current = read_lww(conn, &t, key, *column)?;
+                    let current = lww_from_sql(&state[slot], &state[slot + 1]);
                     if lww_wins(current.as_ref().map(|(h, v)| (*h, v)), (hlc, v)) {
-                        let visible_before = current.as_ref().map(|(_, v)| v);
-                        if visible_before != Some(v) {
+                        if current.as_ref().map(|(_, v)| v) != Some(v) {
                             changed.push(*column);
                         }
-                        sets.push((col_name("l", *column), to_sql(v)));
-                        sets.push((
-                            col_name("lh", *column),
-                            SqlValue::Integer(lww_hlc_sql(hlc, v)),
-                        ));
+                        state[slot] = to_sql(v);
+                        state[slot + 1] = SqlValue::Integer(lww_hlc_sql(hlc, v));
                     }
                 }
                 CellWrite::Add(n) => {
-                    let key_bytes = key.as_bytes();
+                    let col = column.as_u64() as i64;
                     let existing: Option<i64> = conn
-                        .prepare_cached("SELECT n FROM shoal_adds WHERE tbl = ?1 AND key = ?2 AND col = ?3 AND hlc = ?4")?
-                        .query_row(params![tbl, key_bytes, column.as_u64() as i64, hlc.as_u64() as i64], |r| r.get(0))
+                        .prepare_cached(
+                            "SELECT n FROM shoal_adds WHERE tbl = ?1 AND key = ?2 AND col = ?3 AND hlc = ?4",
+                        )?
+                        .query_row(params![tbl, key.as_bytes(), col, hlc.as_u64() as i64], |r| {
+                            r.get(0)
+                        })
                         .optional()?;
                     conn.prepare_cached(
                         "INSERT INTO shoal_adds (tbl, key, col, hlc, n) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -438,26 +483,19 @@ impl TablesMaterializer {
                     )?
                     .execute(params![
                         tbl,
-                        key_bytes,
-                        column.as_u64() as i64,
+                        key.as_bytes(),
+                        col,
                         hlc.as_u64() as i64,
                         existing.unwrap_or(0).wrapping_add(*n)
                     ])?;
-                    let sum: Option<i64> = conn
-                        .prepare_cached(&format!(
-                            "SELECT {} FROM \"{t}\" WHERE key = ?1",
-                            col_name("n", *column)
-                        ))?
-                        .query_row([key_bytes], |r| r.get(0))
-                        .optional()?
-                        .flatten();
+                    let sum = match &state[slot] {
+                        SqlValue::Integer(i) => *i,
+                        _ => 0,
+                    };
                     if *n != 0 {
                         changed.push(*column);
                     }
-                    sets.push((
-                        col_name("n", *column),
-                        SqlValue::Integer(sum.unwrap_or(0).wrapping_add(*n)),
-                    ));
+                    state[slot] = SqlValue::Integer(sum.wrapping_add(*n));
                 }
                 CellWrite::Max(v) => {
                     let mut frontier = read_frontier(conn, tbl, key, *column)?;
@@ -467,44 +505,22 @@ impl TablesMaterializer {
                         let after = frontier.max(None).cloned();
                         if before != after {
                             changed.push(*column);
-                            sets.push((
-                                col_name("m", *column),
-                                after.as_ref().map_or(SqlValue::Null, to_sql),
-                            ));
                         }
+                        state[slot] = after.as_ref().map_or(SqlValue::Null, to_sql);
                     }
                 }
             }
         }
 
-        // Upsert the row: its key values, last write and changed cells.
-        let values =
-            key.values().map_err(|e| MaterializeError::Malformed(format!("row key: {e}")))?;
-        self.ensure_key_columns(conn, table, values.len())?;
-        let mut cols = vec!["key".to_owned(), "kn".to_owned(), "written".to_owned()];
-        let mut args: Vec<SqlValue> = vec![
-            SqlValue::Blob(key.as_bytes().to_vec()),
-            SqlValue::Integer(values.len() as i64),
-            SqlValue::Integer(new_written.map_or(0, |h| h.as_u64() as i64)),
-        ];
-        for (i, v) in values.iter().enumerate() {
-            cols.push(format!("k{i}"));
-            args.push(to_sql(v));
-        }
-        let mut updates = vec!["written = excluded.written".to_owned()];
-        for (c, v) in sets {
-            updates.push(format!("{c} = excluded.{c}"));
-            cols.push(c);
-            args.push(v);
-        }
-        let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "INSERT INTO \"{t}\" ({}) VALUES ({}) ON CONFLICT (key) DO UPDATE SET {}",
-            cols.join(", "),
-            placeholders.join(", "),
-            updates.join(", ")
-        );
-        conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(args))?;
+        // Upsert the row: key, key values, last write, and every cell column (changed or
+        // not, so that one statement serves every put with this signature).
+        let mut args: Vec<SqlValue> = Vec::with_capacity(3 + values.len() + state.len());
+        args.push(SqlValue::Blob(key.as_bytes().to_vec()));
+        args.push(SqlValue::Integer(values.len() as i64));
+        args.push(SqlValue::Integer(written.max(Some(hlc)).map_or(0, |h| h.as_u64() as i64)));
+        args.extend(values.iter().map(to_sql));
+        args.extend(state);
+        conn.prepare_cached(&statements.upsert)?.execute(rusqlite::params_from_iter(args))?;
         if !was_live || !changed.is_empty() {
             self.pending.push(TableChange {
                 table,
@@ -514,6 +530,51 @@ impl TablesMaterializer {
             });
         }
         Ok(())
+    }
+
+    /// The read and upsert statements for puts of `signature` into `table` with `keys` key
+    /// values, built once and kept.
+    fn put_statements(
+        &mut self,
+        table: TableId,
+        signature: &[(ColumnId, Part)],
+        keys: usize,
+    ) -> Arc<PutStatements> {
+        let cache_key = (table, signature.to_vec(), keys);
+        if let Some(s) = self.put_sql.get(&cache_key) {
+            return s.clone();
+        }
+        let t = phys_name(table);
+        let mut state_cols = Vec::new();
+        for (column, part) in signature {
+            match part {
+                Part::Lww => {
+                    state_cols.push(col_name("l", *column));
+                    state_cols.push(col_name("lh", *column));
+                }
+                Part::Counter => state_cols.push(col_name("n", *column)),
+                Part::Max => state_cols.push(col_name("m", *column)),
+            }
+        }
+        let select = format!(
+            "SELECT tomb, written{}{} FROM \"{t}\" WHERE key = ?1",
+            if state_cols.is_empty() { "" } else { ", " },
+            state_cols.join(", ")
+        );
+        let mut cols = vec!["key".to_owned(), "kn".to_owned(), "written".to_owned()];
+        cols.extend((0..keys).map(|i| format!("k{i}")));
+        cols.extend(state_cols.iter().cloned());
+        let mut updates = vec!["written = excluded.written".to_owned()];
+        updates.extend(state_cols.iter().map(|c| format!("{c} = excluded.{c}")));
+        let upsert = format!(
+            "INSERT INTO \"{t}\" ({}) VALUES ({}) ON CONFLICT (key) DO UPDATE SET {}",
+            cols.join(", "),
+            (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
+            updates.join(", ")
+        );
+        let s = Arc::new(PutStatements { select, upsert, state_columns: state_cols.len() });
+        self.put_sql.insert(cache_key, s.clone());
+        s
     }
 
     fn delete(
@@ -949,6 +1010,18 @@ fn read_row_head(
         .optional()
 }
 
+/// The LWW state of a cell from its stored value and HLC columns (a negative HLC marks a
+/// NaN value, which SQLite cannot store).
+fn lww_from_sql(value: &SqlValue, hlc: &SqlValue) -> Option<(Hlc, Value)> {
+    match hlc {
+        SqlValue::Integer(h) if *h < 0 => {
+            Some((Hlc::from_u64(h.unsigned_abs()), Value::real(f64::NAN)))
+        }
+        SqlValue::Integer(h) => Some((Hlc::from_u64(*h as u64), from_sql(value.into()))),
+        _ => None,
+    }
+}
+
 fn read_lww(
     conn: &Connection,
     t: &str,
@@ -962,15 +1035,9 @@ fn read_lww(
     );
     let row = conn
         .prepare_cached(&sql)?
-        .query_row([key.as_bytes()], |r| Ok((from_sql(r.get_ref(0)?), r.get::<_, Option<i64>>(1)?)))
+        .query_row([key.as_bytes()], |r| Ok((r.get::<_, SqlValue>(0)?, r.get::<_, SqlValue>(1)?)))
         .optional()?;
-    Ok(match row {
-        Some((_, Some(h))) if h < 0 => {
-            Some((Hlc::from_u64(h.unsigned_abs()), Value::real(f64::NAN)))
-        }
-        Some((v, Some(h))) => Some((Hlc::from_u64(h as u64), v)),
-        _ => None,
-    })
+    Ok(row.and_then(|(v, h)| lww_from_sql(&v, &h)))
 }
 
 fn read_adds(
