@@ -18,12 +18,12 @@ const ID_SPACE: usize = 20_000;
 
 fn spec() -> TableSpec {
     (0..COLUMNS).fold(TableSpec::new("items").key("id", ColumnType::Text), |s, c| {
-        s.column(format!("c{c}"), if c % 2 == 0 { ColumnType::Integer } else { ColumnType::Text })
+        s.column(format!("c{c}"), if c.is_multiple_of(2) { ColumnType::Integer } else { ColumnType::Text })
     })
 }
 
 fn cell(tx: usize, row: usize, col: usize) -> Value {
-    if col % 2 == 0 {
+    if col.is_multiple_of(2) {
         Value::Integer((tx * 1000 + row * 10 + col) as i64)
     } else {
         Value::Text(format!("value {tx}/{row}/{col}"))
