@@ -47,8 +47,8 @@ pub struct Config {
     pub retry_initial: Duration,
     /// The longest retry delay. Default 30 s.
     pub retry_max: Duration,
-    /// Failures after which a bad file appears in the status (before that it is presumed
-    /// to be an upload in progress). Default 3.
+    /// Failures of an unchanged file after which it appears in the status (before that,
+    /// or while it keeps changing, it is presumed to be an upload in progress). Default 3.
     pub report_after: u32,
 }
 

@@ -51,9 +51,9 @@ impl SegmentName {
         format!("{:020}-{:020}{SEGMENT_SUFFIX}", self.first, self.last)
     }
 
-    /// The number of entries the name claims.
+    /// The number of entries the name claims (saturating: `0..=u64::MAX` has 2^64).
     pub fn len(&self) -> u64 {
-        self.last - self.first + 1
+        (self.last - self.first).saturating_add(1)
     }
 
     /// Always false: a segment holds at least one entry.

@@ -12,8 +12,9 @@
 //!   look.
 //! - Wake-ups: the local replica's cursor stream (a commit of the device's own origin),
 //!   the folder's (file events or polling), the earliest retry of a bad file, and
-//!   `poll_interval` as a safety net. After a wake-up the loop waits `debounce`, so a
-//!   burst costs one pass.
+//!   `poll_interval` as a safety net. After a local commit the loop waits `debounce`, so
+//!   a burst of commits costs one pass and one segment (folder events are debounced by the
+//!   folder's watcher).
 //! - A failed pass (folder unavailable, disk error) is retried with exponential backoff
 //!   and recorded in the status; the loop ends only on shutdown, when the local replica
 //!   closes, or on a caller's misuse or a bug.

@@ -14,7 +14,8 @@
 //!   covers its first index (the one reaching furthest that verifies).
 //! - A file that fails verification is skipped in favour of any other covering file, read
 //!   again after a backoff (or at once when it changes — an upload completing), and shown
-//!   by [`FolderPuller::bad_files`] once it failed [`Config::report_after`] times. Its
+//!   by [`FolderPuller::bad_files`] once it failed [`Config::report_after`] times without
+//!   changing in between (a file that keeps growing is an upload in progress). Its
 //!   origin stalls (an error naming the file) only if no other file covers the index;
 //!   every other origin is unaffected.
 //! - The cursor of an origin is how far its canonical segments reach contiguously from
@@ -374,6 +375,11 @@ impl FolderPuller {
             last_failure: now,
             retry_at: Instant::now(),
         });
+        // A file that changed since it last failed is still being written (an upload in
+        // progress): count again from one, so only a file that stays bad is reported.
+        if r.stamp != stamp {
+            r.failures = 0;
+        }
         r.failures = r.failures.saturating_add(1);
         r.stamp = stamp;
         r.last_failure = now;

@@ -427,6 +427,7 @@ impl Segment {
         seals: SealCheck,
     ) -> Result<Segment, SegmentProblem> {
         let (header, tip) = read_envelope(bytes, expected)?;
+        // `read_envelope` checked that the file is exactly header + stored body + trailer.
         let stored = &bytes[HEADER_LEN..HEADER_LEN + tip.stored_len as usize];
         let decompressed;
         let raw = if header.flags & FLAG_ZSTD != 0 {

@@ -241,3 +241,17 @@ async fn pages_are_bounded_and_end_on_seals() {
     }
     assert!(FileLogPuller::read_entries(&puller, origin, 30, 4).unwrap().is_empty(), "drained");
 }
+
+/// The mirror runs its blocking file work on tokio's blocking pool and drives the local
+/// replica from there; that must work on a single-threaded runtime too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_mirror_works_on_a_current_thread_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path();
+    let a = Device::new(folder, 1, Config::for_tests());
+    let b = Device::new(folder, 2, Config::for_tests());
+    a.append(0, 3);
+    assert_eq!(a.mirror.sync_once().await.unwrap().published, 3);
+    assert_eq!(b.mirror.sync_once().await.unwrap().pulled, 3);
+    assert_eq!(a.replica.dump(), b.replica.dump());
+}
