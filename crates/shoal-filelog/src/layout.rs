@@ -227,19 +227,28 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<SegmentFile>> {
 
 /// The segments a reader follows from index 0: starting at 0, repeatedly the usable segment
 /// that contains the next needed index and reaches furthest. Returns that path (consecutive
-/// segments may overlap) and the index after its end.
+/// segments may overlap) and the index after its end. O(n log n) in the number of files.
 pub fn coverage_path<T>(
     segments: &[T],
     name: impl Fn(&T) -> SegmentName,
     usable: impl Fn(&T) -> bool,
 ) -> (Vec<&T>, u64) {
+    let mut order: Vec<&T> = segments.iter().filter(|s| usable(s)).collect();
+    order.sort_by_key(|s| name(s).first);
     let mut path = Vec::new();
     let mut next = 0u64;
+    let mut i = 0;
     loop {
-        let best = segments
-            .iter()
-            .filter(|s| usable(s) && name(s).contains(next))
-            .max_by_key(|s| name(s).last);
+        // Among the segments that start at or before `next`, the one reaching furthest.
+        // Segments passed over in an earlier round end before `next` (the round's choice
+        // reached further than all of them), so one sweep suffices.
+        let mut best: Option<&T> = None;
+        while let Some(s) = order.get(i).copied().filter(|s| name(s).first <= next) {
+            if name(s).last >= next && best.is_none_or(|b| name(s).last > name(b).last) {
+                best = Some(s);
+            }
+            i += 1;
+        }
         let Some(best) = best else { break };
         path.push(best);
         let last = name(best).last;

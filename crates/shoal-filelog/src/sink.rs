@@ -164,7 +164,9 @@ impl FolderSink {
                 // Deleted meanwhile: this sink is the only writer, so only by someone else.
                 Err(None) => {}
                 Err(Some(problem)) => {
-                    tracing::warn!(path = %file.path.display(), reason = %problem.reason(), "own segment is damaged; it will be replaced");
+                    if !self.bad.iter().any(|(known, _)| *known == file) {
+                        tracing::warn!(path = %file.path.display(), reason = %problem.reason(), "own segment is damaged; it will be replaced");
+                    }
                     bad.push((file, problem));
                 }
             }
@@ -385,33 +387,35 @@ impl FolderSink {
     }
 
     /// Deletes own segments contained in another own segment (left by an interrupted
-    /// compaction or by a republication over a damaged file).
+    /// compaction or by a republication over a damaged file). O(n log n).
     fn remove_redundant(&mut self) {
-        let all = self.segments.clone();
-        let mut kept = Vec::with_capacity(all.len());
-        for (i, s) in all.iter().enumerate() {
-            // Two files of one range would have one name, so "covered" means strictly
-            // contained in a larger good segment.
-            let covered = all
-                .iter()
-                .enumerate()
-                .any(|(j, o)| j != i && o.name != s.name && o.name.covers(&s.name));
-            if covered {
+        // In order of (first ascending, last descending), a segment is contained in another
+        // exactly when an earlier one reaches at least as far. (Two files of one range
+        // would have one name, so ranges are distinct.)
+        let mut order = std::mem::take(&mut self.segments);
+        order.sort_by_key(|s| (s.name.first, std::cmp::Reverse(s.name.last)));
+        let mut reach: Option<u64> = None;
+        for s in order {
+            if reach.is_some_and(|r| r >= s.name.last) {
                 match fs::remove_file(&s.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %s.path.display(), error = %e, "cannot remove a redundant segment");
-                        kept.push(s.clone());
+                    Ok(()) => {
+                        self.tips.remove(&s.path);
                         continue;
                     }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.tips.remove(&s.path);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %s.path.display(), error = %e, "cannot remove a redundant segment");
+                    }
                 }
-                self.tips.remove(&s.path);
             } else {
-                kept.push(s.clone());
+                reach = Some(s.name.last);
             }
+            self.segments.push(s);
         }
-        self.segments = kept;
+        self.segments.sort_by_key(|s| s.name);
     }
 
     fn merge(&mut self, group: &[OwnSegment]) -> Result<(), SyncError> {
