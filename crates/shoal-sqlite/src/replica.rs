@@ -211,6 +211,40 @@ impl SqliteReplica {
         self.inner.device.as_ref().map(|k| k.peer_id(&self.inner.workspace))
     }
 
+    /// This device's signing key, for the sinks that publish its log (a folder sink signs
+    /// nothing itself, but is bound to the key's origin). `None` for a relay replica.
+    pub fn device_key(&self) -> Option<&DeviceKey> {
+        self.inner.device.as_ref()
+    }
+
+    /// Reads a bookkeeping value stored beside the log (for example when a folder last
+    /// synced).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, SyncError> {
+        let path = self.inner.path.clone();
+        self.with_reader(|conn| {
+            schema::meta(conn, key)
+                .map_err(|e| SyncError::backend(format!("{}: read {key}", path.display()), e))
+        })
+    }
+
+    /// Stores a bookkeeping value beside the log. Keys starting with `workspace` or
+    /// `device` are the replica's own and refused.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), SyncError> {
+        if key.starts_with("workspace") || key.starts_with("device") {
+            return Err(SyncError::Misuse(format!("metadata key {key:?} is reserved")));
+        }
+        let guard = self.writer();
+        guard
+            .conn
+            .execute(
+                "INSERT INTO shoal_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(self.backend("write metadata"))?;
+        Ok(())
+    }
+
     /// The wall clock this replica stamps with.
     pub fn wall_clock(&self) -> &Arc<dyn WallClock> {
         &self.inner.clock

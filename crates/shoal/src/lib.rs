@@ -27,10 +27,13 @@
 //! It never holds merge logic, formats or transport code of its own.
 
 mod error;
+mod folder;
 mod workspace;
 
 pub use error::{Error, Result};
+pub use folder::{FolderSync, LastSync};
 pub use shoal_core as core;
+pub use shoal_filelog as filelog;
 pub use shoal_sqlite as sqlite;
 pub use shoal_tables as tables;
 pub use shoal_tables::{ColumnType, MergeKind, Value};

@@ -1,0 +1,92 @@
+//! Sync of a [`Workspace`] over a shared folder: checks the folder, runs the mirror of
+//! `shoal-filelog`, and records the last successful sync so `status` can show it from any
+//! process.
+//!
+//! Never: creates the shared folder (a missing folder is an error, never silently replaced
+//! by an empty one), or writes anything into it but this device's own log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shoal_filelog::{Config, Mirror, MirrorStatus, SyncReport};
+
+use crate::error::{Error, Result};
+use crate::workspace::Workspace;
+
+const LAST_SYNC: &str = "last_sync";
+
+/// The outcome of one folder sync: what moved, and the mirror's status after it (stalled
+/// origins, bad files with their paths).
+#[derive(Debug, Clone)]
+pub struct FolderSync {
+    /// What the pass did.
+    pub report: SyncReport,
+    /// The status after the pass.
+    pub status: MirrorStatus,
+}
+
+/// When and where this workspace last synced successfully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastSync {
+    /// Unix milliseconds.
+    pub at_millis: u64,
+    /// The folder (or, later, the relay) it synced with.
+    pub with: String,
+}
+
+impl Workspace {
+    /// A mirror between this workspace and `folder`, for continuous sync
+    /// ([`Mirror::run`]). Fails if the folder is missing, not a directory or not writable.
+    pub fn folder_mirror(&self, folder: impl AsRef<Path>, config: Config) -> Result<Mirror> {
+        let folder = check_folder(folder.as_ref())?;
+        let key = self.replica().device_key().cloned().ok_or_else(|| Error::Path {
+            path: self.path().to_owned(),
+            reason: "this workspace file has no device key, so it cannot publish".into(),
+        })?;
+        Ok(Mirror::open(folder, self.id(), key, Arc::new(self.replica().clone()), config))
+    }
+
+    /// Publishes this device's new entries to `folder` and pulls everyone else's, once.
+    pub async fn sync_folder(&self, folder: impl AsRef<Path>) -> Result<FolderSync> {
+        let mirror = self.folder_mirror(folder.as_ref(), Config::default())?;
+        let report = mirror.sync_once().await?;
+        let status = mirror.status();
+        if status.last_error.is_none() {
+            self.record_sync(&status.folder)?;
+        }
+        Ok(FolderSync { report, status })
+    }
+
+    /// Records a successful sync with `with` now.
+    pub fn record_sync(&self, with: &Path) -> Result<()> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let value = format!("{now}\t{}", with.display());
+        Ok(self.replica().set_meta(LAST_SYNC, value.as_bytes())?)
+    }
+
+    /// The last successful sync, if any.
+    pub fn last_sync(&self) -> Result<Option<LastSync>> {
+        let Some(bytes) = self.replica().meta(LAST_SYNC)? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&bytes);
+        let Some((at, with)) = text.split_once('\t') else { return Ok(None) };
+        Ok(at.parse().ok().map(|at_millis| LastSync { at_millis, with: with.to_owned() }))
+    }
+}
+
+/// The folder, made absolute, if it exists, is a directory and is writable.
+fn check_folder(folder: &Path) -> Result<PathBuf> {
+    let fail = |reason: String| Error::Path { path: folder.to_owned(), reason };
+    let meta = std::fs::metadata(folder).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => fail("the sync folder does not exist".into()),
+        _ => fail(format!("the sync folder cannot be read: {e}")),
+    })?;
+    if !meta.is_dir() {
+        return Err(fail("the sync folder is not a directory".into()));
+    }
+    let probe = folder.join(format!(".shoal-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| fail(format!("the sync folder is not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    std::path::absolute(folder).map_err(|e| fail(e.to_string()))
+}
