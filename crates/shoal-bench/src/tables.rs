@@ -18,7 +18,10 @@ const ID_SPACE: usize = 20_000;
 
 fn spec() -> TableSpec {
     (0..COLUMNS).fold(TableSpec::new("items").key("id", ColumnType::Text), |s, c| {
-        s.column(format!("c{c}"), if c.is_multiple_of(2) { ColumnType::Integer } else { ColumnType::Text })
+        s.column(
+            format!("c{c}"),
+            if c.is_multiple_of(2) { ColumnType::Integer } else { ColumnType::Text },
+        )
     })
 }
 
