@@ -89,6 +89,16 @@ pub enum Error {
         what: String,
     },
 
+    /// A schema change that the table as it exists does not allow (a name already taken,
+    /// a primary-key column to drop).
+    #[error("cannot change table {table:?}: {reason}")]
+    SchemaChange {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A table or column name is not allowed.
     #[error("invalid name: {0}")]
     InvalidName(#[from] NameError),

@@ -1,13 +1,8 @@
-//! The `shoal` command-line tool. Glue only: every behaviour lives in the library crates.
+//! The `shoal` command-line tool. Glue only: every behaviour lives in the library crates;
+//! the commands, their output and their exit codes are described in `docs/CLI.md`.
 
-use clap::Parser;
+mod cli;
 
-/// Conflict-free sync of app data between devices.
-#[derive(Parser)]
-#[command(name = "shoal", version, about)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

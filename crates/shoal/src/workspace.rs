@@ -20,8 +20,8 @@ use shoal_sqlite::{
     from_sql, quote_ident, to_sql,
 };
 use shoal_tables::{
-    CellWrite, ColumnType, ColumnView, MergeKind, PkColumn, RowKey, SchemaConflict, TableId,
-    TableOp, TableView, TablesDump, Value, validate_name,
+    CellWrite, ColumnId, ColumnType, ColumnView, MergeKind, PkColumn, RowKey, SchemaConflict,
+    TableId, TableOp, TableView, TablesDump, Value, validate_name,
 };
 
 use crate::error::{Error, Result};
@@ -331,13 +331,122 @@ impl Workspace {
                         ),
                     });
                 }
-                None => ops.push(TableOp::add_column(table, name, *ty, *merge)),
+                None => ops.push(TableOp::AddColumn {
+                    table,
+                    column: free_column_id(existing, table, name),
+                    name: name.clone(),
+                    ty: *ty,
+                    merge: *merge,
+                }),
             }
         }
         if ops.is_empty() {
             return Ok(None);
         }
         self.commit_ops(ops).map(Some)
+    }
+
+    /// Adds a column to the table `table`: one entry with one `AddColumn`. Fails if the
+    /// name is not allowed or taken (ASCII case-insensitive, as SQL compares names), or if
+    /// a counter is not INTEGER. Like [`Workspace::declare`], a column re-added under the
+    /// name of a dropped one gets its id back, and shows the cells written after the drop.
+    pub fn add_column(
+        &self,
+        table: &str,
+        name: &str,
+        ty: ColumnType,
+        merge: MergeKind,
+    ) -> Result<Commit> {
+        validate_name(name)?;
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        if let Some(c) = t.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+            return Err(Error::SchemaChange {
+                table: t.name.clone(),
+                reason: format!("it already has a column named {:?}", c.name),
+            });
+        }
+        if merge == MergeKind::Counter && ty != ColumnType::Integer {
+            return Err(Error::SchemaChange {
+                table: t.name.clone(),
+                reason: format!("counter column {name:?} must be INTEGER, not {ty}"),
+            });
+        }
+        let column = free_column_id(Some(t), t.id, name);
+        self.commit_ops(vec![TableOp::AddColumn {
+            table: t.id,
+            column,
+            name: name.to_owned(),
+            ty,
+            merge,
+        }])
+    }
+
+    /// Renames the table `table` to `new_name` (last writer wins on the name; its id, and
+    /// so its rows, stay). One entry. Fails if the name is not allowed or another table has
+    /// it.
+    pub fn rename_table(&self, table: &str, new_name: &str) -> Result<Commit> {
+        validate_name(new_name)?;
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        if let Some(other) =
+            schema.tables.iter().find(|o| o.id != t.id && o.name.eq_ignore_ascii_case(new_name))
+        {
+            return Err(Error::SchemaChange {
+                table: t.name.clone(),
+                reason: format!("another table is named {:?}", other.name),
+            });
+        }
+        self.commit_ops(vec![TableOp::RenameTable { table: t.id, name: new_name.to_owned() }])
+    }
+
+    /// Drops the table `table`: hides it and deletes its rows as of now, on every device
+    /// (a write made concurrently elsewhere with a later timestamp revives its row once the
+    /// table is declared again). One entry.
+    pub fn drop_table(&self, table: &str) -> Result<Commit> {
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        self.commit_ops(vec![TableOp::DropTable { table: t.id }])
+    }
+
+    /// Renames a column of `table`, key columns included (last writer wins on the name).
+    /// One entry. Fails if the name is not allowed or another column of the table has it.
+    pub fn rename_column(&self, table: &str, column_name: &str, new_name: &str) -> Result<Commit> {
+        validate_name(new_name)?;
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        let c = column(t, column_name)?;
+        if let Some(other) =
+            t.columns.iter().find(|o| o.id != c.id && o.name.eq_ignore_ascii_case(new_name))
+        {
+            return Err(Error::SchemaChange {
+                table: t.name.clone(),
+                reason: format!("it already has a column named {:?}", other.name),
+            });
+        }
+        self.commit_ops(vec![TableOp::RenameColumn {
+            table: t.id,
+            column: c.id,
+            name: new_name.to_owned(),
+        }])
+    }
+
+    /// Drops a non-key column of `table`: hides it and the cells written to it up to now.
+    /// One entry. Primary-key columns cannot be dropped.
+    pub fn drop_column(&self, table: &str, column_name: &str) -> Result<Commit> {
+        let schema = self.schema()?;
+        let t = schema.table_or_err(table)?;
+        let c = column(t, column_name)?;
+        if c.merge.is_none() {
+            return Err(Error::SchemaChange {
+                table: t.name.clone(),
+                reason: format!(
+                    "column {:?} is part of the primary key; it cannot be dropped",
+                    c.name
+                ),
+            });
+        }
+        self.commit_ops(vec![TableOp::DropColumn { table: t.id, column: c.id }])
     }
 
     /// Starts a transaction; nothing is written until [`Transaction::commit`].
@@ -426,8 +535,29 @@ fn free_table_id(schema: &Schema, name: &str) -> TableId {
     id
 }
 
+/// The id for a new column `name` of `table`: derived from the names, unless a visible
+/// column of the table (renamed since) already holds it; then from the name and a counter,
+/// which every device computes alike.
+fn free_column_id(existing: Option<&TableView>, table: TableId, name: &str) -> ColumnId {
+    let taken = |id: ColumnId| existing.is_some_and(|t| t.columns.iter().any(|c| c.id == id));
+    let mut id = ColumnId::from_name(table, name);
+    let mut n = 1u32;
+    while taken(id) {
+        id = ColumnId::from_name(table, &format!("{name}\0{n}"));
+        n += 1;
+    }
+    id
+}
+
 fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<QueryResult> {
     let err = |source| Error::Sql { sql: sql.to_owned(), source };
+    // A pooled connection may hold the schema as it was at its last read. SQLite notices a
+    // newer schema only when a statement *runs*, while `SELECT *` is expanded and the column
+    // names are read when it is *prepared*: so first run a statement that reads a table,
+    // which makes the connection reload a changed schema.
+    conn.prepare_cached("SELECT gen FROM shoal_schema_gen WHERE id = 0")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map_err(err)?;
     let mut stmt = match conn.prepare(sql) {
         Ok(stmt) => stmt,
         // Writing to a view fails while preparing, before `readonly()` can be asked.

@@ -1,0 +1,371 @@
+//! What the user typed: every command and flag of `shoal`, defined once (clap derive), with
+//! its help text and examples. This layer only parses and validates syntax; it never opens
+//! a file. The commands in the sibling modules turn it into actions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  shoal demo                                   three devices, conflicts, convergence
+  shoal init -w laptop.shoal                   create a workspace
+  shoal table create -w laptop.shoal todo --key id:text --column title:text --counter votes
+  shoal put -w laptop.shoal todo id=t1 title=\"buy milk\" votes+=1
+  shoal sync -w laptop.shoal --folder ~/Dropbox/shoal
+  shoal init -w phone.shoal --folder ~/Dropbox/shoal   a second device joins
+  shoal sql -w phone.shoal \"SELECT * FROM todo\"
+
+Exit codes: 0 ok, 1 nothing found (get), 2 error. Errors go to stderr as `shoal: ...`.
+With --json, output is JSON Lines: {\"type\": ..., \"data\": ...} (see docs/CLI.md).";
+
+/// Conflict-free sync of app data (SQLite rows) between devices, over a shared folder.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    /// The workspace file (one per device).
+    #[arg(
+        short = 'w',
+        long,
+        global = true,
+        env = "SHOAL_WORKSPACE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub workspace: Option<PathBuf>,
+
+    /// Print JSON Lines, one {"type": ..., "data": ...} object per line (docs/CLI.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a workspace file: a new workspace, or a new device of an existing one.
+    #[command(after_help = "\
+Examples:
+  shoal init -w laptop.shoal                      a new workspace; prints its id
+  shoal init -w phone.shoal --folder shared       join the one workspace in a sync folder
+  shoal init -w phone.shoal --join 5d1c...e07a    join by id (then `shoal sync`)
+
+Until the security issue lands, anyone who can read the folder can join: there is no
+membership check yet.")]
+    Init(InitArgs),
+
+    /// Create, change or list tables.
+    #[command(subcommand)]
+    Table(TableCommand),
+
+    /// Write one row: `col=value` sets a column, `col+=N` / `col-=N` changes a counter.
+    #[command(after_help = "\
+Examples:
+  shoal put todo id=t1 title=\"buy milk\" done=0
+  shoal put todo id=t1 votes+=2                  add 2 to the counter votes
+  shoal put todo id=t1 title=null                NULL
+  shoal put todo id=t2 photo=x'89504e47'         a BLOB, in hex
+  shoal put todo --row '{\"id\": \"t3\", \"title\": \"from JSON\", \"done\": 1}'
+
+Values are read by the column's declared type: INTEGER, REAL, TEXT as is, BLOB as
+x'<hex>', ANY as an integer, else a real, else text. `null` is NULL in any column.
+All assignments of one command are one transaction.")]
+    Put(PutArgs),
+
+    /// Print one row, by its key values in key order. Exit code 1 if there is none.
+    #[command(after_help = "\
+Examples:
+  shoal get todo t1
+  shoal get --json todo t1")]
+    Get(KeyArgs),
+
+    /// Delete one row, by its key values in key order.
+    #[command(after_help = "\
+Examples:
+  shoal delete todo t1
+
+A later write (on any device) revives the row, with only the cells written after the delete.")]
+    Delete(KeyArgs),
+
+    /// Run read-only SQL. Tables are views named after them.
+    #[command(after_help = "\
+Examples:
+  shoal sql \"SELECT * FROM todo ORDER BY id\"
+  shoal sql \"SELECT title FROM todo WHERE votes > ?1\" 2
+  shoal sql --json \"SELECT count(*) AS n FROM todo\"")]
+    Sql(SqlArgs),
+
+    /// Print changes to a table as they happen, from any process (Ctrl-C ends).
+    #[command(after_help = "\
+Examples:
+  shoal watch todo
+  shoal watch --json todo --count 1             stop after one change")]
+    Watch(WatchArgs),
+
+    /// Sync with a shared folder: once, or continuously with --watch.
+    #[command(after_help = "\
+Examples:
+  shoal sync --folder ~/Dropbox/shoal             one pass: publish, pull, report
+  shoal sync --folder ~/Dropbox/shoal --watch     keep syncing until Ctrl-C
+
+Exit code 2 if a file in the folder is damaged or an origin is stalled (after syncing
+everything else).")]
+    Sync(SyncArgs),
+
+    /// Show the workspace, every origin's progress, stalls, the last sync and conflicts.
+    #[command(after_help = "\
+Examples:
+  shoal status
+  shoal status --folder ~/Dropbox/shoal          also how far behind the folder each origin is")]
+    Status(StatusArgs),
+
+    /// Show the history: entries with their device, index, time and ops.
+    #[command(after_help = "\
+Examples:
+  shoal log                                       the whole workspace, oldest first
+  shoal log --table todo --limit 10               the 10 latest entries touching todo
+  shoal log --table todo --row t1                 the history of one row
+  shoal log --json --origin 1a2b3c4d5e6f...       everything about one device's entries")]
+    Log(LogArgs),
+
+    /// Check every stored entry's hash chain and signatures, and the folder's segments.
+    #[command(after_help = "\
+Examples:
+  shoal verify
+  shoal verify --folder ~/Dropbox/shoal
+
+Exit code 2 if anything fails; every bad file is reported.")]
+    Verify(VerifyArgs),
+
+    /// Three devices edit offline, conflict, sync through a folder and converge.
+    #[command(after_help = "\
+Examples:
+  shoal demo
+  shoal demo --keep demo-files                   keep the workspaces to look at them")]
+    Demo(DemoArgs),
+}
+
+/// `shoal init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Join the existing workspace with this id (32 hex digits, as `shoal init` and `shoal
+    /// status` print it) instead of creating a new one.
+    #[arg(long, value_name = "WORKSPACE_ID")]
+    pub join: Option<String>,
+
+    /// Join the workspace found in this sync folder (without --join: the only one there),
+    /// and sync with it once.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal table ...`.
+#[derive(Debug, Subcommand)]
+pub enum TableCommand {
+    /// Create a table (or add the columns it lacks; declaring is idempotent).
+    #[command(after_help = "\
+Examples:
+  shoal table create todo --key id:text --column title:text --column done:integer
+  shoal table create todo --key id:text --counter votes --max best:integer
+  shoal table create pairs --key a:integer --key b:integer --column note:any
+
+Types: text, integer, real, blob, any. Merge kinds: --column (last writer wins),
+--counter (INTEGER; concurrent increments add up), --max (the greatest value wins).
+Columns appear in the order given.")]
+    Create(TableCreateArgs),
+
+    /// Change a table: add, rename or drop columns; rename or drop the table.
+    #[command(after_help = "\
+Examples:
+  shoal table alter todo --column notes:text --counter likes
+  shoal table alter todo --rename-column title=name --drop-column notes
+  shoal table alter todo --rename tasks
+  shoal table alter tasks --drop
+
+Each change is one entry of this device's log; renames are last-writer-wins.")]
+    Alter(TableAlterArgs),
+
+    /// List tables with their columns (type, merge kind) and schema conflicts.
+    #[command(after_help = "\
+Examples:
+  shoal table list
+  shoal table list --json")]
+    List,
+}
+
+/// `shoal table create`.
+#[derive(Debug, Args)]
+pub struct TableCreateArgs {
+    /// The table's name.
+    pub name: String,
+
+    /// A primary-key column, NAME:TYPE (repeat for a composite key, in key order).
+    #[arg(long, value_name = "NAME:TYPE", required = true)]
+    pub key: Vec<String>,
+
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+}
+
+/// Columns to add, shared by `table create` and `table alter`.
+#[derive(Debug, Args)]
+pub struct ColumnArgs {
+    /// A last-writer-wins column, NAME:TYPE.
+    #[arg(long, value_name = "NAME:TYPE")]
+    pub column: Vec<String>,
+
+    /// A counter column (INTEGER): concurrent increments add up.
+    #[arg(long, value_name = "NAME")]
+    pub counter: Vec<String>,
+
+    /// A max column, NAME:TYPE: the greatest value written wins.
+    #[arg(long, value_name = "NAME:TYPE")]
+    pub max: Vec<String>,
+}
+
+/// `shoal table alter`.
+#[derive(Debug, Args)]
+pub struct TableAlterArgs {
+    /// The table.
+    pub name: String,
+
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+
+    /// Rename a column, OLD=NEW.
+    #[arg(long, value_name = "OLD=NEW")]
+    pub rename_column: Vec<String>,
+
+    /// Drop a column (not a primary-key column).
+    #[arg(long, value_name = "NAME")]
+    pub drop_column: Vec<String>,
+
+    /// Rename the table.
+    #[arg(long, value_name = "NEW")]
+    pub rename: Option<String>,
+
+    /// Drop the table and its rows.
+    #[arg(long, conflicts_with_all = ["column", "counter", "max", "rename_column", "drop_column", "rename"])]
+    pub drop: bool,
+}
+
+/// `shoal put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The table.
+    pub table: String,
+
+    /// `col=value`, `col+=N` or `col-=N`.
+    #[arg(value_name = "COL=VALUE")]
+    pub assignments: Vec<String>,
+
+    /// The row as a JSON object ({"col": value, ...}); merged with the assignments.
+    #[arg(long, value_name = "JSON")]
+    pub row: Option<String>,
+}
+
+/// `shoal get` and `shoal delete`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The table.
+    pub table: String,
+
+    /// The key values, in key order.
+    #[arg(value_name = "KEY", required = true, allow_hyphen_values = true)]
+    pub key: Vec<String>,
+}
+
+/// `shoal sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// A read-only statement.
+    pub sql: String,
+
+    /// Values for ?1, ?2, ... (an integer, else a real, else text; `null` is NULL).
+    #[arg(value_name = "PARAM", allow_hyphen_values = true)]
+    pub params: Vec<String>,
+}
+
+/// `shoal watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The table.
+    pub table: String,
+
+    /// Stop after this many changed rows.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// `shoal sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The shared folder (Dropbox, iCloud Drive, Syncthing, a network share...). It must
+    /// exist: Shoal never creates it.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub folder: PathBuf,
+
+    /// Keep syncing (on local commits, folder changes and every 2 s) until Ctrl-C or
+    /// SIGTERM.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `shoal status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also compare with this sync folder: how far behind each origin is, and bad files.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only entries that touch this table (its schema or its rows).
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+
+    /// Only entries that touch this row of --table (key values in key order).
+    #[arg(long, value_name = "KEY", num_args = 1.., allow_hyphen_values = true, requires = "table")]
+    pub row: Vec<String>,
+
+    /// Only entries of this device (its id, or a prefix of it).
+    #[arg(long, value_name = "ID")]
+    pub origin: Option<String>,
+
+    /// Only the N latest entries.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// `shoal verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Also verify every segment file of this workspace in the sync folder.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the devices' workspace files and the sync folder in this new directory instead
+    /// of a temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,459 @@
+//! `shoal sync` (one pass, or continuously with `--watch`) and `shoal status`.
+//!
+//! A one-shot sync runs a mirror pass (publish this device's new entries, pull everyone
+//! else's), then — if a file in the folder failed verification — reads it again up to
+//! three times over about 350 ms, in case it was still being uploaded, before it reports
+//! it. Files that stay bad and origins that cannot advance are reported on stderr, after
+//! everything else was synced, and the exit code is 2.
+//!
+//! Only one `shoal sync` runs per workspace file at a time (a lock file beside it,
+//! `<file>.sync-lock`): two would publish the same entries of the same device.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, anyhow, bail};
+use serde_json::json;
+use shoal::Workspace;
+use shoal::core::{HasCursors, PeerCursors, PeerId};
+use shoal::filelog::{Config, FolderPuller, Mirror, MirrorStatus, SyncReport};
+
+use super::args::{StatusArgs, SyncArgs};
+use super::out::{self, Out, time_text};
+use super::tables::show_conflicts;
+use super::{Ctx, Outcome};
+
+/// Below this many entries to pull, no progress bar is drawn.
+const PROGRESS_THRESHOLD: u64 = 500;
+
+/// `shoal sync`.
+pub async fn run(ctx: &mut Ctx, a: SyncArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    check_folder_exists(&a.folder)?;
+    if a.watch {
+        sync_watch(ctx, &ws, &a.folder).await
+    } else {
+        sync_once(ctx, &ws, &a.folder).await
+    }
+}
+
+/// Fails with a message naming the folder unless it exists and is a directory.
+pub fn check_folder_exists(folder: &Path) -> Result<()> {
+    match std::fs::metadata(folder) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("{}: the sync folder is not a directory", folder.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{}: the sync folder does not exist (Shoal never creates it: create it, or mount \
+             the share, first)",
+            folder.display()
+        ),
+        Err(e) => bail!("{}: the sync folder cannot be read: {e}", folder.display()),
+    }
+}
+
+/// Holds the workspace's sync lock until dropped.
+struct SyncLock(#[allow(dead_code)] Option<File>);
+
+fn lock_sync(ws: &Workspace) -> Result<SyncLock> {
+    let mut path = ws.path().as_os_str().to_owned();
+    path.push(".sync-lock");
+    let file =
+        match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Ok(f) => f,
+            // A read-only directory: no lock is possible, and nothing could be published
+            // twice from here either.
+            Err(_) => return Ok(SyncLock(None)),
+        };
+    match file.try_lock() {
+        Ok(()) => Ok(SyncLock(Some(file))),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another `shoal sync` is running on this workspace (it holds {}); it syncs \
+             your changes too",
+            ws.path().display(),
+            Path::new(&path).display()
+        ),
+        // A filesystem without locks: go on unlocked.
+        Err(std::fs::TryLockError::Error(_)) => Ok(SyncLock(None)),
+    }
+}
+
+fn one_shot_config() -> Config {
+    Config {
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(400),
+        report_after: 1,
+        fs_events: false,
+        ..Config::default()
+    }
+}
+
+/// One sync pass with `folder` (see the module doc), reported on `ctx.out`.
+pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
+    let _lock = lock_sync(ws)?;
+    let mirror = ws.folder_mirror(folder, one_shot_config())?;
+    let start = ws.replica().durable_cursors()?;
+    let folder_cursors = mirror.folder().cursors().await.unwrap_or_default();
+    let behind: u64 = folder_cursors
+        .iter()
+        .filter(|(o, _)| Some(*o) != ws.device())
+        .map(|(o, n)| n.saturating_sub(start.get(&o)))
+        .sum();
+    let bar = if behind >= PROGRESS_THRESHOLD {
+        out::progress(behind, "pulling entries")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let ticker = (!bar.is_hidden()).then(|| {
+        let (bar, ws, start) = (bar.clone(), ws.clone(), total(&start));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let r = ws.clone();
+                if let Ok(Ok(now)) =
+                    tokio::task::spawn_blocking(move || r.replica().durable_cursors()).await
+                {
+                    bar.set_position(total(&now).saturating_sub(start));
+                }
+            }
+        })
+    });
+    let mut report = SyncReport::default();
+    let mut result = mirror.sync_once().await;
+    add(&mut report, &result);
+    let mut retries = 0;
+    while result.is_ok() && retries < 3 {
+        let Some(at) = mirror.folder().puller().next_retry() else { break };
+        tokio::time::sleep_until(at.into()).await;
+        result = mirror.sync_once().await;
+        add(&mut report, &result);
+        retries += 1;
+    }
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    bar.finish_and_clear();
+    let status = mirror.status();
+    if let Err(e) = result {
+        return Err(anyhow!(e).context(format!("sync with {}", folder.display())));
+    }
+    ws.record_sync(&status.folder)?;
+    let held = ws.replica().durable_cursors()?;
+    let devices = status.origins.len();
+    ctx.out.emit(
+        "sync",
+        json!({
+            "folder": status.folder.display().to_string(),
+            "published": report.published,
+            "pulled": report.pulled,
+            "duplicates": report.duplicates,
+            "devices": devices,
+            "in_sync": status.in_sync(),
+            "time": time_text(now_millis()),
+        }),
+    )?;
+    ctx.out.line(format!(
+        "synced with {}: published {} entr{}, pulled {} ({} device{} in the folder, {} entries \
+         held)",
+        status.folder.display(),
+        report.published,
+        if report.published == 1 { "y" } else { "ies" },
+        report.pulled,
+        devices,
+        if devices == 1 { "" } else { "s" },
+        total(&held),
+    ))?;
+    report_problems(&mut ctx.out, &status)
+}
+
+fn add(total: &mut SyncReport, pass: &Result<SyncReport, shoal::core::SyncError>) {
+    if let Ok(r) = pass {
+        total.published += r.published;
+        total.pulled += r.pulled;
+        total.duplicates += r.duplicates;
+    }
+}
+
+fn total(c: &PeerCursors) -> u64 {
+    c.iter().map(|(_, n)| n).sum()
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stalled origins and bad files on stderr (and as envelopes); `Failed` if there are any.
+fn report_problems(out: &mut Out, status: &MirrorStatus) -> Result<Outcome> {
+    for s in &status.stalled {
+        out::warn(format!("device {} is stalled at entry {}: {}", s.origin, s.at, s.reason));
+        out.emit(
+            "stalled",
+            json!({ "origin": s.origin.to_hex(), "at": s.at, "reason": s.reason }),
+        )?;
+    }
+    for b in &status.bad_files {
+        out::warn(format!("bad file {}: {}", b.path.display(), b.reason));
+        out.emit("bad_file", bad_file_json(b))?;
+    }
+    let problems = !status.stalled.is_empty() || !status.bad_files.is_empty();
+    if problems {
+        out::warn("the other devices were synced; the problems above remain");
+    }
+    Ok(if problems { Outcome::Failed } else { Outcome::Ok })
+}
+
+fn bad_file_json(b: &shoal::filelog::BadFile) -> serde_json::Value {
+    json!({
+        "path": b.path.display().to_string(),
+        "origin": b.origin.to_hex(),
+        "reason": b.reason,
+        "failures": b.failures,
+    })
+}
+
+/// `shoal sync --watch`: runs the mirror until Ctrl-C or SIGTERM, printing each pass that
+/// moved something and each problem as it appears or clears.
+async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
+    let _lock = lock_sync(ws)?;
+    let mirror = ws.folder_mirror(folder, Config::default())?;
+    if out::interactive() {
+        out::warn(format!(
+            "syncing {} with {}; Ctrl-C ends",
+            ws.path().display(),
+            folder.display()
+        ));
+    }
+    let mut watcher = PassWatcher::new(ws, &mirror);
+    let outcome = {
+        let run = mirror.run(super::shutdown_signal());
+        let report = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                watcher.observe(ws, &mirror, &mut ctx.out)?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            r = run => r.map_err(|e| anyhow!(e).context(format!("sync with {}", folder.display()))),
+            r = report => r,
+        }
+    };
+    outcome?;
+    watcher.observe(ws, &mirror, &mut ctx.out)?;
+    let status = mirror.status();
+    Ok(if status.stalled.is_empty() && status.bad_files.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// What the last observed status of a running mirror was, to print only changes.
+struct PassWatcher {
+    passes: u64,
+    own: Option<PeerId>,
+    pulled_base: u64,
+    published_base: u64,
+    problems: BTreeSet<String>,
+    last_error: Option<String>,
+    last_success: Option<SystemTime>,
+}
+
+impl PassWatcher {
+    fn new(ws: &Workspace, mirror: &Mirror) -> Self {
+        let _ = mirror;
+        PassWatcher {
+            passes: 0,
+            own: ws.device(),
+            pulled_base: 0,
+            published_base: 0,
+            problems: BTreeSet::new(),
+            last_error: None,
+            last_success: None,
+        }
+    }
+
+    fn observe(&mut self, ws: &Workspace, mirror: &Mirror, out: &mut Out) -> Result<()> {
+        let status = mirror.status();
+        if status.passes == self.passes {
+            return Ok(());
+        }
+        let first = self.passes == 0;
+        self.passes = status.passes;
+        let (mut pulled, mut published) = (0, 0);
+        for o in &status.origins {
+            if Some(o.origin) == self.own {
+                published = o.in_folder;
+            } else {
+                pulled += o.local;
+            }
+        }
+        let (dp, dpub) = if first {
+            (0, 0)
+        } else {
+            (pulled.saturating_sub(self.pulled_base), published.saturating_sub(self.published_base))
+        };
+        self.pulled_base = pulled;
+        self.published_base = published;
+        if first || dp > 0 || dpub > 0 {
+            let time = time_text(now_millis());
+            out.emit(
+                "sync",
+                json!({
+                    "folder": status.folder.display().to_string(),
+                    "published": dpub,
+                    "pulled": dp,
+                    "devices": status.origins.len(),
+                    "in_sync": status.in_sync(),
+                    "time": time,
+                }),
+            )?;
+            let what = if first {
+                format!("first pass: {} device(s) in the folder", status.origins.len())
+            } else {
+                format!("published {dpub}, pulled {dp} entries")
+            };
+            out.line(format!("{time}  {what}"))?;
+        }
+        let mut problems = BTreeSet::new();
+        for s in &status.stalled {
+            let text = format!("device {} is stalled at entry {}: {}", s.origin, s.at, s.reason);
+            if !self.problems.contains(&text) {
+                out::warn(&text);
+                out.emit(
+                    "stalled",
+                    json!({ "origin": s.origin.to_hex(), "at": s.at, "reason": s.reason }),
+                )?;
+            }
+            problems.insert(text);
+        }
+        for b in &status.bad_files {
+            let text = format!("bad file {}: {}", b.path.display(), b.reason);
+            if !self.problems.contains(&text) {
+                out::warn(&text);
+                out.emit("bad_file", bad_file_json(b))?;
+            }
+            problems.insert(text);
+        }
+        self.problems = problems;
+        if status.last_error != self.last_error {
+            if let Some(e) = &status.last_error {
+                out::warn(format!("sync pass failed (retrying): {e}"));
+            } else if self.last_error.is_some() {
+                out::warn("sync works again");
+            }
+            self.last_error = status.last_error.clone();
+        }
+        if status.last_success != self.last_success {
+            self.last_success = status.last_success;
+            ws.record_sync(&status.folder)?;
+        }
+        Ok(())
+    }
+}
+
+/// `shoal status`.
+pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    let st = ws.status()?;
+    let last = ws.last_sync()?;
+    let mut bad_files = Vec::new();
+    let mut folder: Option<PeerCursors> = None;
+    if let Some(dir) = &a.folder {
+        check_folder_exists(dir)?;
+        let puller = FolderPuller::new(dir, ws.id(), one_shot_config());
+        folder = Some(puller.cursors().map_err(|e| anyhow!("{}: {e}", dir.display()))?);
+        bad_files = puller.bad_files();
+    }
+    let device = st.device.map(|d| d.to_hex());
+    ctx.out.emit(
+        "workspace",
+        json!({
+            "workspace": st.workspace.to_hex(),
+            "device": device,
+            "path": ws.path().display().to_string(),
+        }),
+    )?;
+    ctx.out.line(format!("workspace  {}", st.workspace))?;
+    ctx.out.line(format!(
+        "device     {} ({})",
+        device.as_deref().unwrap_or("none"),
+        ws.path().display()
+    ))?;
+    ctx.out.emit(
+        "last_sync",
+        json!({
+            "time": last.as_ref().map(|l| time_text(l.at_millis)),
+            "millis": last.as_ref().map(|l| l.at_millis),
+            "with": last.as_ref().map(|l| l.with.clone()),
+        }),
+    )?;
+    ctx.out.line(match &last {
+        Some(l) => format!("last sync  {} with {}", time_text(l.at_millis), l.with),
+        None => "last sync  never".to_owned(),
+    })?;
+
+    // Every origin held locally or present in the folder.
+    let mut origins: BTreeMap<PeerId, Option<&shoal::sqlite::OriginStatus>> =
+        st.origins.iter().map(|o| (o.origin, Some(o))).collect();
+    if let Some(f) = &folder {
+        for (o, _) in f.iter() {
+            origins.entry(o).or_insert(None);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut stalled = 0;
+    for (origin, local) in &origins {
+        let held = local.map_or(0, |l| l.next);
+        let applied = local.map_or(0, |l| l.materialized);
+        let in_folder = folder.as_ref().map(|f| f.get(origin));
+        let behind = in_folder.map(|n| n.saturating_sub(held));
+        let this = Some(*origin) == st.device;
+        let reason = local.and_then(|l| l.stalled.clone());
+        if reason.is_some() {
+            stalled += 1;
+        }
+        ctx.out.emit(
+            "origin",
+            json!({
+                "origin": origin.to_hex(),
+                "this_device": this,
+                "held": held,
+                "applied": applied,
+                "in_folder": in_folder,
+                "behind": behind,
+                "stalled": reason,
+                "stalled_since": local.and_then(|l| l.stalled_at).map(time_text),
+            }),
+        )?;
+        let state = match (&reason, this) {
+            (Some(r), _) => format!("stalled at entry {applied}: {r}"),
+            (None, true) => "this device".to_owned(),
+            (None, false) if behind.is_some_and(|b| b > 0) => "behind the folder".to_owned(),
+            (None, false) => "ok".to_owned(),
+        };
+        let opt = |v: Option<u64>| v.map_or("-".to_owned(), |n| n.to_string());
+        rows.push(vec![
+            format!("  {}", origin.short()),
+            held.to_string(),
+            applied.to_string(),
+            opt(in_folder),
+            opt(behind),
+            state,
+        ]);
+    }
+    ctx.out.line(format!("devices    {}", origins.len()))?;
+    ctx.out.table(&["  device", "held", "applied", "in folder", "behind", "state"], &rows)?;
+    for b in &bad_files {
+        out::warn(format!("bad file {}: {}", b.path.display(), b.reason));
+        ctx.out.emit("bad_file", bad_file_json(b))?;
+    }
+    let schema = ws.schema()?;
+    if schema.conflicts.is_empty() {
+        ctx.out.line("schema conflicts: none")?;
+    }
+    show_conflicts(&mut ctx.out, &schema)?;
+    Ok(if stalled > 0 || !bad_files.is_empty() { Outcome::Failed } else { Outcome::Ok })
+}
