@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo run --release -p shoal-bench -- <bench> [options]` (see `--help`).
 
+mod folder;
 mod oplog;
 mod tables;
 mod util;
@@ -49,6 +50,32 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         cells: usize,
     },
+    /// A new device catches up from a folder holding N cell changes from several origins;
+    /// bytes per cell change on disk.
+    FolderCatchup {
+        /// Cell changes in the folder.
+        #[arg(long, default_value_t = 1_000_000)]
+        cells: usize,
+        /// Devices that wrote them.
+        #[arg(long, default_value_t = 3)]
+        origins: usize,
+    },
+    /// (internal) The catch-up process of `folder-catchup`.
+    #[command(hide = true)]
+    FolderCatchupChild {
+        #[arg(long)]
+        folder: std::path::PathBuf,
+        #[arg(long)]
+        workspace_id: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Commit on device A to visible on device B through a local folder (p50, p99).
+    FolderLatency {
+        /// Commits timed.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +84,10 @@ fn main() -> anyhow::Result<()> {
         Bench::Pull { entries } => oplog::pull(entries),
         Bench::TablesLocal { transactions } => tables::local(transactions),
         Bench::TablesRemote { cells } => tables::remote(cells),
+        Bench::FolderCatchup { cells, origins } => folder::catchup(cells, origins),
+        Bench::FolderLatency { samples } => folder::latency(samples),
+        Bench::FolderCatchupChild { folder, workspace_id, file } => {
+            folder::catchup_child(&folder, &workspace_id, &file)
+        }
     }
 }

@@ -41,6 +41,10 @@ static CHAIN_LINK_HASHER: LazyLock<blake3::Hasher> =
 pub const MAX_OPS_PER_ENTRY: u64 = 1 << 20;
 /// The largest op body, in bytes.
 pub const MAX_OP_BYTES: u64 = 16 << 20;
+/// Pages of entries (`read_since`) are cut once they hold this many bytes of payload (at the
+/// next seal), so memory per page stays bounded whatever the size of the entries.
+pub const PAGE_BYTES: usize = 1 << 20;
+
 /// The most entries a log may hold between two seals. Writers seal at least this often, and
 /// receivers refuse longer unsealed runs, so a reader's page can always end on a seal.
 pub const MAX_SEAL_GAP: u64 = 1024;
@@ -184,6 +188,14 @@ impl Entry {
         match &self.body {
             EntryBody::Live(p) => Some(p),
             EntryBody::Expunged(_) => None,
+        }
+    }
+
+    /// About how many bytes the entry holds in memory and on the wire (for page budgets).
+    pub fn approx_size(&self) -> usize {
+        match &self.body {
+            EntryBody::Live(p) => 48 + p.ops.iter().map(|o| o.body.len() + 16).sum::<usize>(),
+            EntryBody::Expunged(_) => 64,
         }
     }
 

@@ -59,7 +59,7 @@ pub use cursors::{CursorBroadcast, CursorStream, CursorsEvent, PeerCursors};
 pub use drivers::{PullReport, publish, pull, pull_continuous};
 pub use entry::{
     ChainHash, ChainPosition, Domain, Entry, EntryBody, EntryHash, MAX_OP_BYTES, MAX_OPS_PER_ENTRY,
-    MAX_SEAL_GAP, Op, OwnLog, Payload, RunCheck, Seal, SignedHead, verify_run,
+    MAX_SEAL_GAP, Op, OwnLog, PAGE_BYTES, Payload, RunCheck, Seal, SignedHead, verify_run,
 };
 pub use error::{RejectReason, SyncError};
 pub use hlc::{

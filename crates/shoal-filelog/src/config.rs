@@ -32,7 +32,8 @@ pub struct Config {
     pub page_entries: usize,
     /// Decoded segments a puller keeps, so that consecutive pages of one segment are not
     /// decoded again. Memory is bounded by this times `segment_target_bytes` (for segments
-    /// written with the default policy). Default 4.
+    /// written with the default policy). Default 2: the segment being paged through and
+    /// the one the read-ahead reaches.
     pub cached_segments: usize,
     /// Watch the folder with file-system events (`notify`). Default true.
     pub fs_events: bool,
@@ -60,7 +61,7 @@ impl Default for Config {
             compaction_fanout: 8,
             compression: Compression::Zstd { level: 3 },
             page_entries: 4096,
-            cached_segments: 4,
+            cached_segments: 2,
             fs_events: true,
             poll_interval: Duration::from_secs(2),
             debounce: Duration::from_millis(50),

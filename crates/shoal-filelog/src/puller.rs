@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use shoal_core::codec::{DecodeError, DecodeProblem};
-use shoal_core::{Entry, FileLogPuller, PeerCursors, PeerId, SyncError, WorkspaceId};
+use shoal_core::{Entry, FileLogPuller, PAGE_BYTES, PeerCursors, PeerId, SyncError, WorkspaceId};
 
 use crate::config::Config;
 use crate::fsutil::read_segment_file;
@@ -460,14 +460,20 @@ impl FileLogPuller for FolderPuller {
     }
 }
 
-/// Entries of `seg` from `from`, about `max` of them, extended to the next seal (the last
-/// entry of a segment is sealed, so one is always found).
+/// Entries of `seg` from `from`: about `max` of them or [`PAGE_BYTES`] of payload, whichever
+/// comes first, extended to the next seal (the last entry of a segment is sealed, so one is
+/// always found).
 fn page(seg: &Segment, from: u64, max: usize) -> Vec<Entry> {
     let entries = seg.entries();
     let start = (from.saturating_sub(seg.first()) as usize).min(entries.len());
-    let mut end = start.saturating_add(max.max(1)).min(entries.len());
-    while end < entries.len() && entries[end - 1].seal.is_none() {
+    let (mut end, mut bytes) = (start, 0usize);
+    while end < entries.len() {
+        bytes += entries[end].approx_size();
         end += 1;
+        let full = end - start >= max.max(1) || bytes >= PAGE_BYTES;
+        if full && entries[end - 1].seal.is_some() {
+            break;
+        }
     }
     entries[start..end].to_vec()
 }

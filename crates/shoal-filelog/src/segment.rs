@@ -716,9 +716,10 @@ fn decompress(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, SegmentProblem> 
     let mut decoder = zstd::stream::read::Decoder::with_buffer(stored).map_err(problem)?;
     decoder.window_log_max(MAX_ZSTD_WINDOW_LOG).map_err(problem)?;
     let mut decoder = decoder.single_frame();
-    // Grow with the data actually produced, never to a declared length up front, and stop
-    // one byte past the declared length.
-    let mut out = Vec::with_capacity(raw_len.min(stored.len().saturating_mul(4)));
+    // Reserve the declared length up to one full segment (so a normal segment decompresses
+    // without a chain of reallocations, which fragments the heap), grow with the data
+    // actually produced beyond that, and stop one byte past the declared length.
+    let mut out = Vec::with_capacity(raw_len.min(16 << 20));
     (&mut decoder).take(raw_len as u64 + 1).read_to_end(&mut out).map_err(problem)?;
     if out.len() != raw_len {
         return Err(SegmentProblem::Decompress(format!(

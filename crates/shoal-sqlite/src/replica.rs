@@ -32,15 +32,15 @@ use shoal_core::codec::{DecodeError, Encode};
 use shoal_core::{
     Applied, BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey,
     Entry, EntryBody, EntryHash, HasCursors, Hlc, HlcClock, LogProcessor, LogSource, Op, OwnLog,
-    Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId, WallClock,
-    WorkspaceId, check_skew, verify_run,
+    PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId,
+    WallClock, WorkspaceId, check_skew, verify_run,
 };
 
 use crate::materialize::{LogOnly, MaterializeError, Materializer};
 use crate::schema::{self, OpenError};
 
-/// Entries per `read_since` page before it is extended to the next seal. Large enough that
-/// a catch-up commits rarely, small enough that a page is a few hundred kilobytes.
+/// Entries per `read_since` page before it is extended to the next seal (a page also ends
+/// after [`PAGE_BYTES`] of payload). Large enough that a catch-up commits rarely.
 pub const PAGE_ENTRIES: usize = 4096;
 
 /// How often a watched replica looks for commits made by other processes.
@@ -550,11 +550,13 @@ impl SqliteReplica {
                 .query(params![oplog_id(row.no, from.min(MAX_INDEX))?, oplog_id(row.no, MAX_INDEX)?])
                 .map_err(sql)?;
             let mut out = Vec::with_capacity(page.min(PAGE_ENTRIES));
+            let mut bytes = 0;
             while let Some(row) = rows.next().map_err(sql)? {
                 let entry = decode_row(&path, origin, key, row)?;
                 let sealed = entry.seal.is_some();
+                bytes += entry.approx_size();
                 out.push(entry);
-                if out.len() >= page && sealed {
+                if (out.len() >= page || bytes >= PAGE_BYTES) && sealed {
                     break;
                 }
             }
