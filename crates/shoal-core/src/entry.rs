@@ -101,6 +101,12 @@ impl Payload {
 
     fn read(r: &mut Reader<'_>) -> Result<Payload, DecodeError> {
         let hlc = Hlc::from_u64(r.u64_le("entry hlc")?);
+        Payload::read_contents(r, hlc)
+    }
+
+    /// Reads what follows the timestamp in a payload (author and ops), for formats that
+    /// store the timestamp their own way (segments store deltas).
+    pub fn read_contents(r: &mut Reader<'_>, hlc: Hlc) -> Result<Payload, DecodeError> {
         let author = match r.u8("author flag")? {
             0 => None,
             1 => Some(UserId::from_bytes(r.array("author")?)),
@@ -123,11 +129,10 @@ impl Payload {
         }
         Ok(Payload { hlc, author, ops })
     }
-}
 
-impl Encode for Payload {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.hlc.as_u64().to_le_bytes());
+    /// Writes what follows the timestamp in a payload (author and ops); the inverse of
+    /// [`Payload::read_contents`].
+    pub fn encode_contents(&self, out: &mut Vec<u8>) {
         match &self.author {
             None => out.push(0),
             Some(a) => {
@@ -142,6 +147,13 @@ impl Encode for Payload {
             put_varint(out, op.body.len() as u64);
             out.extend_from_slice(&op.body);
         }
+    }
+}
+
+impl Encode for Payload {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hlc.as_u64().to_le_bytes());
+        self.encode_contents(out);
     }
 }
 

@@ -72,5 +72,5 @@ pub use ids::{
 pub use memory::MemoryReplica;
 pub use sync::{
     Applied, BatchApplied, FileLogPuller, FileLogReplica, FileLogSink, HasCursors, LogPosition,
-    LogProcessor, LogSource, Replica,
+    LogProcessor, LogSource, Replica, run_blocking,
 };

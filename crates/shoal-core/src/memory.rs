@@ -17,7 +17,7 @@ use crate::cursors::{CursorBroadcast, CursorStream, PeerCursors};
 use crate::entry::{ChainPosition, Entry, OwnLog, Payload, verify_run};
 use crate::error::SyncError;
 use crate::ids::{DeviceKey, PeerId, WorkspaceId};
-use crate::sync::{Applied, BatchApplied, HasCursors, LogProcessor, LogSource};
+use crate::sync::{BatchApplied, HasCursors, LogProcessor, LogSource};
 
 /// Page size of [`MemoryReplica::read_since`] before it is extended to the next seal.
 const PAGE: usize = 256;
@@ -113,12 +113,6 @@ impl LogSource<Entry> for MemoryReplica {
 
 #[async_trait]
 impl LogProcessor<Entry> for MemoryReplica {
-    async fn apply(&self, entry: Entry) -> Result<Applied, SyncError> {
-        let origin = entry.origin;
-        let out = self.apply_batch(origin, vec![entry]).await?;
-        Ok(Applied { new: out.new > 0 })
-    }
-
     async fn apply_batch(
         &self,
         origin: PeerId,

@@ -82,35 +82,26 @@ pub trait LogSource<E: Send + 'static>: HasCursors {
 
 /// The write side of a replica: applies entries of any origin.
 #[async_trait]
-pub trait LogProcessor<E: Send + 'static>: HasCursors {
-    /// Applies one entry (see the module doc for the duplicate / advance / gap rule).
-    async fn apply(&self, entry: E) -> Result<Applied, SyncError>;
+pub trait LogProcessor<E: LogPosition + Send + 'static>: HasCursors {
+    /// Applies ascending entries of one origin, as one transaction where the backend has
+    /// them (see the module doc for the duplicate / advance / gap rule). On error, entries
+    /// before the failing one may have been applied; the processor's cursor says how far it
+    /// got.
+    async fn apply_batch(&self, origin: PeerId, entries: Vec<E>)
+    -> Result<BatchApplied, SyncError>;
 
-    /// Applies ascending entries of one origin. Equivalent to `apply` on each in turn, but a
-    /// backend may do it in one transaction. On error, entries before the failing one may
-    /// have been applied; the processor's cursor says how far it got.
-    async fn apply_batch(
-        &self,
-        origin: PeerId,
-        entries: Vec<E>,
-    ) -> Result<BatchApplied, SyncError> {
-        let mut out = BatchApplied::default();
-        for e in entries {
-            if self.apply(e).await?.new {
-                out.new += 1;
-            } else {
-                out.duplicates += 1;
-            }
-        }
-        out.next = self.cursors().await?.get(&origin);
-        Ok(out)
+    /// Applies one entry: a batch of one.
+    async fn apply(&self, entry: E) -> Result<Applied, SyncError> {
+        let origin = entry.origin();
+        let out = self.apply_batch(origin, vec![entry]).await?;
+        Ok(Applied { new: out.new > 0 })
     }
 }
 
 /// Both sides: a replica can serve, relay and merge logs. The SQL oplog is one.
-pub trait Replica<E: Send + 'static>: LogSource<E> + LogProcessor<E> {}
+pub trait Replica<E: LogPosition + Send + 'static>: LogSource<E> + LogProcessor<E> {}
 
-impl<E: Send + 'static, T: LogSource<E> + LogProcessor<E> + ?Sized> Replica<E> for T {}
+impl<E: LogPosition + Send + 'static, T: LogSource<E> + LogProcessor<E> + ?Sized> Replica<E> for T {}
 
 /// Appends the device's *own* entries to its own log in a shared folder.
 ///
@@ -143,4 +134,16 @@ pub trait FileLogPuller: Send + Sync {
 pub trait FileLogReplica: Replica<Entry> {
     /// The shared folder.
     fn folder(&self) -> &Path;
+}
+
+/// Runs blocking work (file or database I/O) for an async trait method on tokio's blocking
+/// pool. A task that panicked or was cancelled is reported as a bug.
+pub async fn run_blocking<T, F>(f: F) -> Result<T, SyncError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, SyncError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::Bug(format!("a blocking replica task did not complete: {e}")))?
 }

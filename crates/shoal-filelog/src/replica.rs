@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use async_trait::async_trait;
 use shoal_core::{
-    Applied, BatchApplied, CursorBroadcast, CursorStream, DeviceKey, Entry, FileLogPuller,
-    FileLogReplica, HasCursors, LogProcessor, LogSource, PeerCursors, PeerId, RejectReason,
-    Replica, SyncError, WorkspaceId,
+    BatchApplied, CursorBroadcast, CursorStream, DeviceKey, Entry, FileLogPuller, FileLogReplica,
+    HasCursors, LogProcessor, LogSource, PeerCursors, PeerId, RejectReason, Replica, SyncError,
+    WorkspaceId, run_blocking,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -70,15 +70,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs blocking file work on tokio's blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T, SyncError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, SyncError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SyncError::Bug(format!("a file-log task did not complete: {e}")))?
-}
 
 impl Inner {
     fn with_sink<T>(
@@ -172,7 +163,7 @@ impl FolderReplica {
     pub async fn publish_from(&self, local: Arc<dyn Replica<Entry>>) -> Result<u64, SyncError> {
         let inner = self.inner.clone();
         let runtime = tokio::runtime::Handle::current();
-        let (count, next) = blocking(move || {
+        let (count, next) = run_blocking(move || {
             inner.with_sink(|sink| {
                 sink.refresh()?;
                 // The core driver alternates async reads of the local replica with
@@ -212,7 +203,7 @@ async fn watch_loop(replica: Weak<Inner>) {
         }
         let puller = inner.puller.clone();
         drop(inner);
-        let scan = blocking(move || puller.cursors()).await;
+        let scan = run_blocking(move || puller.cursors()).await;
         let Some(inner) = replica.upgrade() else { return };
         match scan {
             Ok(cursors) => inner.broadcast.publish(&cursors),
@@ -230,7 +221,7 @@ async fn watch_loop(replica: Weak<Inner>) {
 impl HasCursors for FolderReplica {
     async fn cursors(&self) -> Result<PeerCursors, SyncError> {
         let puller = self.inner.puller.clone();
-        let cursors = blocking(move || puller.cursors()).await?;
+        let cursors = run_blocking(move || puller.cursors()).await?;
         self.inner.broadcast.publish(&cursors);
         Ok(cursors)
     }
@@ -246,17 +237,12 @@ impl LogSource<Entry> for FolderReplica {
     async fn read_since(&self, origin: PeerId, from: u64) -> Result<Vec<Entry>, SyncError> {
         let puller = self.inner.puller.clone();
         let page = self.inner.config.page_entries;
-        blocking(move || puller.read_entries(origin, from, page)).await
+        run_blocking(move || puller.read_entries(origin, from, page)).await
     }
 }
 
 #[async_trait]
 impl LogProcessor<Entry> for FolderReplica {
-    async fn apply(&self, entry: Entry) -> Result<Applied, SyncError> {
-        let out = self.apply_batch(entry.origin, vec![entry]).await?;
-        Ok(Applied { new: out.new > 0 })
-    }
-
     async fn apply_batch(
         &self,
         origin: PeerId,
@@ -277,7 +263,7 @@ impl LogProcessor<Entry> for FolderReplica {
         }
         let offered = entries.len();
         let inner = self.inner.clone();
-        let out = blocking(move || inner.with_sink(|sink| sink.append(&entries))).await?;
+        let out = run_blocking(move || inner.with_sink(|sink| sink.append(&entries))).await?;
         self.inner.broadcast.publish(&[(own, out.next)].into_iter().collect());
         if offered > 0 && out.new == 0 && out.duplicates == 0 {
             // A lone unsealed entry cannot be published yet (the same rule as every replica).

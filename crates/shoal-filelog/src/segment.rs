@@ -25,11 +25,10 @@
 use std::io::Read;
 
 use shoal_core::Hlc;
-use shoal_core::codec::{DecodeError, DecodeProblem, Reader, put_signed_varint, put_varint};
+use shoal_core::codec::{DecodeError, DecodeProblem, Reader, put_signed_varint};
 use shoal_core::{
-    ChainHash, ChainPosition, Domain, Entry, EntryBody, EntryHash, MAX_OP_BYTES, MAX_OPS_PER_ENTRY,
-    MAX_SEAL_GAP, Op, Payload, PeerId, PublicKey, RejectReason, Seal, SignedHead, SyncError,
-    UserId, WorkspaceId, verify_run,
+    ChainHash, ChainPosition, Entry, EntryBody, EntryHash, MAX_SEAL_GAP, Payload, PeerId,
+    PublicKey, RejectReason, Seal, SignedHead, SyncError, WorkspaceId, verify_run,
 };
 
 use crate::layout::SegmentName;
@@ -751,20 +750,7 @@ fn encode_body(entries: &[Entry], out: &mut Vec<u8>) {
                 // exactly one encoding, and close timestamps take a byte or two.
                 put_signed_varint(out, hlc.wrapping_sub(prev_hlc) as i64);
                 prev_hlc = hlc;
-                match &p.author {
-                    None => out.push(0),
-                    Some(a) => {
-                        out.push(1);
-                        out.extend_from_slice(a.as_bytes());
-                    }
-                }
-                put_varint(out, p.ops.len() as u64);
-                for op in &p.ops {
-                    put_varint(out, op.domain.0.into());
-                    put_varint(out, op.kind.into());
-                    put_varint(out, op.body.len() as u64);
-                    out.extend_from_slice(&op.body);
-                }
+                p.encode_contents(out);
             }
         }
         if let Some(seal) = &e.seal {
@@ -829,26 +815,7 @@ fn decode_body(raw: &[u8], h: &Header) -> Result<Vec<Entry>, DecodeError> {
             let delta = r.signed_varint("hlc delta")?;
             let hlc = prev_hlc.wrapping_add(delta as u64);
             prev_hlc = hlc;
-            let author = match r.u8("author flag")? {
-                0 => None,
-                1 => Some(UserId::from_bytes(r.array("author")?)),
-                other => {
-                    return Err(r.error(DecodeProblem::InvalidTag {
-                        what: "author flag",
-                        value: other.into(),
-                    }));
-                }
-            };
-            let op_count = r.bounded_varint("op count", MAX_OPS_PER_ENTRY)?;
-            // Each op takes at least three bytes.
-            let mut ops = Vec::with_capacity(op_count.min(r.remaining() / 3));
-            for _ in 0..op_count {
-                let domain = Domain(read_u32(&mut r, "op domain")?);
-                let kind = read_u32(&mut r, "op kind")?;
-                let body = r.bytes("op body", MAX_OP_BYTES)?.to_vec();
-                ops.push(Op { domain, kind, body });
-            }
-            EntryBody::Live(Payload { hlc: Hlc::from_u64(hlc), author, ops })
+            EntryBody::Live(Payload::read_contents(&mut r, Hlc::from_u64(hlc))?)
         };
         let seal = if flags & ENTRY_SEALED != 0 {
             Some(Seal { key: h.key, signature: r.array("seal signature")? })
@@ -868,20 +835,12 @@ fn decode_body(raw: &[u8], h: &Header) -> Result<Vec<Entry>, DecodeError> {
     Ok(entries)
 }
 
-fn read_u32(r: &mut Reader<'_>, what: &'static str) -> Result<u32, DecodeError> {
-    let at = r.offset();
-    let v = r.bounded_varint(what, u32::MAX.into())?;
-    u32::try_from(v).map_err(|_| DecodeError {
-        offset: at,
-        what: DecodeProblem::TooLarge { what, value: v as u64, limit: u32::MAX.into() },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use shoal_core::{DeviceKey, OwnLog};
+    use shoal_core::{Domain, Op, UserId};
 
     fn key() -> DeviceKey {
         DeviceKey::from_secret_bytes(&[5; 32])

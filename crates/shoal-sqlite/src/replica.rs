@@ -30,10 +30,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use shoal_core::codec::{DecodeError, Encode};
 use shoal_core::{
-    Applied, BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey,
-    Entry, EntryBody, EntryHash, HasCursors, Hlc, HlcClock, LogProcessor, LogSource, Op, OwnLog,
+    BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey, Entry,
+    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, LogProcessor, LogSource, Op, OwnLog,
     PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId,
-    WallClock, WorkspaceId, check_skew, verify_run,
+    WallClock, WorkspaceId, check_skew, run_blocking, verify_run,
 };
 
 use crate::materialize::{LogOnly, MaterializeError, Materializer};
@@ -806,7 +806,7 @@ impl SqliteReplica {
 impl HasCursors for SqliteReplica {
     async fn cursors(&self) -> Result<PeerCursors, SyncError> {
         let me = self.clone();
-        blocking(move || me.durable_cursors()).await
+        run_blocking(move || me.durable_cursors()).await
     }
 
     fn watch_cursors(&self) -> CursorStream {
@@ -819,34 +819,20 @@ impl HasCursors for SqliteReplica {
 impl LogSource<Entry> for SqliteReplica {
     async fn read_since(&self, origin: PeerId, from: u64) -> Result<Vec<Entry>, SyncError> {
         let me = self.clone();
-        blocking(move || me.read_page(origin, from)).await
+        run_blocking(move || me.read_page(origin, from)).await
     }
 }
 
 #[async_trait]
 impl LogProcessor<Entry> for SqliteReplica {
-    async fn apply(&self, entry: Entry) -> Result<Applied, SyncError> {
-        let origin = entry.origin;
-        let out = self.apply_batch(origin, vec![entry]).await?;
-        Ok(Applied { new: out.new > 0 })
-    }
-
     async fn apply_batch(
         &self,
         origin: PeerId,
         entries: Vec<Entry>,
     ) -> Result<BatchApplied, SyncError> {
         let me = self.clone();
-        blocking(move || me.apply_entries(origin, &entries)).await
+        run_blocking(move || me.apply_entries(origin, &entries)).await
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
-) -> Result<T, SyncError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SyncError::Bug(format!("a replica task failed: {e}")))?
 }
 
 fn to_sql_index(index: u64) -> Result<i64, SyncError> {
