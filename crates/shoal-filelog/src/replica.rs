@@ -69,7 +69,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-
 impl Inner {
     fn with_sink<T>(
         &self,
