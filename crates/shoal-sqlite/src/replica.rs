@@ -175,7 +175,13 @@ impl SqliteReplica {
         };
         let mut writer = Writer { conn, materializer: options.materializer };
         {
-            let tx = writer.conn.transaction().map_err(sql)?;
+            // IMMEDIATE: another process may be writing this file; taking the write lock up
+            // front lets the busy timeout wait for it (a deferred transaction that reads and
+            // then writes fails at once with SQLITE_BUSY instead).
+            let tx = writer
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql)?;
             writer.materializer.init(&tx).map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
@@ -701,7 +707,9 @@ impl SqliteReplica {
         let wall = self.inner.clock.now_millis();
         let mut guard = self.writer();
         let Writer { conn, materializer } = &mut *guard;
-        let tx = conn.transaction().map_err(self.backend("begin rematerialize"))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.backend("begin rematerialize"))?;
         let mut materialized = from;
         let mut stall = None;
         for e in page.iter().filter(|e| e.index >= from) {

@@ -805,19 +805,24 @@ impl TablesMaterializer {
             wanted.insert(table.name.clone(), sql);
         }
         let existing = std::mem::take(&mut self.views);
+        let mut changed = false;
         for (name, sql) in &existing {
             if wanted.get(name) != Some(sql) {
                 conn.execute_batch(&format!("DROP VIEW IF EXISTS {}", quote_ident(name)))?;
+                changed = true;
             }
         }
         for (name, sql) in &wanted {
             if existing.get(name) != Some(sql) {
                 conn.execute_batch(sql)?;
+                changed = true;
             }
         }
         self.views = wanted;
-        self.bump_generation(conn)?;
         self.views_dirty = false;
+        if changed {
+            self.bump_generation(conn)?;
+        }
         self.schema_watch.send_modify(|n| *n += 1);
         Ok(())
     }
