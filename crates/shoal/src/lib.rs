@@ -41,3 +41,8 @@ pub use workspace::{
     CONTROL_GENESIS, Commit, QueryResult, Schema, Status, TableSpec, TableWatch, Transaction,
     WatchEvent, Workspace, WorkspaceOptions,
 };
+
+/// The README's Rust example, compiled by `cargo test --doc` so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -197,6 +197,8 @@ pub async fn watch(ctx: &mut Ctx, a: WatchArgs) -> Result<Outcome> {
     // Subscribe before the first read: a commit in between is then seen as a change.
     let mut events = ws.replica().watch_cursors();
     let (mut name, mut rows) = snapshot(&ws, id)?;
+    // Scripts wait for this line before changing anything.
+    ctx.out.emit("watching", json!({ "table": name, "rows": rows.len() }))?;
     if out::interactive() {
         out::warn(format!("watching {} ({} rows); Ctrl-C ends", a.table, rows.len()));
     }

@@ -154,8 +154,7 @@ pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<O
         }),
     )?;
     ctx.out.line(format!(
-        "synced with {}: published {} entr{}, pulled {} ({} device{} in the folder, {} entries \
-         held)",
+        "synced with {}: published {} entr{}, pulled {} ({} device{} known, {} entries held)",
         status.folder.display(),
         report.published,
         if report.published == 1 { "y" } else { "ies" },
@@ -428,8 +427,10 @@ pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
                 "stalled_since": local.and_then(|l| l.stalled_at).map(time_text),
             }),
         )?;
+        let bad = bad_files.iter().filter(|b| b.origin == *origin).count();
         let state = match (&reason, this) {
             (Some(r), _) => format!("stalled at entry {applied}: {r}"),
+            (None, _) if bad > 0 => format!("{bad} bad file(s) in the folder (below)"),
             (None, true) => "this device".to_owned(),
             (None, false) if behind.is_some_and(|b| b > 0) => "behind the folder".to_owned(),
             (None, false) => "ok".to_owned(),

@@ -1,0 +1,129 @@
+//! Helpers for the CLI tests: run the real `shoal` binary in a fresh temporary directory,
+//! check exit codes, and parse JSON Lines output (asserting the envelope on every line).
+#![allow(dead_code)] // each test file uses a different part
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value as Json;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// A fresh directory to run `shoal` in.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A `shoal` command with the sandbox as working directory and a clean environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("SHOAL_WORKSPACE")
+            .env_remove("SHOAL_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts exit code 0 with nothing on stderr; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "shoal {args:?} failed:\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "shoal {args:?} wrote to stderr: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Runs and asserts the exit code; returns (stdout, stderr).
+    pub fn exits(&self, code: i32, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "shoal {args:?}:\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        (text(&out.stdout), text(&out.stderr))
+    }
+
+    /// Runs with --json, asserts exit 0, and returns the parsed envelopes.
+    pub fn json(&self, args: &[&str]) -> Vec<(String, Json)> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        envelopes(&self.ok(&all))
+    }
+
+    /// A workspace `name` with the table `todo(id TEXT, title TEXT, done INTEGER, votes
+    /// COUNTER)`; returns its workspace id.
+    pub fn workspace_with_todo(&self, name: &str) -> String {
+        let out = self.json(&["init", "-w", name]);
+        let id = out[0].1["workspace"].as_str().unwrap().to_owned();
+        self.ok(&[
+            "table",
+            "create",
+            "-w",
+            name,
+            "todo",
+            "--key",
+            "id:text",
+            "--column",
+            "title:text",
+            "--column",
+            "done:integer",
+            "--counter",
+            "votes",
+        ]);
+        id
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Parses JSON Lines, asserting that every line is `{"type": <string>, "data": <any>}`
+/// and nothing else.
+pub fn envelopes(stdout: &str) -> Vec<(String, Json)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: Json =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {line}"));
+            assert_eq!(obj.len(), 2, "an envelope has exactly type and data: {line}");
+            let kind = obj["type"].as_str().unwrap_or_else(|| panic!("no type: {line}"));
+            assert!(obj.contains_key("data"), "no data: {line}");
+            (kind.to_owned(), obj["data"].clone())
+        })
+        .collect()
+}
+
+/// The `data` of every envelope of type `kind`.
+pub fn of_type(envelopes: &[(String, Json)], kind: &str) -> Vec<Json> {
+    envelopes.iter().filter(|(k, _)| k == kind).map(|(_, d)| d.clone()).collect()
+}
