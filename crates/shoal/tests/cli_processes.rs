@@ -22,6 +22,22 @@ impl Drop for Watchers {
     }
 }
 
+/// `shoal sync --watch` on `ws`, its stdout and stderr in the file `log`.
+fn spawn_logged(s: &Sandbox, ws: &str, log: &str) -> Child {
+    let log = std::fs::File::create(s.path(log)).unwrap();
+    s.cmd(&["sync", "-w", ws, "--folder", "shared", "--watch"])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM.
+fn term(child: &Child) {
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
 fn rows(s: &Sandbox, ws: &str) -> String {
     s.ok(&["sql", "--json", "-w", ws, "SELECT * FROM todo ORDER BY id"])
 }
@@ -34,18 +50,18 @@ fn two_watching_devices_converge_while_other_processes_write() {
     s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
     s.ok(&["init", "-w", "b.shoal", "--folder", "shared"]);
 
-    let spawn = |ws: &str| {
-        let log = std::fs::File::create(s.path(&format!("{ws}.log"))).unwrap();
-        s.cmd(&["sync", "-w", ws, "--folder", "shared", "--watch"])
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |ws: &str| spawn_logged(&s, ws, &format!("{ws}.log"));
     let mut watchers = Watchers(vec![spawn("a.shoal"), spawn("b.shoal")]);
 
-    // While a watcher syncs a file, a second sync of that file is refused.
+    // Once a watcher has run its first pass, a second sync of that file is refused.
     let deadline = Instant::now() + Duration::from_secs(20);
+    for ws in ["a.shoal", "b.shoal"] {
+        while !std::fs::read_to_string(s.path(&format!("{ws}.log"))).unwrap().contains("published")
+        {
+            assert!(Instant::now() < deadline, "watcher {ws} printed no pass");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     loop {
         let out = s.run(&["sync", "-w", "a.shoal", "--folder", "shared"]);
         let err = text(&out.stderr);
@@ -53,9 +69,22 @@ fn two_watching_devices_converge_while_other_processes_write() {
             assert!(err.contains("another `shoal sync` is running on this workspace"), "{err}");
             break;
         }
-        assert!(Instant::now() < deadline, "the watcher never took the lock: {err}");
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(s.path("a.shoal.log")).unwrap_or_default();
+            panic!("the watcher never took the lock: {err}\nwatcher: {log}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A second watcher of the same file waits for the lock instead, and says so.
+    let mut second = spawn_logged(&s, "a.shoal", "a2.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(s.path("a2.log")).unwrap().contains("waiting for it to finish") {
+        assert!(Instant::now() < deadline, "the second watcher did not say it waits");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    term(&second);
+    assert_eq!(second.wait().unwrap().code(), Some(0), "a waiting watcher stops on SIGTERM");
 
     for i in 0..4 {
         s.ok(&["put", "-w", "a.shoal", "todo", &format!("id=a{i}"), "title=from a", "votes+=1"]);
@@ -82,11 +111,8 @@ fn two_watching_devices_converge_while_other_processes_write() {
     assert_eq!(a, b);
 
     // SIGTERM ends each watcher cleanly (exit code 0: nothing is stalled or bad).
-    for child in &mut watchers.0 {
-        let pid = child.id().to_string();
-        assert!(
-            std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success()
-        );
+    for child in &watchers.0 {
+        term(child);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for (child, name) in watchers.0.iter_mut().zip(["a", "b"]) {

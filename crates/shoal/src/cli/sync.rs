@@ -54,28 +54,69 @@ pub fn check_folder_exists(folder: &Path) -> Result<()> {
 }
 
 /// Holds the workspace's sync lock until dropped.
-struct SyncLock(#[allow(dead_code)] Option<File>);
+struct SyncLock {
+    /// The locked file (none where locking is impossible); the lock goes with it.
+    _file: Option<File>,
+}
 
+/// Takes the workspace's sync lock, or fails naming the process that holds it.
 fn lock_sync(ws: &Workspace) -> Result<SyncLock> {
+    match try_lock_sync(ws)? {
+        Some(lock) => Ok(lock),
+        None => bail!(
+            "{}: another `shoal sync` is running on this workspace (it holds {}); it syncs \
+             your changes too",
+            ws.path().display(),
+            lock_path(ws).display()
+        ),
+    }
+}
+
+/// Takes the workspace's sync lock, waiting (and saying so) while another sync holds it;
+/// `None` if shut down meanwhile. For `--watch`, which may start while a one-shot sync
+/// finishes.
+async fn wait_for_sync_lock(ws: &Workspace) -> Result<Option<SyncLock>> {
+    let mut shutdown = std::pin::pin!(super::shutdown_signal());
+    let mut said = false;
+    loop {
+        if let Some(lock) = try_lock_sync(ws)? {
+            return Ok(Some(lock));
+        }
+        if !said {
+            out::warn(format!(
+                "another `shoal sync` holds {}; waiting for it to finish",
+                lock_path(ws).display()
+            ));
+            said = true;
+        }
+        tokio::select! {
+            () = &mut shutdown => return Ok(None),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+fn lock_path(ws: &Workspace) -> std::path::PathBuf {
     let mut path = ws.path().as_os_str().to_owned();
     path.push(".sync-lock");
+    path.into()
+}
+
+/// The lock if it is free (or cannot exist here), `None` if another process holds it.
+fn try_lock_sync(ws: &Workspace) -> Result<Option<SyncLock>> {
+    let path = lock_path(ws);
     let file =
         match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
             Ok(f) => f,
             // A read-only directory: no lock is possible, and nothing could be published
             // twice from here either.
-            Err(_) => return Ok(SyncLock(None)),
+            Err(_) => return Ok(Some(SyncLock { _file: None })),
         };
     match file.try_lock() {
-        Ok(()) => Ok(SyncLock(Some(file))),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{}: another `shoal sync` is running on this workspace (it holds {}); it syncs \
-             your changes too",
-            ws.path().display(),
-            Path::new(&path).display()
-        ),
+        Ok(()) => Ok(Some(SyncLock { _file: Some(file) })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         // A filesystem without locks: go on unlocked.
-        Err(std::fs::TryLockError::Error(_)) => Ok(SyncLock(None)),
+        Err(std::fs::TryLockError::Error(_)) => Ok(Some(SyncLock { _file: None })),
     }
 }
 
@@ -214,7 +255,7 @@ fn bad_file_json(b: &shoal::filelog::BadFile) -> serde_json::Value {
 /// `shoal sync --watch`: runs the mirror until Ctrl-C or SIGTERM, printing each pass that
 /// moved something and each problem as it appears or clears.
 async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
-    let _lock = lock_sync(ws)?;
+    let Some(_lock) = wait_for_sync_lock(ws).await? else { return Ok(Outcome::Ok) };
     let mirror = ws.folder_mirror(folder, Config::default())?;
     if out::interactive() {
         out::warn(format!(
@@ -223,20 +264,32 @@ async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outc
             folder.display()
         ));
     }
-    let mut watcher = PassWatcher::new(ws, &mirror);
+    let own = ws.device();
+    let local = ws.replica().durable_cursors()?;
+    let in_folder = mirror.folder().cursors().await.unwrap_or_default();
+    let mut watcher = PassWatcher {
+        passes: 0,
+        own,
+        pulled_base: local.iter().filter(|(o, _)| Some(*o) != own).map(|(_, n)| n).sum(),
+        published_base: own.map_or(0, |o| in_folder.get(&o)),
+        problems: BTreeSet::new(),
+        last_error: None,
+        last_success: None,
+    };
     let outcome = {
         let run = mirror.run(super::shutdown_signal());
+        // Reports passes until writing fails (a closed pipe, a full disk).
         let report = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                watcher.observe(ws, &mirror, &mut ctx.out)?;
+                if let Err(e) = watcher.observe(ws, &mirror, &mut ctx.out) {
+                    return e;
+                }
             }
-            #[allow(unreachable_code)]
-            Ok::<(), anyhow::Error>(())
         };
         tokio::select! {
             r = run => r.map_err(|e| anyhow!(e).context(format!("sync with {}", folder.display()))),
-            r = report => r,
+            e = report => Err(e),
         }
     };
     outcome?;
@@ -261,19 +314,6 @@ struct PassWatcher {
 }
 
 impl PassWatcher {
-    fn new(ws: &Workspace, mirror: &Mirror) -> Self {
-        let _ = mirror;
-        PassWatcher {
-            passes: 0,
-            own: ws.device(),
-            pulled_base: 0,
-            published_base: 0,
-            problems: BTreeSet::new(),
-            last_error: None,
-            last_success: None,
-        }
-    }
-
     fn observe(&mut self, ws: &Workspace, mirror: &Mirror, out: &mut Out) -> Result<()> {
         let status = mirror.status();
         if status.passes == self.passes {
@@ -289,11 +329,10 @@ impl PassWatcher {
                 pulled += o.local;
             }
         }
-        let (dp, dpub) = if first {
-            (0, 0)
-        } else {
-            (pulled.saturating_sub(self.pulled_base), published.saturating_sub(self.published_base))
-        };
+        let (dp, dpub) = (
+            pulled.saturating_sub(self.pulled_base),
+            published.saturating_sub(self.published_base),
+        );
         self.pulled_base = pulled;
         self.published_base = published;
         if first || dp > 0 || dpub > 0 {
@@ -309,12 +348,11 @@ impl PassWatcher {
                     "time": time,
                 }),
             )?;
-            let what = if first {
-                format!("first pass: {} device(s) in the folder", status.origins.len())
-            } else {
-                format!("published {dpub}, pulled {dp} entries")
-            };
-            out.line(format!("{time}  {what}"))?;
+            out.line(format!(
+                "{time}  published {dpub}, pulled {dp} entries ({} device(s) known{})",
+                status.origins.len(),
+                if status.in_sync() { ", in sync" } else { "" }
+            ))?;
         }
         let mut problems = BTreeSet::new();
         for s in &status.stalled {
