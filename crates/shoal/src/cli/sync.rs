@@ -276,12 +276,32 @@ async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outc
         last_error: None,
         last_success: None,
     };
+    // A long first catch-up shows a progress bar (on terminals), fed from the file.
+    let behind: u64 = in_folder
+        .iter()
+        .filter(|(o, _)| Some(*o) != own)
+        .map(|(o, n)| n.saturating_sub(local.get(&o)))
+        .sum();
+    let bar = if behind >= PROGRESS_THRESHOLD {
+        out::progress(behind, "catching up")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let outcome = {
         let run = mirror.run(super::shutdown_signal());
         // Reports passes until writing fails (a closed pipe, a full disk).
         let report = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                if !bar.is_finished() && !bar.is_hidden() {
+                    if mirror.status().passes > 0 {
+                        bar.finish_and_clear();
+                    } else if let Ok(now) = ws.replica().durable_cursors() {
+                        let held: u64 =
+                            now.iter().filter(|(o, _)| Some(*o) != own).map(|(_, n)| n).sum();
+                        bar.set_position(held.saturating_sub(watcher.pulled_base));
+                    }
+                }
                 if let Err(e) = watcher.observe(ws, &mirror, &mut ctx.out) {
                     return e;
                 }
@@ -292,6 +312,7 @@ async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outc
             e = report => Err(e),
         }
     };
+    bar.finish_and_clear();
     outcome?;
     watcher.observe(ws, &mirror, &mut ctx.out)?;
     let status = mirror.status();
