@@ -4,5 +4,19 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     cli::main()
+}
+
+/// Caps glibc's malloc at one arena. glibc gives each allocating thread its own arena (up
+/// to 8 per core) and returns freed memory only from an arena's top, so a long catch-up
+/// spread over tokio's blocking threads kept tens of MiB of freed memory and its RSS grew
+/// with the data churned while the live heap stayed flat (`BENCHMARKS.md`, shared folder).
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` only changes allocator parameters; it runs first thing in `main`,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
