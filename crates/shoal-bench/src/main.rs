@@ -84,6 +84,7 @@ enum Bench {
 /// memory in arenas and its RSS grew with the data churned (measured: 58 MiB with one
 /// arena, 92 MiB with two, 110 MiB with the default, for the same 6,000,000-cell catch-up; the live heap
 /// measured by valgrind massif was ~46 MiB either way).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn limit_malloc_arenas() {
     // SAFETY: `mallopt` only changes allocator parameters; it is called first thing in
@@ -92,6 +93,10 @@ fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// Other allocators need no cap.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();

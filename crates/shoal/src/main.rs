@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
 /// to 8 per core) and returns freed memory only from an arena's top, so a long catch-up
 /// spread over tokio's blocking threads kept tens of MiB of freed memory and its RSS grew
 /// with the data churned while the live heap stayed flat (`BENCHMARKS.md`, shared folder).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn limit_malloc_arenas() {
     // SAFETY: `mallopt` only changes allocator parameters; it runs first thing in `main`,
@@ -20,3 +21,7 @@ fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// Other allocators need no cap.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
