@@ -296,6 +296,8 @@ impl TablesMaterializer {
             phys_name(table)
         ))?;
         self.physical.insert(table, Physical::default());
+        // The table's view read nothing until now.
+        self.views_dirty = true;
         self.bump_generation(conn)
     }
 
@@ -313,6 +315,8 @@ impl TablesMaterializer {
             if let Some(p) = self.physical.get_mut(&table) {
                 p.key_columns = n;
             }
+            // The view shows key columns it now has.
+            self.views_dirty = true;
             self.bump_generation(conn)?;
         }
         Ok(())
