@@ -77,7 +77,8 @@ impl Schema {
             .or_else(|| self.tables.iter().find(|t| t.name.eq_ignore_ascii_case(name)))
     }
 
-    fn table_or_err(&self, name: &str) -> Result<&TableView> {
+    /// The visible table named `name`, or [`Error::UnknownTable`].
+    pub fn table_or_err(&self, name: &str) -> Result<&TableView> {
         self.table(name).ok_or_else(|| Error::UnknownTable { name: name.to_owned() })
     }
 }
@@ -473,15 +474,8 @@ impl Workspace {
     pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Vec<(String, Value)>>> {
         let schema = self.schema()?;
         let t = schema.table_or_err(table)?;
+        let wanted = row_key(t, key)?;
         let keys: Vec<&ColumnView> = t.columns.iter().filter(|c| c.merge.is_none()).collect();
-        if keys.len() != key.len() {
-            return Err(Error::KeyArity {
-                table: t.name.clone(),
-                expected: keys.len(),
-                got: key.len(),
-            });
-        }
-        let wanted = RowKey::from_values(key)?;
         let cond: Vec<String> = keys
             .iter()
             .enumerate()

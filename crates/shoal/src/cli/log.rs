@@ -40,8 +40,7 @@ pub fn run(ctx: &mut Ctx, a: LogArgs) -> Result<Outcome> {
     }
     let mut filter = Filter::default();
     if let Some(name) = &a.table {
-        let t =
-            schema.table(name).ok_or_else(|| shoal::Error::UnknownTable { name: name.clone() })?;
+        let t = schema.table_or_err(name)?;
         filter.table = Some(t.id);
         if !a.row.is_empty() {
             let key = parse_key(t, &a.row)?;

@@ -25,9 +25,7 @@ use super::{Ctx, Outcome};
 pub fn put(ctx: &mut Ctx, a: PutArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let schema = ws.schema()?;
-    let t = schema
-        .table(&a.table)
-        .ok_or_else(|| shoal::Error::UnknownTable { name: a.table.clone() })?;
+    let t = schema.table_or_err(&a.table)?;
     let mut assignments = Vec::new();
     if let Some(row) = &a.row {
         assignments.extend(parse_json_row(t, row)?);
@@ -113,9 +111,7 @@ fn report_commit(
 pub fn get(ctx: &mut Ctx, a: KeyArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let schema = ws.schema()?;
-    let t = schema
-        .table(&a.table)
-        .ok_or_else(|| shoal::Error::UnknownTable { name: a.table.clone() })?;
+    let t = schema.table_or_err(&a.table)?;
     let key = parse_key(t, &a.key)?;
     let Some(row) = ws.get(&t.name, &key)? else {
         out::warn(format!("table {} has no row {}", t.name, key_text(&key)));
@@ -135,9 +131,7 @@ pub fn get(ctx: &mut Ctx, a: KeyArgs) -> Result<Outcome> {
 pub fn delete(ctx: &mut Ctx, a: KeyArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let schema = ws.schema()?;
-    let t = schema
-        .table(&a.table)
-        .ok_or_else(|| shoal::Error::UnknownTable { name: a.table.clone() })?;
+    let t = schema.table_or_err(&a.table)?;
     let key = parse_key(t, &a.key)?;
     let mut tx = ws.transaction()?;
     tx.delete(&t.name, &key)?;
@@ -189,11 +183,7 @@ fn snapshot(ws: &Workspace, id: TableId) -> Result<(Option<String>, Snapshot)> {
 /// `shoal watch`: prints each row that appears, changes or disappears.
 pub async fn watch(ctx: &mut Ctx, a: WatchArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
-    let id = ws
-        .schema()?
-        .table(&a.table)
-        .map(|t| t.id)
-        .ok_or_else(|| shoal::Error::UnknownTable { name: a.table.clone() })?;
+    let id = ws.schema()?.table_or_err(&a.table)?.id;
     // Subscribe before the first read: a commit in between is then seen as a change.
     let mut events = ws.replica().watch_cursors();
     let (mut name, mut rows) = snapshot(&ws, id)?;

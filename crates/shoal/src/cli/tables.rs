@@ -23,7 +23,7 @@ pub fn create(ctx: &mut Ctx, a: TableCreateArgs) -> Result<Outcome> {
     spec.columns = ordered_columns(&matches, &a.columns)?;
     let commit = ws.declare(&spec)?;
     let schema = ws.schema()?;
-    let table = schema.table(&a.name).ok_or_else(|| shoal::Error::UnknownTable { name: a.name })?;
+    let table = schema.table_or_err(&a.name)?;
     if commit.is_none() {
         ctx.out
             .line(format!("table {} already exists as declared; nothing written", table.name))?;
@@ -79,7 +79,7 @@ pub fn alter(ctx: &mut Ctx, a: TableAlterArgs) -> Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let schema = ws.schema()?;
-    let table = schema.table(&name).ok_or_else(|| shoal::Error::UnknownTable { name })?;
+    let table = schema.table_or_err(&name)?;
     show_table(&mut ctx.out, table)?;
     Ok(Outcome::Ok)
 }
