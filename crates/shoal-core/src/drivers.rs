@@ -148,3 +148,62 @@ pub async fn publish(
         published += page.len() as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::entry::{Domain, Op, Payload};
+    use crate::hlc::Hlc;
+    use crate::ids::{DeviceKey, WorkspaceId};
+    use crate::memory::MemoryReplica;
+    use crate::sync::HasCursors;
+
+    fn payload(n: u64) -> Payload {
+        Payload {
+            hlc: Hlc::from_millis(1_000 + n),
+            author: None,
+            ops: vec![Op { domain: Domain::TABLES, kind: 1, body: n.to_le_bytes().to_vec() }],
+        }
+    }
+
+    /// The continuous driver follows the source's cursor stream: every batch appended to
+    /// the source while it runs reaches the target.
+    #[tokio::test]
+    async fn continuous_pull_follows_the_source() {
+        let key = DeviceKey::from_secret_bytes(&[5; 32]);
+        let ws = WorkspaceId::derive(&key.public_key(), &[0; 16]);
+        let source = Arc::new(MemoryReplica::new(ws, Some(key)));
+        let target = Arc::new(MemoryReplica::new(ws, None));
+        let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let driver = {
+            let (source, target, passes) = (source.clone(), target.clone(), passes.clone());
+            tokio::spawn(async move {
+                pull_continuous(source.as_ref(), target.as_ref(), |report| {
+                    assert!(report.stalled.is_empty(), "{:?}", report.stalled);
+                    passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+                .await
+            })
+        };
+        for n in 0..20 {
+            source.append_local(vec![payload(n)]).unwrap();
+            if n % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let want = source.cursors().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while target.cursors().await.unwrap() != want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the target catches up while the driver runs");
+        assert_eq!(target.dump(), source.dump());
+        assert!(passes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        driver.abort();
+    }
+}
