@@ -5,6 +5,9 @@
 //! Run: `cargo run --release -p shoal-bench -- <bench> [options]` (see `--help`).
 
 mod folder;
+// The same allocator cap as the `shoal` binary: one file, two binaries.
+#[path = "../../shoal/src/malloc.rs"]
+mod malloc;
 mod oplog;
 mod tables;
 mod util;
@@ -78,28 +81,8 @@ enum Bench {
     },
 }
 
-/// Caps glibc's malloc at one arena (no measurable slowdown here). glibc gives each thread that allocates its own arena
-/// (up to 8 per core) and returns freed memory to the system only from an arena's top, so
-/// a long catch-up that churns through many tokio blocking threads kept ~60 MiB of free
-/// memory in arenas and its RSS grew with the data churned (measured: 58 MiB with one
-/// arena, 92 MiB with two, 110 MiB with the default, for the same 6,000,000-cell catch-up; the live heap
-/// measured by valgrind massif was ~46 MiB either way).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    // SAFETY: `mallopt` only changes allocator parameters; it is called first thing in
-    // `main`, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Other allocators need no cap.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
-
 fn main() -> anyhow::Result<()> {
-    limit_malloc_arenas();
+    malloc::limit_malloc_arenas();
     match Cli::parse().bench {
         Bench::Append { entries, batch } => oplog::append(entries, batch),
         Bench::Pull { entries } => oplog::pull(entries),

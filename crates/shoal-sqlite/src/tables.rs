@@ -591,12 +591,12 @@ impl TablesMaterializer {
         self.ensure_table(conn, table)?;
         let t = phys_name(table);
         let head = read_row_head(conn, &t, key)?;
-        let drops = self.drops.get(&table).cloned().unwrap_or_default();
+        let table_dropped = self.drops.get(&table).and_then(|d| d.table);
         let (tomb, written) = head.unwrap_or((None, None));
         if tomb.is_some_and(|t| t >= hlc) {
             return Ok(());
         }
-        let was_live = written.is_some_and(|w| survives(tomb.max(drops.table), w));
+        let was_live = written.is_some_and(|w| survives(tomb.max(table_dropped), w));
         if head.is_none() {
             let values =
                 key.values().map_err(|e| MaterializeError::Malformed(format!("row key: {e}")))?;
@@ -668,7 +668,6 @@ impl TablesMaterializer {
                 self.pending.push(TableChange { table, key, columns, live });
             }
         }
-        let _ = column;
         Ok(())
     }
 
@@ -680,9 +679,9 @@ impl TablesMaterializer {
         key: &RowKey,
     ) -> Result<(), MaterializeError> {
         let t = phys_name(table);
-        let drops = self.drops.get(&table).cloned().unwrap_or_default();
+        let drops = self.drops.get(&table);
         let Some((tomb, written)) = read_row_head(conn, &t, key)? else { return Ok(()) };
-        let floor = tomb.max(drops.table);
+        let floor = tomb.max(drops.and_then(|d| d.table));
         let tbl = table.as_u64() as i64;
         let mut sets: Vec<(String, SqlValue)> = Vec::new();
         if written.is_some() && !written.is_some_and(|w| survives(floor, w)) {
@@ -694,7 +693,7 @@ impl TablesMaterializer {
             .map(|p| p.parts.iter().copied().collect())
             .unwrap_or_default();
         for (column, part) in parts {
-            let cell_floor = floor.max(drops.column(column));
+            let cell_floor = floor.max(drops.and_then(|d| d.column(column)));
             match part {
                 Part::Lww => {
                     if read_lww(conn, &t, key, column)?
@@ -710,13 +709,11 @@ impl TablesMaterializer {
                         .prepare_cached("DELETE FROM shoal_adds WHERE tbl = ?1 AND key = ?2 AND col = ?3 AND hlc <= ?4")?
                         .execute(params![tbl, key.as_bytes(), column.as_u64() as i64, floor_hlc.as_u64() as i64])?;
                     if removed > 0 {
-                        let sum = read_adds(conn, tbl, key, column)?
-                            .iter()
-                            .fold(0i64, |a, (_, n)| a.wrapping_add(*n));
-                        let any = !read_adds(conn, tbl, key, column)?.is_empty();
+                        let left = read_adds(conn, tbl, key, column)?;
+                        let sum = left.iter().fold(0i64, |a, (_, n)| a.wrapping_add(*n));
                         sets.push((
                             col_name("n", column),
-                            if any { SqlValue::Integer(sum) } else { SqlValue::Null },
+                            if left.is_empty() { SqlValue::Null } else { SqlValue::Integer(sum) },
                         ));
                     }
                 }
