@@ -3,8 +3,8 @@
 //!
 //! Owns: [`Entry`] (one local transaction of one origin, or the marker left by
 //! expungement), [`Op`] (a domain-tagged opaque operation), [`EntryHash`], [`ChainHash`],
-//! [`SignedHead`] and [`Seal`], and [`verify_run`], the one place that decides whether
-//! received entries are authentic.
+//! [`SignedHead`] and [`Seal`]. Whether received entries are authentic is decided in one
+//! place, the ingest pipeline (`ingest.rs`).
 //!
 //! Invariants:
 //! - An entry's hash is blake3 over its canonical bytes (`docs/FORMAT.md` §2); an expunged
@@ -21,11 +21,11 @@
 use std::sync::LazyLock;
 
 use crate::codec::{DecodeError, DecodeProblem, Encode, Reader, put_varint};
-use crate::error::{RejectReason, SyncError};
+use crate::error::RejectReason;
 use crate::hlc::Hlc;
 use crate::ids::{DeviceKey, PeerId, PublicKey, UserId, WorkspaceId};
 
-const ENTRY_HASH_CONTEXT: &str = "shoal 2026-11 entry hash v1";
+const ENTRY_HASH_CONTEXT: &str = "shoal 2026-11 entry hash v2";
 const CHAIN_SEED_CONTEXT: &str = "shoal 2026-11 chain seed v1";
 const CHAIN_LINK_CONTEXT: &str = "shoal 2026-11 chain link v1";
 const HEAD_SIGNATURE_PREFIX: &[u8] = b"shoal 2026-11 signed head v1\0";
@@ -85,28 +85,64 @@ pub struct Payload {
     pub ops: Vec<Op>,
 }
 
+/// The two kinds of entries (DESIGN §8): control entries (membership; always plaintext,
+/// checkable by relays) and data entries (tables and documents; ciphertext when the
+/// workspace is encrypted). An entry never mixes the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryClass {
+    /// Only ops of [`Domain::CONTROL`], at least one.
+    Control,
+    /// No op of [`Domain::CONTROL`].
+    Data,
+}
+
+/// The first byte of an entry's stored form: its class and whether it is encrypted.
+mod stored_tag {
+    pub const CONTROL: u8 = 0;
+    pub const DATA: u8 = 1;
+    pub const DATA_ENCRYPTED: u8 = 3;
+}
+
 impl Payload {
     /// The timestamp of the last op (the entry's own timestamp when it has no ops).
     pub fn last_hlc(&self) -> Hlc {
         self.hlc.plus((self.ops.len() as u64).saturating_sub(1))
     }
 
-    /// Decodes a payload from its canonical bytes (the form [`Encode`] writes).
+    /// The entry's class, or an error if it mixes control and data ops (which no writer may
+    /// produce: the format cannot express it).
+    pub fn class(&self) -> Result<EntryClass, MixedClasses> {
+        let control = self.ops.iter().filter(|o| o.domain == Domain::CONTROL).count();
+        match control {
+            0 => Ok(EntryClass::Data),
+            n if n == self.ops.len() => Ok(EntryClass::Control),
+            _ => Err(MixedClasses),
+        }
+    }
+
+    fn stored_tag(&self) -> u8 {
+        match self.class() {
+            Ok(EntryClass::Control) => stored_tag::CONTROL,
+            // A mixed payload is refused by every writer before it is encoded; encoded anyway
+            // it would not decode (a data entry may hold no control op).
+            Ok(EntryClass::Data) | Err(MixedClasses) => stored_tag::DATA,
+        }
+    }
+
+    /// Decodes a live payload from its stored bytes (the form [`Encode`] writes).
     pub fn decode(bytes: &[u8]) -> Result<Payload, DecodeError> {
-        let mut r = Reader::new(bytes);
-        let p = Payload::read(&mut r)?;
-        r.finish()?;
-        Ok(p)
+        match EntryBody::decode_stored(bytes)? {
+            EntryBody::Live(p) => Ok(p),
+            _ => Err(DecodeError {
+                offset: 0,
+                what: DecodeProblem::Invalid("an encrypted entry where a plaintext one was expected"),
+            }),
+        }
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<Payload, DecodeError> {
-        let hlc = Hlc::from_u64(r.u64_le("entry hlc")?);
-        Payload::read_contents(r, hlc)
-    }
-
-    /// Reads what follows the timestamp in a payload (author and ops), for formats that
-    /// store the timestamp their own way (segments store deltas).
-    pub fn read_contents(r: &mut Reader<'_>, hlc: Hlc) -> Result<Payload, DecodeError> {
+    /// Reads what follows the timestamp of a plaintext entry of the given stored tag (author
+    /// and ops), for formats that store the timestamp their own way (segments store deltas).
+    fn read_contents(r: &mut Reader<'_>, tag: u8, hlc: Hlc) -> Result<Payload, DecodeError> {
         let author = match r.u8("author flag")? {
             0 => None,
             1 => Some(UserId::from_bytes(r.array("author")?)),
@@ -122,17 +158,29 @@ impl Payload {
         // the input could fill.
         let mut ops = Vec::with_capacity(count.min(r.remaining() / 3));
         for _ in 0..count {
+            let at = r.offset();
             let domain = Domain(read_u32_varint(r, "op domain")?);
+            if (domain == Domain::CONTROL) != (tag == stored_tag::CONTROL) {
+                return Err(DecodeError {
+                    offset: at,
+                    what: DecodeProblem::Invalid(
+                        "an entry mixes control and data ops (its class says otherwise)",
+                    ),
+                });
+            }
             let kind = read_u32_varint(r, "op kind")?;
             let body = r.bytes("op body", MAX_OP_BYTES)?.to_vec();
             ops.push(Op { domain, kind, body });
         }
+        if tag == stored_tag::CONTROL && ops.is_empty() {
+            return Err(r.error(DecodeProblem::Invalid("a control entry without ops")));
+        }
         Ok(Payload { hlc, author, ops })
     }
 
-    /// Writes what follows the timestamp in a payload (author and ops); the inverse of
-    /// [`Payload::read_contents`].
-    pub fn encode_contents(&self, out: &mut Vec<u8>) {
+    /// Writes what follows the timestamp of a plaintext entry (author and ops); the inverse
+    /// of `read_contents`.
+    fn encode_contents(&self, out: &mut Vec<u8>) {
         match &self.author {
             None => out.push(0),
             Some(a) => {
@@ -152,10 +200,16 @@ impl Payload {
 
 impl Encode for Payload {
     fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.stored_tag());
         out.extend_from_slice(&self.hlc.as_u64().to_le_bytes());
         self.encode_contents(out);
     }
 }
+
+/// A payload that mixes control and data ops: no entry can hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an entry cannot mix control ops with table or document ops")]
+pub struct MixedClasses;
 
 fn read_u32_varint(r: &mut Reader<'_>, what: &'static str) -> Result<u32, DecodeError> {
     let v = r.bounded_varint(what, u32::MAX.into())?;
@@ -163,13 +217,153 @@ fn read_u32_varint(r: &mut Reader<'_>, what: &'static str) -> Result<u32, Decode
     Ok(v as u32)
 }
 
-/// What an entry holds: its payload, or after expungement only the hash of what it held.
+/// The largest ciphertext of one encrypted entry, in bytes.
+pub const MAX_CIPHERTEXT_BYTES: u64 = 256 << 20;
+
+/// A data entry as stored in an encrypted workspace: its timestamp and op count stay
+/// readable (receivers check clock skew and advance their clocks without keys); author and
+/// ops are ciphertext. The format is fixed now so that relays and older devices carry such
+/// entries; sealing and opening them is the security issue's work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncryptedPayload {
+    /// The entry's timestamp (that of its first op).
+    pub hlc: Hlc,
+    /// How many ops the ciphertext holds (op `i` is stamped `hlc + i`).
+    pub op_count: u64,
+    /// The workspace key epoch it was encrypted under.
+    pub epoch: u32,
+    /// The random XChaCha20-Poly1305 nonce.
+    pub nonce: [u8; 24],
+    /// Author and ops, encrypted, with the authentication tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl EncryptedPayload {
+    /// The timestamp of the last op.
+    pub fn last_hlc(&self) -> Hlc {
+        self.hlc.plus(self.op_count.saturating_sub(1))
+    }
+
+    fn read_contents(r: &mut Reader<'_>, hlc: Hlc) -> Result<Self, DecodeError> {
+        let op_count = r.bounded_varint("op count", MAX_OPS_PER_ENTRY)?;
+        let epoch = read_u32_varint(r, "key epoch")?;
+        let nonce = r.array("nonce")?;
+        let ciphertext = r.bytes("ciphertext", MAX_CIPHERTEXT_BYTES)?.to_vec();
+        Ok(EncryptedPayload { hlc, op_count: op_count as u64, epoch, nonce, ciphertext })
+    }
+
+    fn encode_contents(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.op_count);
+        put_varint(out, self.epoch.into());
+        out.extend_from_slice(&self.nonce);
+        put_varint(out, self.ciphertext.len() as u64);
+        out.extend_from_slice(&self.ciphertext);
+    }
+}
+
+/// What an entry holds: its payload (plaintext or encrypted), or after expungement only the
+/// hash of what it held.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EntryBody {
-    /// The entry as written.
+    /// A plaintext entry as written.
     Live(Payload),
+    /// A data entry of an encrypted workspace, as written.
+    Encrypted(EncryptedPayload),
     /// The body was removed (legal expungement); the hash keeps the chain verifiable.
     Expunged(EntryHash),
+}
+
+impl EntryBody {
+    /// The stored tag (class and encryption) of a non-expunged body.
+    pub fn stored_tag(&self) -> Option<u8> {
+        match self {
+            EntryBody::Live(p) => Some(p.stored_tag()),
+            EntryBody::Encrypted(_) => Some(stored_tag::DATA_ENCRYPTED),
+            EntryBody::Expunged(_) => None,
+        }
+    }
+
+    /// The entry's timestamp, unless expunged.
+    pub fn hlc(&self) -> Option<Hlc> {
+        match self {
+            EntryBody::Live(p) => Some(p.hlc),
+            EntryBody::Encrypted(c) => Some(c.hlc),
+            EntryBody::Expunged(_) => None,
+        }
+    }
+
+    /// The timestamp of the entry's last op, unless expunged.
+    pub fn last_hlc(&self) -> Option<Hlc> {
+        match self {
+            EntryBody::Live(p) => Some(p.last_hlc()),
+            EntryBody::Encrypted(c) => Some(c.last_hlc()),
+            EntryBody::Expunged(_) => None,
+        }
+    }
+
+    /// The entry's class, unless expunged (an encrypted entry is always data).
+    pub fn class(&self) -> Option<EntryClass> {
+        match self {
+            EntryBody::Live(p) => p.class().ok(),
+            EntryBody::Encrypted(_) => Some(EntryClass::Data),
+            EntryBody::Expunged(_) => None,
+        }
+    }
+
+    /// Appends the stored form of a non-expunged body (`docs/FORMAT.md` §3.1): the bytes the
+    /// entry hash covers. An expunged body appends its kept hash.
+    pub fn encode_stored(&self, out: &mut Vec<u8>) {
+        match self {
+            EntryBody::Live(p) => p.encode(out),
+            EntryBody::Encrypted(c) => {
+                out.push(stored_tag::DATA_ENCRYPTED);
+                out.extend_from_slice(&c.hlc.as_u64().to_le_bytes());
+                c.encode_contents(out);
+            }
+            EntryBody::Expunged(h) => out.extend_from_slice(&h.0),
+        }
+    }
+
+    /// Decodes a non-expunged body from its stored form, rejecting trailing bytes.
+    pub fn decode_stored(bytes: &[u8]) -> Result<EntryBody, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let body = Self::read_stored(&mut r)?;
+        r.finish()?;
+        Ok(body)
+    }
+
+    fn read_stored(r: &mut Reader<'_>) -> Result<EntryBody, DecodeError> {
+        let tag = r.u8("entry class")?;
+        let hlc = Hlc::from_u64(r.u64_le("entry hlc")?);
+        Self::read_after_hlc(r, tag, hlc)
+    }
+
+    /// Reads the rest of a stored body after its tag and timestamp (segments store the
+    /// timestamp as a delta); the inverse of [`EntryBody::encode_after_hlc`].
+    pub fn read_after_hlc(r: &mut Reader<'_>, tag: u8, hlc: Hlc) -> Result<EntryBody, DecodeError> {
+        match tag {
+            stored_tag::CONTROL | stored_tag::DATA => {
+                Ok(EntryBody::Live(Payload::read_contents(r, tag, hlc)?))
+            }
+            stored_tag::DATA_ENCRYPTED => {
+                Ok(EntryBody::Encrypted(EncryptedPayload::read_contents(r, hlc)?))
+            }
+            other => Err(r.error(DecodeProblem::InvalidTag {
+                what: "entry class",
+                value: other.into(),
+            })),
+        }
+    }
+
+    /// Writes the rest of a stored body after its tag and timestamp. Nothing for an
+    /// expunged body.
+    pub fn encode_after_hlc(&self, out: &mut Vec<u8>) {
+        match self {
+            EntryBody::Live(p) => p.encode_contents(out),
+            EntryBody::Encrypted(c) => c.encode_contents(out),
+            EntryBody::Expunged(_) => {}
+        }
+    }
 }
 
 /// One position `(origin, index)` of an origin's log, as stored and as it travels.
@@ -186,20 +380,26 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry's hash: blake3 over `origin || varint(index) || payload`, or the hash kept
-    /// by the expunge marker.
+    /// The entry's hash: blake3 over `origin || varint(index) || stored body`, or the hash
+    /// kept by the expunge marker. It covers the body as stored (ciphertext when encrypted),
+    /// so anyone can verify a chain without keys.
     pub fn hash(&self) -> EntryHash {
         match &self.body {
             EntryBody::Live(p) => EntryHash::of_payload(&self.origin, self.index, p),
+            EntryBody::Encrypted(_) => {
+                let mut bytes = Vec::with_capacity(64);
+                self.body.encode_stored(&mut bytes);
+                EntryHash::of_stored(&self.origin, self.index, &bytes)
+            }
             EntryBody::Expunged(h) => *h,
         }
     }
 
-    /// The payload, unless expunged.
+    /// The payload, unless expunged or encrypted.
     pub fn payload(&self) -> Option<&Payload> {
         match &self.body {
             EntryBody::Live(p) => Some(p),
-            EntryBody::Expunged(_) => None,
+            EntryBody::Encrypted(_) | EntryBody::Expunged(_) => None,
         }
     }
 
@@ -207,6 +407,7 @@ impl Entry {
     pub fn approx_size(&self) -> usize {
         match &self.body {
             EntryBody::Live(p) => 48 + p.ops.iter().map(|o| o.body.len() + 16).sum::<usize>(),
+            EntryBody::Encrypted(c) => 80 + c.ciphertext.len(),
             EntryBody::Expunged(_) => 64,
         }
     }
@@ -242,7 +443,7 @@ impl Entry {
         let body = if flags & 0b01 != 0 {
             EntryBody::Expunged(EntryHash(r.array("expunged hash")?))
         } else {
-            EntryBody::Live(Payload::read(r)?)
+            EntryBody::read_stored(r)?
         };
         let seal = if flags & 0b10 != 0 {
             let at = r.offset();
@@ -264,10 +465,7 @@ impl Encode for Entry {
         out.push(u8::from(expunged) | (u8::from(self.seal.is_some()) << 1));
         out.extend_from_slice(self.origin.as_bytes());
         put_varint(out, self.index);
-        match &self.body {
-            EntryBody::Live(p) => p.encode(out),
-            EntryBody::Expunged(h) => out.extend_from_slice(&h.0),
-        }
+        self.body.encode_stored(out);
         if let Some(seal) = &self.seal {
             out.extend_from_slice(seal.key.as_bytes());
             out.extend_from_slice(&seal.signature);
@@ -284,11 +482,11 @@ impl EntryHash {
     pub fn of_payload(origin: &PeerId, index: u64, payload: &Payload) -> EntryHash {
         let mut bytes = Vec::with_capacity(64);
         payload.encode(&mut bytes);
-        Self::of_payload_bytes(origin, index, &bytes)
+        Self::of_stored(origin, index, &bytes)
     }
 
-    /// Hashes a live entry whose payload is already encoded (as a replica stores it).
-    pub fn of_payload_bytes(origin: &PeerId, index: u64, payload: &[u8]) -> EntryHash {
+    /// Hashes an entry whose body is already in its stored form (as a replica stores it).
+    pub fn of_stored(origin: &PeerId, index: u64, payload: &[u8]) -> EntryHash {
         let mut h = ENTRY_HASHER.clone();
         h.update(origin.as_bytes());
         let mut idx = Vec::with_capacity(10);
@@ -400,7 +598,7 @@ impl SignedHead {
     }
 }
 
-fn check_seal(
+pub(crate) fn check_seal(
     workspace: &WorkspaceId,
     origin: &PeerId,
     next: u64,
@@ -452,7 +650,7 @@ impl OwnLog {
         for (i, payload) in payloads.into_iter().enumerate() {
             let index = self.position.next;
             let bytes = payload.to_bytes();
-            let hash = EntryHash::of_payload_bytes(&self.origin, index, &bytes);
+            let hash = EntryHash::of_stored(&self.origin, index, &bytes);
             self.position =
                 ChainPosition { next: index + 1, chain: self.position.chain.link(&hash) };
             let seal =
@@ -491,87 +689,29 @@ impl ChainPosition {
     }
 }
 
-/// The outcome of [`verify_run`]: which part of a run of entries is authentic and new.
-#[derive(Debug)]
-pub struct RunCheck {
-    /// Leading entries the receiver already has (index below its cursor).
-    pub duplicates: usize,
-    /// Entries after the duplicates that are authenticated by a seal, in order.
-    pub accepted: usize,
-    /// The receiver's position after the accepted entries.
-    pub position: ChainPosition,
-    /// Why the rest of the run was not accepted, if it was not: a rejected seal, a gap, a
-    /// foreign origin, or an unsealed tail (which is not an error for the sender's next
-    /// page, so it is reported as `None` when it is shorter than [`MAX_SEAL_GAP`]).
-    pub error: Option<SyncError>,
-}
-
-/// Authenticates a run of entries of `origin` (ascending, as returned by `read_since`)
-/// against the receiver's position.
-///
-/// Entries below `position.next` are skipped as duplicates. From there on, each entry must
-/// have the next index; the chain is extended with each entry's hash, and every seal must be
-/// a valid signature of the origin over the chain at that point. Only entries up to the last
-/// valid seal are accepted: an entry not yet covered by a seal is not known to be authentic.
-pub fn verify_run(
-    workspace: &WorkspaceId,
-    origin: &PeerId,
-    position: ChainPosition,
-    entries: &[Entry],
-) -> RunCheck {
-    let duplicates =
-        entries.iter().take_while(|e| e.origin == *origin && e.index < position.next).count();
-    let mut check = RunCheck { duplicates, accepted: 0, position, error: None };
-    let mut chain = position.chain;
-    let mut next = position.next;
-    for (i, e) in entries[duplicates..].iter().enumerate() {
-        if e.origin != *origin {
-            check.error = Some(SyncError::Misuse(format!(
-                "a run of {origin} contains an entry of {} at index {}",
-                e.origin, e.index
-            )));
-            return check;
-        }
-        if e.index != next {
-            check.error = Some(SyncError::Gap { origin: *origin, expected: next, got: e.index });
-            return check;
-        }
-        chain = chain.link(&e.hash());
-        next += 1;
-        if let Some(seal) = &e.seal {
-            if let Err(reason) = check_seal(workspace, origin, next, &chain, seal) {
-                check.error = Some(SyncError::Rejected { origin: *origin, index: e.index, reason });
-                return check;
-            }
-            check.accepted = i + 1;
-            check.position = ChainPosition { next, chain };
-        } else if next - check.position.next >= MAX_SEAL_GAP {
-            check.error = Some(SyncError::Rejected {
-                origin: *origin,
-                index: e.index,
-                reason: RejectReason::UnsealedRunTooLong,
-            });
-            return check;
-        }
-    }
-    check
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_op() -> impl Strategy<Value = Op> {
-        (0u32..5, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40))
+    fn arb_op(domains: std::ops::Range<u32>) -> impl Strategy<Value = Op> {
+        (domains, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(d, kind, body)| Op { domain: Domain(d), kind, body })
+    }
+
+    fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
+        // An entry is control (at least one op, all control) or data (no control op).
+        prop_oneof![
+            proptest::collection::vec(arb_op(0..1), 1..4),
+            proptest::collection::vec(arb_op(1..5), 0..6),
+        ]
     }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
         let live = (
             any::<u64>(),
             proptest::option::of(any::<[u8; 16]>()),
-            proptest::collection::vec(arb_op(), 0..6),
+            arb_ops(),
         )
             .prop_map(|(hlc, author, ops)| {
                 EntryBody::Live(Payload {
@@ -580,13 +720,29 @@ mod tests {
                     ops,
                 })
             });
+        let encrypted = (
+            any::<u64>(),
+            0..MAX_OPS_PER_ENTRY,
+            any::<u32>(),
+            any::<[u8; 24]>(),
+            proptest::collection::vec(any::<u8>(), 0..60),
+        )
+            .prop_map(|(hlc, op_count, epoch, nonce, ciphertext)| {
+                EntryBody::Encrypted(EncryptedPayload {
+                    hlc: Hlc::from_u64(hlc),
+                    op_count,
+                    epoch,
+                    nonce,
+                    ciphertext,
+                })
+            });
         let expunged = any::<[u8; 32]>().prop_map(|h| EntryBody::Expunged(EntryHash(h)));
         let seal =
             proptest::option::of((1u8..=255, any::<[u8; 64]>()).prop_map(|(k, signature)| Seal {
                 key: DeviceKey::from_secret_bytes(&[k; 32]).public_key(),
                 signature,
             }));
-        (any::<[u8; 16]>(), any::<u64>(), prop_oneof![3 => live, 1 => expunged], seal).prop_map(
+        (any::<[u8; 16]>(), any::<u64>(), prop_oneof![3 => live, 1 => encrypted, 1 => expunged], seal).prop_map(
             |(origin, index, body, seal)| Entry {
                 origin: PeerId::from_bytes(origin),
                 index,
@@ -622,104 +778,34 @@ mod tests {
         fn expunging_keeps_the_hash(e in arb_entry()) {
             prop_assert_eq!(e.expunged().hash(), e.hash());
         }
-    }
 
-    fn log(key: &DeviceKey, ws: WorkspaceId, n: u64, seal_every: u64) -> Vec<Entry> {
-        let origin = key.peer_id(&ws);
-        let mut chain = ChainHash::seed(&ws, &origin);
-        (0..n)
-            .map(|index| {
-                let payload = Payload {
-                    hlc: Hlc::from_millis(1000 + index),
-                    author: None,
-                    ops: vec![Op {
-                        domain: Domain::TABLES,
-                        kind: 1,
-                        body: index.to_le_bytes().to_vec(),
-                    }],
-                };
-                let mut e = Entry { origin, index, body: EntryBody::Live(payload), seal: None };
-                chain = chain.link(&e.hash());
-                if (index + 1) % seal_every == 0 || index + 1 == n {
-                    e.seal = Some(SignedHead::sign(key, ws, index + 1, chain).seal);
+        #[test]
+        fn the_class_is_part_of_the_hash(e in arb_entry()) {
+            // Flipping the stored class byte (control <-> data) must change the hash or fail
+            // to decode: nobody can relabel an entry's kind.
+            let mut stored = Vec::new();
+            e.body.encode_stored(&mut stored);
+            if let (Some(_), false) = (e.body.stored_tag(), stored.is_empty()) {
+                stored[0] ^= 1;
+                if let Ok(other) = EntryBody::decode_stored(&stored) {
+                    let relabelled = Entry { body: other, ..e.clone() };
+                    prop_assert_ne!(relabelled.hash(), e.hash());
                 }
-                e
-            })
-            .collect()
-    }
-
-    #[test]
-    fn an_honest_run_verifies_and_duplicates_are_skipped() {
-        let key = DeviceKey::from_secret_bytes(&[3; 32]);
-        let ws = WorkspaceId::from_bytes([9; 16]);
-        let origin = key.peer_id(&ws);
-        let entries = log(&key, ws, 10, 4);
-        let check = verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &entries);
-        assert!(check.error.is_none());
-        assert_eq!((check.duplicates, check.accepted, check.position.next), (0, 10, 10));
-
-        let mid =
-            verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &entries[..4]).position;
-        let check = verify_run(&ws, &origin, mid, &entries);
-        assert_eq!((check.duplicates, check.accepted, check.position.next), (4, 6, 10));
-    }
-
-    #[test]
-    fn an_unsealed_tail_is_not_accepted() {
-        let key = DeviceKey::from_secret_bytes(&[3; 32]);
-        let ws = WorkspaceId::from_bytes([9; 16]);
-        let origin = key.peer_id(&ws);
-        let entries = log(&key, ws, 10, 4);
-        let check = verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &entries[..7]);
-        assert!(check.error.is_none());
-        assert_eq!(check.accepted, 4);
-    }
-
-    #[test]
-    fn tampered_transplanted_and_forged_runs_are_rejected() {
-        let key = DeviceKey::from_secret_bytes(&[3; 32]);
-        let ws = WorkspaceId::from_bytes([9; 16]);
-        let origin = key.peer_id(&ws);
-        let start = ChainPosition::start(&ws, &origin);
-        let entries = log(&key, ws, 8, 4);
-
-        let mut tampered = entries.clone();
-        if let EntryBody::Live(p) = &mut tampered[5].body {
-            p.ops[0].body[0] ^= 1;
+            }
         }
-        let check = verify_run(&ws, &origin, start, &tampered);
-        assert_eq!(check.accepted, 4, "the run before the tampered entry stands");
-        assert!(matches!(
-            check.error,
-            Some(SyncError::Rejected { index: 7, reason: RejectReason::BadSignature, .. })
-        ));
+    }
 
-        let other_ws = WorkspaceId::from_bytes([8; 16]);
-        let check =
-            verify_run(&other_ws, &origin, ChainPosition::start(&other_ws, &origin), &entries);
-        assert!(matches!(
-            check.error,
-            Some(SyncError::Rejected { reason: RejectReason::KeyNotOfOrigin, .. })
-        ));
-
-        let forger = DeviceKey::from_secret_bytes(&[4; 32]);
-        let mut forged = entries.clone();
-        forged[3].seal = Some(Seal { key: forger.public_key(), signature: [0; 64] });
-        let check = verify_run(&ws, &origin, start, &forged);
-        assert!(matches!(
-            check.error,
-            Some(SyncError::Rejected { index: 3, reason: RejectReason::KeyNotOfOrigin, .. })
-        ));
-
-        let check = verify_run(&ws, &origin, start, &entries[1..]);
-        assert!(matches!(check.error, Some(SyncError::Gap { expected: 0, got: 1, .. })));
-
-        let mut expunged = entries.clone();
-        expunged[2] = expunged[2].expunged();
-        assert_eq!(
-            verify_run(&ws, &origin, start, &expunged).accepted,
-            8,
-            "expunged entries keep the chain"
-        );
+    #[test]
+    fn mixed_entries_are_refused() {
+        let p = Payload {
+            hlc: Hlc::from_millis(1),
+            author: None,
+            ops: vec![
+                Op { domain: Domain::CONTROL, kind: 1, body: vec![] },
+                Op { domain: Domain::TABLES, kind: 1, body: vec![] },
+            ],
+        };
+        assert_eq!(p.class(), Err(MixedClasses));
+        assert!(Payload::decode(&p.to_bytes()).is_err(), "the format cannot express it");
     }
 }

@@ -143,6 +143,13 @@ pub enum RejectReason {
     NotAMember,
     /// More than [`crate::entry::MAX_SEAL_GAP`] entries arrived without a seal.
     UnsealedRunTooLong,
+    /// A run ended before any signed head covered it (the sender must end pages on one).
+    NoSignedHead,
+    /// A genesis that does not found this workspace, is not its creator's first entry, or
+    /// is not signed by its creator.
+    ForgedGenesis,
+    /// A run of one origin held an entry of another.
+    WrongOrigin,
 }
 
 impl fmt::Display for RejectReason {
@@ -156,6 +163,11 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::NotAMember => "the origin is not a member of the workspace",
             RejectReason::UnsealedRunTooLong => "too many entries without a signed head",
+            RejectReason::NoSignedHead => "the entries end without a signed head",
+            RejectReason::ForgedGenesis => {
+                "a genesis that does not found this workspace by its creator's first entry (forged)"
+            }
+            RejectReason::WrongOrigin => "an entry of another origin in this origin's log",
         })
     }
 }

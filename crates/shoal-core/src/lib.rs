@@ -16,7 +16,8 @@
 //!   ops}` ([`Entry`], [`Payload`]). Ops are domain-tagged and opaque here.
 //! - Each origin's log is a **hash chain** seeded by (workspace, origin); a **signed head**
 //!   ([`SignedHead`], attached to entries as a [`Seal`]) authenticates everything before it.
-//!   [`verify_run`] is the single check every replica runs before applying received entries.
+//!   [`Ingest`] is the one pipeline every replica runs before applying received entries;
+//!   only it builds the [`VerifiedRun`] that a replica applies.
 //! - A **replica** ([`Replica`]) can read ([`LogSource`]) and apply ([`LogProcessor`])
 //!   entries and report its cursors ([`HasCursors`]). Drivers ([`pull`],
 //!   [`pull_continuous`], [`publish`]) need nothing else.
@@ -46,20 +47,23 @@
 //! ```
 
 pub mod codec;
+pub mod control;
 mod cursors;
 mod drivers;
 mod entry;
 mod error;
 mod hlc;
 mod ids;
+mod ingest;
 mod memory;
 mod sync;
 
 pub use cursors::{CursorBroadcast, CursorStream, CursorsEvent, PeerCursors};
 pub use drivers::{PullReport, publish, pull, pull_continuous};
 pub use entry::{
-    ChainHash, ChainPosition, Domain, Entry, EntryBody, EntryHash, MAX_OP_BYTES, MAX_OPS_PER_ENTRY,
-    MAX_SEAL_GAP, Op, OwnLog, PAGE_BYTES, Payload, RunCheck, Seal, SignedHead, verify_run,
+    ChainHash, ChainPosition, Domain, EncryptedPayload, Entry, EntryBody, EntryClass, EntryHash,
+    MAX_CIPHERTEXT_BYTES, MAX_OP_BYTES, MAX_OPS_PER_ENTRY, MAX_SEAL_GAP, MixedClasses, Op, OwnLog,
+    PAGE_BYTES, Payload, Seal, SignedHead,
 };
 pub use error::{RejectReason, SyncError};
 pub use hlc::{
@@ -69,6 +73,7 @@ pub use ids::{
     DeviceKey, IdParseError, InvalidKey, PeerId, PublicKey, RandomnessUnavailable, UserId,
     WorkspaceId, random_bytes,
 };
+pub use ingest::{Ingest, Membership, OpenMembership, VerifiedRun, chain_through};
 pub use memory::MemoryReplica;
 pub use sync::{
     Applied, BatchApplied, FileLogPuller, FileLogReplica, FileLogSink, HasCursors, LogPosition,

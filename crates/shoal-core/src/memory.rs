@@ -3,8 +3,8 @@
 //! Owns: a reference implementation of the sync traits with no storage, used by doc tests,
 //! the simulation and as the model that database replicas are compared against.
 //!
-//! Invariants: the same as every replica — apply verifies runs with [`verify_run`] and is
-//! idempotent and contiguous; `read_since` pages end on seals.
+//! Invariants: the same as every replica — apply takes entries through the ingest pipeline
+//! ([`Ingest`]) and is idempotent and contiguous; `read_since` pages end on seals.
 //!
 //! Never: persists anything; a dropped `MemoryReplica` is gone.
 
@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::cursors::{CursorBroadcast, CursorStream, PeerCursors};
-use crate::entry::{ChainPosition, Entry, OwnLog, Payload, verify_run};
+use crate::entry::{ChainPosition, Entry, OwnLog, Payload};
+use crate::ingest::Ingest;
 use crate::error::SyncError;
 use crate::ids::{DeviceKey, PeerId, WorkspaceId};
 use crate::sync::{BatchApplied, HasCursors, LogProcessor, LogSource};
@@ -26,6 +27,7 @@ const PAGE: usize = 256;
 #[derive(Debug)]
 pub struct MemoryReplica {
     workspace: WorkspaceId,
+    ingest: Ingest,
     state: Mutex<State>,
     cursors: CursorBroadcast,
 }
@@ -45,6 +47,7 @@ impl MemoryReplica {
         });
         MemoryReplica {
             workspace,
+            ingest: Ingest::new(workspace),
             state: Mutex::new(State { logs: HashMap::new(), own }),
             cursors: CursorBroadcast::new(PeerCursors::new()),
         }
@@ -64,6 +67,9 @@ impl MemoryReplica {
             .as_mut()
             .ok_or_else(|| SyncError::Misuse("this replica has no device key".into()))?;
         let origin = own.origin();
+        if let Some(Err(e)) = payloads.iter().map(Payload::class).find(Result::is_err) {
+            return Err(SyncError::Misuse(e.to_string()));
+        }
         let entries: Vec<Entry> = own.append(payloads).into_iter().map(|(e, _)| e).collect();
         let log = logs
             .entry(origin)
@@ -118,31 +124,25 @@ impl LogProcessor<Entry> for MemoryReplica {
         origin: PeerId,
         entries: Vec<Entry>,
     ) -> Result<BatchApplied, SyncError> {
+        // In memory the whole apply runs under one lock: there is no database write lock
+        // to keep verification out of.
         let mut st = self.lock();
         let log = st
             .logs
             .entry(origin)
             .or_insert_with(|| (Vec::new(), ChainPosition::start(&self.workspace, &origin)));
-        let check = verify_run(&self.workspace, &origin, log.1, &entries);
-        let accepted = &entries[check.duplicates..check.duplicates + check.accepted];
-        log.0.extend(accepted.iter().cloned());
-        log.1 = check.position;
+        let mut run = self.ingest.verify(origin, log.1, entries);
+        log.0.extend(run.entries().iter().cloned());
+        log.1 = run.end();
         let next = log.1.next;
         drop(st);
-        if check.accepted > 0 {
+        let new = run.entries().len() as u64;
+        if new > 0 {
             self.cursors.publish(&[(origin, next)].into_iter().collect());
         }
-        if let Some(e) = check.error {
-            return Err(e);
+        match run.take_stop() {
+            Some(e) => Err(e),
+            None => Ok(BatchApplied { new, duplicates: run.duplicates(), next }),
         }
-        if check.accepted == 0 && check.duplicates == 0 && !entries.is_empty() {
-            // One unsealed entry alone cannot be authenticated yet.
-            return Err(SyncError::Rejected {
-                origin,
-                index: next,
-                reason: crate::error::RejectReason::UnsealedRunTooLong,
-            });
-        }
-        Ok(BatchApplied { new: check.accepted as u64, duplicates: check.duplicates as u64, next })
     }
 }

@@ -22,8 +22,8 @@ fn vector_entry() -> (WorkspaceId, Entry) {
 }
 
 #[test]
-fn entry_v1_vector_decodes_verifies_and_reencodes() {
-    let text = include_str!("../testdata/entry-v1.hex");
+fn entry_v2_vector_decodes_verifies_and_reencodes() {
+    let text = include_str!("../testdata/entry-v2.hex");
     let bytes = hex::decode(text.trim()).expect("the vector file is hex");
     let (ws, expected) = vector_entry();
     assert_eq!(
@@ -35,7 +35,7 @@ fn entry_v1_vector_decodes_verifies_and_reencodes() {
     assert_eq!(entry, expected);
     assert_eq!(entry.to_bytes(), bytes);
     let origin = entry.origin;
-    let check = verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), &[entry]);
-    assert!(check.error.is_none(), "{:?}", check.error);
-    assert_eq!(check.accepted, 1);
+    let run = Ingest::new(ws).verify(origin, ChainPosition::start(&ws, &origin), vec![entry]);
+    assert!(run.stop().is_none(), "{:?}", run.stop());
+    assert_eq!(run.entries().len(), 1);
 }
