@@ -96,6 +96,18 @@ pub enum EntryClass {
     Data,
 }
 
+impl EntryClass {
+    /// The class of an entry holding `ops`, or an error if they mix control and data.
+    pub fn of_ops(ops: &[Op]) -> Result<EntryClass, MixedClasses> {
+        let control = ops.iter().filter(|o| o.domain == Domain::CONTROL).count();
+        match control {
+            0 => Ok(EntryClass::Data),
+            n if n == ops.len() => Ok(EntryClass::Control),
+            _ => Err(MixedClasses),
+        }
+    }
+}
+
 /// The first byte of an entry's stored form: its class and whether it is encrypted.
 mod stored_tag {
     pub const CONTROL: u8 = 0;
@@ -112,12 +124,7 @@ impl Payload {
     /// The entry's class, or an error if it mixes control and data ops (which no writer may
     /// produce: the format cannot express it).
     pub fn class(&self) -> Result<EntryClass, MixedClasses> {
-        let control = self.ops.iter().filter(|o| o.domain == Domain::CONTROL).count();
-        match control {
-            0 => Ok(EntryClass::Data),
-            n if n == self.ops.len() => Ok(EntryClass::Control),
-            _ => Err(MixedClasses),
-        }
+        EntryClass::of_ops(&self.ops)
     }
 
     fn stored_tag(&self) -> u8 {

@@ -119,6 +119,11 @@ impl VerifiedRun {
         self.stop.as_ref()
     }
 
+    /// The accepted entries, to verify them again (when the receiver moved meanwhile).
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
     /// Takes the stop reason out (to return it after applying the accepted part).
     pub fn take_stop(&mut self) -> Option<SyncError> {
         self.stop.take()

@@ -11,7 +11,7 @@
 //!
 //! ```text
 //!  append_local ──► BEGIN IMMEDIATE ─ stamp ─ oplog insert ─ materialize ─ cursor ─ clock ─ COMMIT (FULL)
-//!  apply_batch  ──► BEGIN IMMEDIATE ─ verify_run ─ oplog insert ─ materialize ─ cursor ─ COMMIT (NORMAL)
+//!  apply_batch  ──► Ingest::verify ─ BEGIN IMMEDIATE ─ oplog insert ─ materialize ─ cursor ─ COMMIT (NORMAL)
 //!  read_since   ──► pooled read-only connection (WAL: never blocks the writer)
 //! ```
 //!
@@ -37,7 +37,7 @@ mod replica;
 mod schema;
 mod tables;
 
-pub use materialize::{LogOnly, MaterializeError, Materializer};
+pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};
 pub use tables::{

@@ -8,9 +8,15 @@
 //! - A local append is one SQLite transaction: stamp with the HLC, append to the oplog,
 //!   materialize, advance the cursor and chain, persist the clock. It returns only after the
 //!   commit is durable (`synchronous = FULL`).
-//! - `apply` verifies every run with [`shoal_core::verify_run`] before storing it; only
-//!   sealed prefixes are stored, so every stored log ends on a sealed entry. Applying is
-//!   atomic with the cursor advance; an error leaves the origin where it was.
+//! - `apply` takes received entries through the core ingest pipeline
+//!   ([`shoal_core::Ingest`]), outside the write lock, and stores only the [`VerifiedRun`] it
+//!   returns, so every stored log ends on a sealed entry. Storing is atomic with the cursor
+//!   advance.
+//! - Stall, never abort: an authentic entry that cannot be materialized (an op of a newer
+//!   version, a malformed op, a storage limit, an entry the membership hook holds) is still
+//!   stored and its cursor advances; materializing its origin stops there with the reason
+//!   recorded for `status`, and every other origin goes on. Only failures of the file itself
+//!   (I/O, a full disk, a busy lock) abort an apply.
 //! - State that other processes may change (cursors, clock, positions) is read inside the
 //!   write transaction, never cached, so several processes may share one file.
 //! - Remote applies commit with `synchronous = NORMAL`: a power loss may forget the last of
@@ -28,15 +34,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use shoal_core::codec::{DecodeError, Encode};
+use shoal_core::codec::DecodeError;
 use shoal_core::{
     BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey, Entry,
-    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, LogProcessor, LogSource, Op, OwnLog,
-    PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId,
-    WallClock, WorkspaceId, check_skew, run_blocking, verify_run,
+    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource,
+    ManualClock, Op, OwnLog, PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal,
+    SyncError, SystemClock, UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
-use crate::materialize::{LogOnly, MaterializeError, Materializer};
+use crate::materialize::{DomainRouter, MaterializeError, Materializer};
 use crate::schema::{self, OpenError};
 
 /// Entries per `read_since` page before it is extended to the next seal (a page also ends
@@ -60,12 +66,13 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     cursors: CursorBroadcast,
     clock: Arc<dyn WallClock>,
+    ingest: Ingest,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct Writer {
     conn: Connection,
-    materializer: Box<dyn Materializer>,
+    materializer: DomainRouter,
 }
 
 impl fmt::Debug for SqliteReplica {
@@ -81,13 +88,14 @@ impl fmt::Debug for SqliteReplica {
 pub struct Options {
     /// The wall clock (the system clock unless a test injects one).
     pub clock: Arc<dyn WallClock>,
-    /// What to materialize (nothing by default).
-    pub materializer: Box<dyn Materializer>,
+    /// The domains to materialize, one materializer each (none by default: the replica is
+    /// a pure log, as a relay's is).
+    pub domains: Vec<Box<dyn Materializer>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { clock: Arc::new(SystemClock), materializer: Box::new(LogOnly) }
+        Options { clock: Arc::new(SystemClock), domains: Vec::new() }
     }
 }
 
@@ -104,6 +112,14 @@ pub struct LocalTx {
     pub ops: Vec<Op>,
     /// The author, if the app tracks one.
     pub author: Option<UserId>,
+}
+
+impl LocalTx {
+    /// The class of the entry this transaction becomes (control or data); an error if it
+    /// mixes them.
+    pub fn class(&self) -> Result<shoal_core::EntryClass, shoal_core::MixedClasses> {
+        shoal_core::EntryClass::of_ops(&self.ops)
+    }
 }
 
 /// Where a local transaction landed.
@@ -173,7 +189,7 @@ impl SqliteReplica {
                 Some(DeviceKey::from_secret_bytes(&secret))
             }
         };
-        let mut writer = Writer { conn, materializer: options.materializer };
+        let mut writer = Writer { conn, materializer: DomainRouter::new(options.domains) };
         {
             // IMMEDIATE: another process may be writing this file; taking the write lock up
             // front lets the busy timeout wait for it (a deferred transaction that reads and
@@ -194,6 +210,7 @@ impl SqliteReplica {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 cursors: CursorBroadcast::new(cursors),
+                ingest: Ingest::new(workspace).with_clock(options.clock.clone()),
                 clock: options.clock,
                 poller: Mutex::new(None),
             }),
@@ -296,6 +313,9 @@ impl SqliteReplica {
         if txs.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(Err(e)) = txs.iter().map(|t| t.class()).find(Result::is_err) {
+            return Err(SyncError::Misuse(e.to_string()));
+        }
         let ws = self.inner.workspace;
         let origin = key.peer_id(&ws);
         let mut guard = self.writer();
@@ -384,155 +404,164 @@ impl SqliteReplica {
         }
     }
 
-    /// Applies received entries of `origin` (ascending) in one transaction. See
-    /// [`LogProcessor::apply_batch`].
+    /// Applies received entries of `origin` (ascending). See [`LogProcessor::apply_batch`]
+    /// and the module doc: the ingest pipeline runs first, outside the write lock; then the
+    /// verified run is stored in one transaction, if the origin did not move meanwhile.
     pub fn apply_entries(
         &self,
         origin: PeerId,
-        entries: &[Entry],
+        entries: Vec<Entry>,
     ) -> Result<BatchApplied, SyncError> {
-        let ws = self.inner.workspace;
-        let wall = self.inner.clock.now_millis();
-        // Entries stamped too far ahead are refused before anything else; the run stops
-        // just before the first of them (and then at the last seal before it).
-        let skewed = entries
-            .iter()
-            .position(|e| e.payload().is_some_and(|p| check_skew(p.last_hlc(), wall).is_err()));
-        let usable = &entries[..skewed.unwrap_or(entries.len())];
+        let mut entries = entries;
+        loop {
+            let position = self.position(origin)?;
+            let run = self.inner.ingest.verify(origin, position, entries);
+            match self.store_verified(run)? {
+                Ok(applied) => return applied,
+                // Another writer moved this origin since it was read: verify again from where
+                // it is now (what it already stored are duplicates then).
+                Err(moved) => entries = moved.into_entries(),
+            }
+        }
+    }
 
+    /// The receiver position of `origin` as stored (the start of its log if unknown).
+    fn position(&self, origin: PeerId) -> Result<ChainPosition, SyncError> {
+        let ws = self.inner.workspace;
+        let path = self.inner.path.clone();
+        self.with_reader(|conn| {
+            let row = read_origin(conn, &origin).map_err(|e| {
+                SyncError::backend(format!("{}: read the position of {origin}", path.display()), e)
+            })?;
+            Ok(row.map_or(ChainPosition::start(&ws, &origin), |r| r.position))
+        })
+    }
+
+    /// Stores a verified run and materializes what it can (stalling, never aborting, on an
+    /// entry it cannot materialize). Gives the run back if the origin's stored position is no
+    /// longer the one it was verified against.
+    #[allow(clippy::type_complexity)]
+    fn store_verified(
+        &self,
+        mut run: VerifiedRun,
+    ) -> Result<Result<Result<BatchApplied, SyncError>, VerifiedRun>, SyncError> {
+        let ws = self.inner.workspace;
+        let origin = run.origin();
+        let wall = self.inner.clock.now_millis();
         let mut guard = self.writer();
         let Writer { conn, materializer } = &mut *guard;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(self.backend("set synchronous"))?;
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(self.backend("begin apply"))?;
-        let result = (|| {
-            let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read position"))?;
-            let position = row.position;
-            let mut materialized = row.materialized;
-            let mut stall: Option<String> = None;
-            let check = verify_run(&ws, &origin, position, usable);
-            let accepted = &usable[check.duplicates..check.duplicates + check.accepted];
-            let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
-            let mut key: Option<PublicKey> = row.key;
-            {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .map_err(self.backend("prepare oplog insert"))?;
-                let mut buf = Vec::with_capacity(256);
-                for e in accepted {
-                    if let Some(seal) = &e.seal
-                        && key.is_none()
-                    {
-                        key = Some(seal.key);
-                    }
-                    buf.clear();
-                    let (hlc, expunged) = match &e.body {
-                        EntryBody::Live(p) => {
-                            p.encode(&mut buf);
-                            // Cannot fail: the skew check above already passed for this entry.
-                            let _ = clock.observe(p.last_hlc(), wall);
-                            (p.hlc.as_u64() as i64, false)
+        // The first entry not to materialize in this transaction, and why: the membership
+        // hook's hold, or (after a rolled-back attempt) the entry whose materialization failed.
+        let mut stall: Option<(u64, String)> = run.held().map(|(i, why)| (i, why.to_owned()));
+        loop {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(self.backend("begin apply"))?;
+            let attempt = (|| {
+                let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read position"))?;
+                if row.position != run.start() {
+                    return Ok(Attempt::Moved);
+                }
+                let mut clock =
+                    HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
+                let mut materialized = row.materialized;
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .map_err(self.backend("prepare oplog insert"))?;
+                    let mut buf = Vec::with_capacity(256);
+                    for e in run.entries() {
+                        buf.clear();
+                        e.body.encode_stored(&mut buf);
+                        if let Some(last) = e.body.last_hlc() {
+                            // The pipeline checked the skew against this same clock.
+                            let _ = clock.observe(last, wall);
                         }
-                        EntryBody::Expunged(h) => {
-                            buf.extend_from_slice(&h.0);
-                            (0, true)
+                        insert
+                            .execute(params![
+                                oplog_id(row.no, e.index)?,
+                                e.body.hlc().map_or(0, |h| h.as_u64() as i64),
+                                matches!(e.body, EntryBody::Expunged(_)),
+                                &buf,
+                                e.seal.as_ref().map(|s| s.signature.as_slice()),
+                            ])
+                            .map_err(self.backend("append to the oplog"))?;
+                        let stalled_here = stall.as_ref().is_some_and(|(i, _)| *i <= e.index);
+                        if materialized != e.index || stalled_here {
+                            continue;
                         }
-                    };
-                    insert
-                        .execute(params![
-                            oplog_id(row.no, e.index)?,
-                            hlc,
-                            expunged,
-                            &buf,
-                            e.seal.as_ref().map(|s| s.signature.as_slice()),
-                        ])
-                        .map_err(self.backend("append to the oplog"))?;
-                    if materialized == e.index {
-                        match &e.body {
-                            EntryBody::Expunged(_) => materialized += 1,
-                            EntryBody::Live(p) => match materializer.apply(&tx, origin, e.index, p)
-                            {
-                                Ok(()) => materialized += 1,
-                                Err(MaterializeError::NeedsUpgrade(what)) => {
-                                    stall = Some(format!(
-                                        "entry {} needs a newer Shoal: {what}",
-                                        e.index
-                                    ));
-                                }
-                                Err(MaterializeError::Malformed(what)) => {
-                                    stall = Some(format!(
-                                        "entry {} cannot be applied: {what}",
-                                        e.index
-                                    ));
-                                }
-                                Err(MaterializeError::Sqlite(err)) => {
-                                    return Err(self.backend("materialize")(err));
-                                }
-                            },
+                        match materialize_entry(materializer, &tx, origin, e) {
+                            Ok(()) => materialized += 1,
+                            Err(Unmaterialized::Stall(why)) => {
+                                return Ok(Attempt::Failed { index: e.index, why });
+                            }
+                            Err(Unmaterialized::Abort(err)) => {
+                                return Err(self.backend("materialize")(err));
+                            }
                         }
                     }
                 }
-            }
-            if check.accepted > 0 {
-                write_origin(&tx, &origin, check.position, key.as_ref(), materialized)
-                    .map_err(self.backend("advance cursor"))?;
-                write_clock(&tx, clock.last()).map_err(self.backend("persist clock"))?;
-            }
-            let error = match (check.error, skewed) {
-                (Some(e), _) => Some(e),
-                (None, Some(i)) if check.duplicates + check.accepted == i => {
-                    let e = &entries[i];
-                    let last = e.payload().map(|p| p.last_hlc()).unwrap_or_default();
-                    check_skew(last, wall).err().map(|skew| SyncError::ClockSkew {
-                        origin,
-                        index: e.index,
-                        skew,
-                    })
+                if !run.entries().is_empty() {
+                    write_origin(&tx, &origin, run.end(), run.key().as_ref(), materialized)
+                        .map_err(self.backend("advance cursor"))?;
+                    write_clock(&tx, clock.last()).map_err(self.backend("persist clock"))?;
                 }
-                _ => None,
-            };
-            let reason = stall.or_else(|| error.as_ref().map(|e| e.to_string()));
-            set_stall(&tx, &ws, &origin, reason.as_deref(), wall)
-                .map_err(self.backend("record stall"))?;
-            Ok((
-                BatchApplied {
-                    new: check.accepted as u64,
-                    duplicates: check.duplicates as u64,
-                    next: check.position.next,
-                },
-                error,
-            ))
-        })();
-        match result {
-            Ok((applied, error)) => {
-                tx.commit().map_err(self.backend("commit apply"))?;
-                materializer.committed();
-                drop(guard);
-                if applied.new > 0 {
-                    self.inner.cursors.publish(&[(origin, applied.next)].into_iter().collect());
+                let reason = match (&stall, run.stop()) {
+                    (Some((i, why)), _) => Some(format!("entry {i} is not applied: {why}")),
+                    (None, Some(e)) => Some(e.to_string()),
+                    (None, None) => None,
+                };
+                // A stall recorded earlier (say, at open) stays until the origin materializes
+                // again.
+                if reason.is_some() || materialized > row.materialized {
+                    set_stall(&tx, &ws, &origin, reason.as_deref(), wall)
+                        .map_err(self.backend("record stall"))?;
                 }
-                match error {
-                    Some(e) => Err(e),
-                    None if applied.new == 0 && applied.duplicates == 0 && !entries.is_empty() => {
-                        Err(SyncError::Rejected {
-                            origin,
-                            index: applied.next,
-                            reason: shoal_core::RejectReason::UnsealedRunTooLong,
-                        })
-                    }
-                    None => Ok(applied),
+                Ok(Attempt::Stored)
+            })();
+            match attempt {
+                Ok(Attempt::Stored) => {
+                    tx.commit().map_err(self.backend("commit apply"))?;
+                    materializer.committed();
+                    break;
                 }
-            }
-            Err(e) => {
-                drop(tx);
-                materializer.rolled_back();
-                Err(e)
+                Ok(Attempt::Moved) => {
+                    drop(tx);
+                    materializer.rolled_back();
+                    return Ok(Err(run));
+                }
+                Ok(Attempt::Failed { index, why }) => {
+                    // Some domain may have written part of the entry: undo the transaction and
+                    // store the run again without materializing from that entry on.
+                    drop(tx);
+                    materializer.rolled_back();
+                    tracing::warn!(%origin, index, reason = %why, "origin stalled");
+                    stall = Some((index, why));
+                }
+                Err(e) => {
+                    drop(tx);
+                    materializer.rolled_back();
+                    return Err(e);
+                }
             }
         }
+        drop(guard);
+        let applied = BatchApplied {
+            new: run.entries().len() as u64,
+            duplicates: run.duplicates(),
+            next: run.end().next,
+        };
+        if applied.new > 0 {
+            self.inner.cursors.publish(&[(origin, applied.next)].into_iter().collect());
+        }
+        Ok(Ok(match run.take_stop() {
+            Some(e) => Err(e),
+            None => Ok(applied),
+        }))
     }
 
     /// Entries of `origin` from `from`, at least [`PAGE_ENTRIES`] if there are that many,
@@ -645,6 +674,9 @@ impl SqliteReplica {
     /// called with the running count.
     pub fn verify_all(&self, mut progress: impl FnMut(u64)) -> Result<u64, SyncError> {
         let ws = self.inner.workspace;
+        // Stored entries passed the skew check when they arrived; verifying them again must
+        // not depend on today's clock.
+        let verifier = Ingest::new(ws).with_clock(Arc::new(ManualClock::new(Hlc::MAX_MILLIS)));
         let mut checked = 0;
         for (origin, next) in self.durable_cursors()?.iter() {
             let mut position = ChainPosition::start(&ws, &origin);
@@ -659,11 +691,14 @@ impl SqliteReplica {
                         ),
                     ));
                 }
-                let check = verify_run(&ws, &origin, position, &page);
-                if let Some(e) = check.error {
-                    return Err(e);
+                let run = verifier.verify(origin, position, page);
+                if let Some(e) = run.stop() {
+                    return Err(damaged_row(
+                        &self.inner.path,
+                        &format!("the stored log of {origin} does not verify: {e}"),
+                    ));
                 }
-                if check.accepted == 0 {
+                if run.entries().is_empty() {
                     return Err(damaged_row(
                         &self.inner.path,
                         &format!(
@@ -672,8 +707,8 @@ impl SqliteReplica {
                         ),
                     ));
                 }
-                checked += check.accepted as u64;
-                position = check.position;
+                checked += run.entries().len() as u64;
+                position = run.end();
                 progress(checked);
             }
         }
@@ -707,51 +742,59 @@ impl SqliteReplica {
         let wall = self.inner.clock.now_millis();
         let mut guard = self.writer();
         let Writer { conn, materializer } = &mut *guard;
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(self.backend("begin rematerialize"))?;
-        let mut materialized = from;
-        let mut stall = None;
-        for e in page.iter().filter(|e| e.index >= from) {
-            match &e.body {
-                EntryBody::Expunged(_) => materialized += 1,
-                EntryBody::Live(p) => match materializer.apply(&tx, origin, e.index, p) {
+        // Entries at or after `stop` are left alone: the first attempt found one of them
+        // cannot be materialized.
+        let mut stop: Option<(u64, String)> = None;
+        loop {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(self.backend("begin rematerialize"))?;
+            let mut materialized = from;
+            let mut failed = None;
+            for e in page.iter().filter(|e| e.index >= from) {
+                if stop.as_ref().is_some_and(|(i, _)| *i <= e.index) {
+                    break;
+                }
+                match materialize_entry(materializer, &tx, origin, e) {
                     Ok(()) => materialized += 1,
-                    Err(MaterializeError::NeedsUpgrade(what)) => {
-                        stall = Some(format!("entry {} needs a newer Shoal: {what}", e.index));
+                    Err(Unmaterialized::Stall(why)) => {
+                        failed = Some((e.index, why));
                         break;
                     }
-                    Err(MaterializeError::Malformed(what)) => {
-                        stall = Some(format!("entry {} cannot be applied: {what}", e.index));
-                        break;
-                    }
-                    Err(MaterializeError::Sqlite(err)) => {
+                    Err(Unmaterialized::Abort(err)) => {
                         drop(tx);
                         materializer.rolled_back();
                         return Err(self.backend("materialize")(err));
                     }
-                },
+                }
             }
-        }
-        let r = (|| {
-            tx.execute(
-                "UPDATE shoal_origins SET materialized = ?2 WHERE origin = ?1",
-                params![origin.as_bytes(), to_sql_index(materialized)?],
-            )
-            .map_err(self.backend("record materialization"))?;
-            set_stall(&tx, &ws, &origin, stall.as_deref(), wall)
-                .map_err(self.backend("record stall"))?;
-            tx.commit().map_err(self.backend("commit rematerialize"))
-        })();
-        match r {
-            Ok(()) => {
-                materializer.committed();
-                Ok(materialized)
-            }
-            Err(e) => {
+            if let Some(f) = failed {
+                drop(tx);
                 materializer.rolled_back();
-                Err(e)
+                stop = Some(f);
+                continue;
             }
+            let reason = stop.as_ref().map(|(i, why)| format!("entry {i} is not applied: {why}"));
+            let r = (|| {
+                tx.execute(
+                    "UPDATE shoal_origins SET materialized = ?2 WHERE origin = ?1",
+                    params![origin.as_bytes(), to_sql_index(materialized)?],
+                )
+                .map_err(self.backend("record materialization"))?;
+                set_stall(&tx, &ws, &origin, reason.as_deref(), wall)
+                    .map_err(self.backend("record stall"))?;
+                tx.commit().map_err(self.backend("commit rematerialize"))
+            })();
+            return match r {
+                Ok(()) => {
+                    materializer.committed();
+                    Ok(materialized)
+                }
+                Err(e) => {
+                    materializer.rolled_back();
+                    Err(e)
+                }
+            };
         }
     }
 
@@ -759,11 +802,11 @@ impl SqliteReplica {
     /// the replica manages: for domain maintenance (the facade's schema bootstrap).
     pub fn with_writer<T>(
         &self,
-        f: impl FnOnce(&mut Connection, &mut dyn Materializer) -> Result<T, SyncError>,
+        f: impl FnOnce(&mut Connection, &mut DomainRouter) -> Result<T, SyncError>,
     ) -> Result<T, SyncError> {
         let mut guard = self.writer();
         let Writer { conn, materializer } = &mut *guard;
-        f(conn, materializer.as_mut())
+        f(conn, materializer)
     }
 
     fn ensure_poller(&self) {
@@ -839,7 +882,81 @@ impl LogProcessor<Entry> for SqliteReplica {
         entries: Vec<Entry>,
     ) -> Result<BatchApplied, SyncError> {
         let me = self.clone();
-        run_blocking(move || me.apply_entries(origin, &entries)).await
+        run_blocking(move || me.apply_entries(origin, entries)).await
+    }
+}
+
+/// How one attempt to store a verified run ended.
+enum Attempt {
+    Stored,
+    /// The origin's stored position is no longer the run's start.
+    Moved,
+    /// Entry `index` cannot be materialized; the transaction must be rolled back.
+    Failed { index: u64, why: String },
+}
+
+/// Why an entry was not materialized.
+enum Unmaterialized {
+    /// The entry cannot be applied (by this version, or at all): its origin stalls there.
+    Stall(String),
+    /// The file itself failed (I/O, full disk, lock): the whole apply is abandoned.
+    Abort(rusqlite::Error),
+}
+
+/// Materializes one stored entry through the domain router.
+fn materialize_entry(
+    router: &mut DomainRouter,
+    conn: &Connection,
+    origin: PeerId,
+    e: &Entry,
+) -> Result<(), Unmaterialized> {
+    match &e.body {
+        EntryBody::Expunged(_) => Ok(()),
+        EntryBody::Encrypted(c) => Err(Unmaterialized::Stall(format!(
+            "it is encrypted (key epoch {}) and this version holds no workspace keys",
+            c.epoch
+        ))),
+        EntryBody::Live(p) => match router.apply(conn, origin, e.index, p) {
+            Ok(()) => Ok(()),
+            Err(MaterializeError::NeedsUpgrade(what)) => {
+                Err(Unmaterialized::Stall(format!("needs a newer Shoal: {what}")))
+            }
+            Err(MaterializeError::Malformed(what)) => {
+                Err(Unmaterialized::Stall(format!("malformed: {what}")))
+            }
+            Err(MaterializeError::Sqlite(err)) if is_storage_failure(&err) => {
+                Err(Unmaterialized::Abort(err))
+            }
+            // Anything else SQLite refuses (a limit, a constraint) is about this entry, not
+            // the file: stall its origin, keep the others going.
+            Err(MaterializeError::Sqlite(err)) => {
+                Err(Unmaterialized::Stall(format!("the database refused it: {err}")))
+            }
+        },
+    }
+}
+
+/// True for SQLite failures of the file or the process (retry later), as opposed to a
+/// refusal of one entry's contents.
+fn is_storage_failure(err: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match err.sqlite_error_code() {
+        Some(code) => matches!(
+            code,
+            C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::SystemIoFailure
+                | C::DiskFull
+                | C::OutOfMemory
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::OperationInterrupted
+                | C::DatabaseCorrupt
+                | C::NotADatabase
+                | C::FileLockingProtocolFailed
+        ),
+        // Not an SQLite error code: a conversion or API misuse in our own code.
+        None => true,
     }
 }
 
@@ -883,7 +1000,7 @@ fn decode_row(
             .map_err(|_| invalid("expunged entry", "the kept hash is not 32 bytes"))?;
         EntryBody::Expunged(EntryHash(hash))
     } else {
-        EntryBody::Live(Payload::decode(&payload).map_err(|e| at("entry payload", e))?)
+        EntryBody::decode_stored(&payload).map_err(|e| at("entry body", e))?
     };
     let seal = match seal {
         None => None,

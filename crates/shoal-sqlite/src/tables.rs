@@ -876,6 +876,10 @@ impl TablesMaterializer {
 }
 
 impl Materializer for TablesMaterializer {
+    fn domain(&self) -> Domain {
+        Domain::TABLES
+    }
+
     fn init(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
         conn.execute_batch(DDL)?;
         self.stale = true;
@@ -895,21 +899,16 @@ impl Materializer for TablesMaterializer {
         let mut ops = Vec::with_capacity(payload.ops.len());
         for (i, op) in payload.ops.iter().enumerate() {
             let hlc = payload.hlc.plus(i as u64);
-            match op.domain {
-                Domain::CONTROL => {}
-                Domain::TABLES => match TableOp::decode(op) {
-                    Ok(t) => ops.push((hlc, t)),
-                    Err(e) if e.needs_upgrade() => {
-                        return Err(MaterializeError::NeedsUpgrade(format!("op {i}: {e}")));
-                    }
-                    Err(e) => return Err(MaterializeError::Malformed(format!("op {i}: {e}"))),
-                },
-                other => {
-                    return Err(MaterializeError::NeedsUpgrade(format!(
-                        "op {i} belongs to domain {}, which this version does not materialize",
-                        other.0
-                    )));
+            // Ops of other domains are theirs (the router dispatches them).
+            if op.domain != Domain::TABLES {
+                continue;
+            }
+            match TableOp::decode(op) {
+                Ok(t) => ops.push((hlc, t)),
+                Err(e) if e.needs_upgrade() => {
+                    return Err(MaterializeError::NeedsUpgrade(format!("op {i}: {e}")));
                 }
+                Err(e) => return Err(MaterializeError::Malformed(format!("op {i}: {e}"))),
             }
         }
         if ops.is_empty() {

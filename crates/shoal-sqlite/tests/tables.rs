@@ -19,7 +19,7 @@ fn workspace() -> WorkspaceId {
 fn device(dir: &std::path::Path, i: usize, clock: &ManualClock) -> SqliteReplica {
     let opts = Options {
         clock: Arc::new(clock.clone()),
-        materializer: Box::new(TablesMaterializer::new()),
+        domains: vec![Box::new(TablesMaterializer::new())],
     };
     SqliteReplica::create(
         dir.join(format!("r{i}.shoal")),
