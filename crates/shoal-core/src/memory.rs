@@ -82,7 +82,14 @@ impl MemoryReplica {
         Ok(entries)
     }
 
-    /// Every entry held, by origin, in index order (for comparing replicas in tests).
+    /// What the replica holds, comparable across replicas: every entry by origin, in index
+    /// order, without seals. Seals are transport data: replicas of the same log may hold
+    /// different seals of it (a device seals each transaction; a folder one per block).
+    pub fn contents(&self) -> Vec<Entry> {
+        self.dump().into_iter().map(|e| Entry { seal: None, ..e }).collect()
+    }
+
+    /// Every entry held, by origin, in index order, with the seals this replica holds.
     pub fn dump(&self) -> Vec<Entry> {
         let st = self.lock();
         let mut origins: Vec<_> = st.logs.keys().copied().collect();

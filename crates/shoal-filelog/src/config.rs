@@ -20,7 +20,9 @@ pub struct Config {
     /// merges past it. Also bounds what a reader holds per cached segment. Default 8 MiB.
     pub segment_target_bytes: usize,
     /// A segment with this many entries is full (cut and compacted like the byte size).
-    /// Default 65,536.
+    /// Default 16,384: a reader holds decoded segments in memory, and an entry of one small
+    /// row decodes to a few hundred bytes, so this keeps each cached segment to a few MiB
+    /// whatever the rows are like.
     pub segment_max_entries: usize,
     /// Compaction merges small adjacent segments of the sink's own log once `fanout` of
     /// them have piled up in one size tier, so a busy device keeps O(fanout × log n)
@@ -57,7 +59,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             segment_target_bytes: 8 << 20,
-            segment_max_entries: 65_536,
+            segment_max_entries: 16_384,
             compaction_fanout: 8,
             compression: Compression::Zstd { level: 3 },
             page_entries: 4096,

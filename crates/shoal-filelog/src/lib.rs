@@ -54,7 +54,7 @@
 //! a.append_local(vec![Payload { hlc: Hlc::from_millis(1), author: None, ops: vec![op] }])?;
 //! mirror_a.sync_once().await?; // publishes a's entry as a segment
 //! mirror_b.sync_once().await?; // pulls it into b
-//! assert_eq!(a.dump(), b.dump());
+//! assert_eq!(a.contents(), b.contents());
 //! assert!(mirror_b.status().in_sync());
 //! // Continuously instead: `mirror_b.run(shutdown_signal).await`.
 //! # Ok(()) }

@@ -8,8 +8,8 @@
 //! - Only canonical names are read (see [`crate::layout`]); everything else is ignored.
 //! - Every entry returned comes from a segment that passed [`Segment::decode`] against the
 //!   directory and name it was found under (checksum, workspace, origin, range, chain,
-//!   every seal, head), and is returned with its seal, so the receiving replica's own
-//!   `verify_run` accepts it.
+//!   head), and is returned with its seals; the receiving replica's ingest pipeline checks
+//!   the seal that ends each page it is given (one signature per page).
 //! - Overlapping and duplicate segments are fine: a page comes from one segment that
 //!   covers its first index (the one reaching furthest that verifies).
 //! - A file that fails verification is skipped in favour of any other covering file, read

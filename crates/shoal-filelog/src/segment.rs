@@ -9,9 +9,12 @@
 //! Invariants:
 //! - A [`Segment`] value is always verified: [`Segment::new`] and [`Segment::decode`] are
 //!   the only ways to make one, and both check the chain from the start position through
-//!   every entry, every seal against the origin's key (through [`verify_run`]), and that the
-//!   head authenticates the last entry. So anything read from a segment may be handed to a
-//!   replica, which will verify it again.
+//!   every entry and that the signed head (one signature) authenticates the last entry. The
+//!   signatures of interior seals are the ingest pipeline's to check when a replica takes
+//!   the entries (one per run it is given), so no entry's signature is checked twice.
+//! - A segment keeps the head and the seals that end each `MAX_SEAL_GAP`-aligned block of
+//!   the log, no others: a reader's pages can end on a seal, and a log of small entries
+//!   costs 64 bytes of signature per block, not per entry.
 //! - Decoding checks, in order: magic, version, flags, lengths, checksum, the header against
 //!   the directory and file name it was found under, the head signature, the body, the
 //!   chain and seals. Every accepted byte string re-encodes to the same body bytes: varints
@@ -27,8 +30,8 @@ use std::io::Read;
 use shoal_core::Hlc;
 use shoal_core::codec::{DecodeError, DecodeProblem, Reader, put_signed_varint};
 use shoal_core::{
-    ChainHash, ChainPosition, Entry, EntryBody, EntryHash, MAX_SEAL_GAP, Payload, PeerId,
-    PublicKey, RejectReason, Seal, SignedHead, SyncError, WorkspaceId, verify_run,
+    ChainHash, ChainPosition, Entry, EntryBody, EntryHash, MAX_SEAL_GAP, PeerId, PublicKey,
+    RejectReason, Seal, SignedHead, SyncError, WorkspaceId, chain_through,
 };
 
 use crate::layout::SegmentName;
@@ -37,7 +40,7 @@ use crate::layout::SegmentName;
 /// transfers), the name, and CR LF (catches newline conversion).
 pub const MAGIC: [u8; 8] = [0x89, b'S', b'H', b'O', b'A', b'L', b'\r', b'\n'];
 /// The segment format version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Flag bit 0: the body is one zstd frame.
 pub const FLAG_ZSTD: u8 = 0b01;
 /// Flag bit 1: the body is encrypted. Reserved; this version neither writes nor reads it.
@@ -129,6 +132,15 @@ pub enum SegmentProblem {
         /// The version byte found.
         version: u8,
     },
+    /// An older format version, whose entries were hashed and signed under entry format 1:
+    /// the device that wrote it must upgrade Shoal and publish its log again.
+    #[error(
+        "segment format version {version} was written by an earlier Shoal (this one reads {FORMAT_VERSION}); the device that wrote it must upgrade and publish again"
+    )]
+    OlderVersion {
+        /// The version byte found.
+        version: u8,
+    },
     /// The header names another origin than the directory the file sits in.
     #[error("the segment is of origin {found}, but sits in the directory of origin {expected}")]
     WrongOrigin {
@@ -168,6 +180,16 @@ impl SegmentProblem {
             SegmentProblem::BadMagic => {
                 ("segment", at(0, DecodeProblem::Invalid("not a Shoal segment (bad magic)")))
             }
+            SegmentProblem::OlderVersion { version } => (
+                "segment",
+                at(
+                    8,
+                    DecodeProblem::InvalidTag {
+                        what: "format version (written by an earlier Shoal; its device must upgrade and publish again)",
+                        value: version.into(),
+                    },
+                ),
+            ),
             SegmentProblem::UnsupportedVersion { version } => (
                 "segment",
                 at(
@@ -260,21 +282,10 @@ pub struct Segment {
     raw_len: usize,
 }
 
-/// How much of a segment's seals decoding checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SealCheck {
-    /// Every seal's signature (what a reader of another device's log does).
-    All,
-    /// The chain through every entry, every seal's key, and the head signature only. Used
-    /// by a sink re-reading its own segments to compact them: the interior seals were
-    /// verified when they were first written and are copied, not trusted for anything new.
-    HeadOnly,
-}
-
 impl Segment {
     /// A segment of the entries `entries` of one origin in `workspace`, continuing the log
-    /// at `start`. Verifies them ([`verify_run`]): they must start at `start.next`, be
-    /// contiguous, carry valid seals, and end on a sealed entry.
+    /// at `start`. They must start at `start.next`, be contiguous, chain from `start`, and end
+    /// on a sealed entry whose seal verifies (one signature: it covers all of them).
     pub fn new(
         workspace: WorkspaceId,
         start: ChainPosition,
@@ -293,36 +304,31 @@ impl Segment {
                 entries.len()
             )));
         }
-        let check = verify_run(&workspace, &origin, start, &entries);
-        if let Some(e) = check.error {
-            return Err(e);
-        }
+        let chain = chain_through(start, &entries)
+            .map_err(|(expected, got)| SyncError::Gap { origin, expected, got })?;
         let last = &entries[entries.len() - 1];
-        let Some(seal) = last.seal.filter(|_| check.accepted == entries.len()) else {
+        let Some(seal) = last.seal else {
             return Err(SyncError::Misuse(format!(
                 "the last entry of a segment must be sealed ({origin}#{} is not)",
                 last.index
             )));
         };
+        let next = start.next + entries.len() as u64;
         if entries.iter().filter_map(|e| e.seal).any(|s| s.key != seal.key) {
             return Err(SyncError::Misuse(format!(
                 "entries of {origin} are sealed by different keys; a segment holds one key"
             )));
         }
-        let head = SignedHead {
-            workspace,
-            origin,
-            next: check.position.next,
-            chain: check.position.chain,
-            seal,
-        };
+        let head = SignedHead { workspace, origin, next, chain, seal };
+        head.verify()
+            .map_err(|reason| SyncError::Rejected { origin, index: last.index, reason })?;
         Self::assemble(workspace, start, entries, head)
     }
 
     /// Joins verified segments of one origin, in order, into one. Consecutive parts may
     /// overlap (entries already taken are skipped) but must not leave a gap, and where they
     /// overlap they must agree: the chain is recomputed through every entry and checked at
-    /// every junction and against the last part's head. Seals are kept as they are.
+    /// every junction and against the last part's head.
     pub fn concat(parts: &[&Segment]) -> Result<Segment, SyncError> {
         let Some(p0) = parts.first() else {
             return Err(SyncError::Misuse("nothing to concatenate".into()));
@@ -372,8 +378,9 @@ impl Segment {
         Self::assemble(workspace, start, entries, head)
     }
 
-    /// Builds a segment of entries the caller has just verified with [`verify_run`] from
-    /// `start` (all accepted): recomputes the chain (hashing only) but not the signatures.
+    /// Builds a segment of entries that passed the ingest pipeline from `start` (a
+    /// [`shoal_core::VerifiedRun`]): recomputes the chain (hashing only) but not the
+    /// signatures.
     pub(crate) fn from_verified(
         workspace: WorkspaceId,
         start: ChainPosition,
@@ -400,9 +407,18 @@ impl Segment {
     fn assemble(
         workspace: WorkspaceId,
         start: ChainPosition,
-        entries: Vec<Entry>,
+        mut entries: Vec<Entry>,
         head: SignedHead,
     ) -> Result<Segment, SyncError> {
+        // A segment keeps only the seals a reader needs: the head, and one at the end of
+        // every MAX_SEAL_GAP-aligned block so that pages of the log can end on a seal. The
+        // head covers every entry; more seals would only cost 64 bytes each.
+        let last = entries.len().saturating_sub(1);
+        for (i, e) in entries.iter_mut().enumerate() {
+            if i != last && !(e.index + 1).is_multiple_of(MAX_SEAL_GAP) {
+                e.seal = None;
+            }
+        }
         let raw_len = body_len(&entries);
         if raw_len > MAX_BODY_BYTES as usize {
             return Err(SyncError::Misuse(format!(
@@ -415,16 +431,12 @@ impl Segment {
         Ok(Segment { workspace, start, entries, head, raw_len })
     }
 
-    /// Decodes and fully verifies a segment's bytes against where it was found.
+    /// Decodes a segment's bytes and verifies them against where it was found: the
+    /// envelope, the checksum, the head signature (one signature for the whole file), and
+    /// that the chain through every entry reaches the head. The signatures of interior
+    /// seals are left to the ingest pipeline, which checks the one that ends each run it is
+    /// given.
     pub fn decode(bytes: &[u8], expected: &Expected) -> Result<Segment, SegmentProblem> {
-        Self::decode_with(bytes, expected, SealCheck::All)
-    }
-
-    pub(crate) fn decode_with(
-        bytes: &[u8],
-        expected: &Expected,
-        seals: SealCheck,
-    ) -> Result<Segment, SegmentProblem> {
         let (header, tip) = read_envelope(bytes, expected)?;
         // `read_envelope` checked that the file is exactly header + stored body + trailer.
         let stored = &bytes[HEADER_LEN..HEADER_LEN + tip.stored_len as usize];
@@ -437,37 +449,18 @@ impl Segment {
         };
         let entries = decode_body(raw, &header).map_err(SegmentProblem::Body)?;
         let last_seal = entries.last().and_then(|e| e.seal);
-        let chain = match seals {
-            SealCheck::All => {
-                let check = verify_run(&header.workspace, &header.origin, tip.start, &entries);
-                match check.error {
-                    Some(SyncError::Rejected { index, reason, .. }) => {
-                        return Err(SegmentProblem::Rejected { index, reason });
-                    }
-                    // Indices and origins come from the header, so nothing else can occur.
-                    Some(_) => return Err(SegmentProblem::HeadMismatch),
-                    None if check.accepted != entries.len() => {
-                        return Err(SegmentProblem::HeadMismatch);
-                    }
-                    None => check.position.chain,
-                }
+        let mut chain = tip.start.chain;
+        let mut unsealed = 0u64;
+        for e in &entries {
+            chain = chain.link(&e.hash());
+            unsealed = if e.seal.is_some() { 0 } else { unsealed + 1 };
+            if unsealed >= MAX_SEAL_GAP {
+                return Err(SegmentProblem::Rejected {
+                    index: e.index,
+                    reason: RejectReason::UnsealedRunTooLong,
+                });
             }
-            SealCheck::HeadOnly => {
-                let mut chain = tip.start.chain;
-                let mut unsealed = 0u64;
-                for e in &entries {
-                    chain = chain.link(&e.hash());
-                    unsealed = if e.seal.is_some() { 0 } else { unsealed + 1 };
-                    if unsealed >= MAX_SEAL_GAP {
-                        return Err(SegmentProblem::Rejected {
-                            index: e.index,
-                            reason: RejectReason::UnsealedRunTooLong,
-                        });
-                    }
-                }
-                chain
-            }
-        };
+        }
         if chain != tip.head.chain || last_seal != Some(tip.head.seal) {
             return Err(SegmentProblem::HeadMismatch);
         }
@@ -610,6 +603,9 @@ fn read_envelope(
     }
     r.take(MAGIC.len(), "segment magic").map_err(envelope)?;
     let version = r.u8("segment format version").map_err(envelope)?;
+    if version < FORMAT_VERSION {
+        return Err(SegmentProblem::OlderVersion { version });
+    }
     if version != FORMAT_VERSION {
         return Err(SegmentProblem::UnsupportedVersion { version });
     }
@@ -733,24 +729,27 @@ fn decompress(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, SegmentProblem> 
 
 const ENTRY_EXPUNGED: u8 = 0b01;
 const ENTRY_SEALED: u8 = 0b10;
+/// Bits 2–3 of an entry's flags: its stored class tag (`docs/FORMAT.md` §3.1).
+const ENTRY_CLASS_SHIFT: u8 = 2;
+const ENTRY_CLASS_MASK: u8 = 0b1100;
 
 fn encode_body(entries: &[Entry], out: &mut Vec<u8>) {
     let mut prev_hlc = 0u64;
     for e in entries {
-        let expunged = matches!(e.body, EntryBody::Expunged(_));
-        out.push(
-            if expunged { ENTRY_EXPUNGED } else { 0 }
-                | if e.seal.is_some() { ENTRY_SEALED } else { 0 },
-        );
-        match &e.body {
-            EntryBody::Expunged(h) => out.extend_from_slice(&h.0),
-            EntryBody::Live(p) => {
-                let hlc = p.hlc.as_u64();
+        let class = match e.body.stored_tag() {
+            None => ENTRY_EXPUNGED,
+            Some(tag) => tag << ENTRY_CLASS_SHIFT,
+        };
+        out.push(class | if e.seal.is_some() { ENTRY_SEALED } else { 0 });
+        match (&e.body, e.body.hlc()) {
+            (EntryBody::Expunged(h), _) => out.extend_from_slice(&h.0),
+            (body, hlc) => {
+                let hlc = hlc.map_or(0, |h| h.as_u64());
                 // Wrapping difference read as signed: a bijection on u64, so every value has
                 // exactly one encoding, and close timestamps take a byte or two.
                 put_signed_varint(out, hlc.wrapping_sub(prev_hlc) as i64);
                 prev_hlc = hlc;
-                p.encode_contents(out);
+                body.encode_after_hlc(out);
             }
         }
         if let Some(seal) = &e.seal {
@@ -787,6 +786,14 @@ fn body_len(entries: &[Entry]) -> usize {
                     n += varint_len(op.body.len() as u64) + op.body.len();
                 }
             }
+            EntryBody::Encrypted(c) => {
+                let hlc = c.hlc.as_u64();
+                let delta = hlc.wrapping_sub(prev_hlc) as i64;
+                n += varint_len(((delta << 1) ^ (delta >> 63)) as u64);
+                prev_hlc = hlc;
+                n += varint_len(c.op_count) + varint_len(c.epoch.into()) + 24;
+                n += varint_len(c.ciphertext.len() as u64) + c.ciphertext.len();
+            }
         }
         if e.seal.is_some() {
             n += 64;
@@ -804,18 +811,21 @@ fn decode_body(raw: &[u8], h: &Header) -> Result<Vec<Entry>, DecodeError> {
     let mut prev_hlc = 0u64;
     for index in h.first..=h.last {
         let flags = r.u8("entry flags")?;
-        if flags & !(ENTRY_EXPUNGED | ENTRY_SEALED) != 0 {
+        let expunged = flags & ENTRY_EXPUNGED != 0;
+        let unknown = flags & !(ENTRY_EXPUNGED | ENTRY_SEALED | ENTRY_CLASS_MASK) != 0;
+        if unknown || (expunged && flags & ENTRY_CLASS_MASK != 0) {
             return Err(
                 r.error(DecodeProblem::InvalidTag { what: "entry flags", value: flags.into() })
             );
         }
-        let body = if flags & ENTRY_EXPUNGED != 0 {
+        let body = if expunged {
             EntryBody::Expunged(EntryHash(r.array("expunged entry hash")?))
         } else {
             let delta = r.signed_varint("hlc delta")?;
             let hlc = prev_hlc.wrapping_add(delta as u64);
             prev_hlc = hlc;
-            EntryBody::Live(Payload::read_contents(&mut r, Hlc::from_u64(hlc))?)
+            let tag = (flags & ENTRY_CLASS_MASK) >> ENTRY_CLASS_SHIFT;
+            EntryBody::read_after_hlc(&mut r, tag, Hlc::from_u64(hlc))?
         };
         let seal = if flags & ENTRY_SEALED != 0 {
             Some(Seal { key: h.key, signature: r.array("seal signature")? })
@@ -838,6 +848,7 @@ fn decode_body(raw: &[u8], h: &Header) -> Result<Vec<Entry>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_core::Payload;
     use proptest::prelude::*;
     use shoal_core::{DeviceKey, OwnLog};
     use shoal_core::{Domain, Op, UserId};
@@ -875,8 +886,9 @@ mod tests {
         (
             any::<u64>(),
             proptest::option::of(any::<[u8; 16]>()),
+            // Data entries: domains other than control (an entry never mixes the two).
             proptest::collection::vec(
-                (0u32..4, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..24)),
+                (1u32..4, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..24)),
                 0..4,
             ),
         )
@@ -924,7 +936,14 @@ mod tests {
             let compression = if zstd { Compression::Zstd { level: 3 } } else { Compression::None };
             let bytes = seg.encode(compression);
             let back = Segment::decode(&bytes, &expected(&seg)).unwrap();
-            prop_assert_eq!(back.entries(), &entries[..]);
+            let unsealed = |v: &[Entry]| v.iter().map(|e| Entry { seal: None, ..e.clone() }).collect::<Vec<_>>();
+            prop_assert_eq!(unsealed(back.entries()), unsealed(&entries));
+            // Only the head and block-aligned seals are kept.
+            let last = entries.len() - 1;
+            for (i, e) in back.entries().iter().enumerate() {
+                let kept = i == last || (e.index + 1).is_multiple_of(MAX_SEAL_GAP);
+                prop_assert_eq!(e.seal.is_some(), kept && entries[i].seal.is_some());
+            }
             prop_assert_eq!(&back, &seg);
             prop_assert_eq!(&back.encode(compression), &bytes);
             let tip = SegmentTip::check(&bytes, &expected(&seg)).unwrap();
@@ -1026,7 +1045,6 @@ mod tests {
         let sum = checksum(&bytes[..n - 32]);
         bytes[n - 32..].copy_from_slice(&sum);
         let exp = expected(&seg);
-        assert!(Segment::decode_with(&bytes, &exp, SealCheck::HeadOnly).is_err());
         assert!(Segment::decode(&bytes, &exp).is_err());
     }
 }

@@ -30,9 +30,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use shoal_core::{
-    BatchApplied, ChainPosition, DeviceKey, Entry, FileLogSink, PeerId, SyncError, WorkspaceId,
-    verify_run,
+    BatchApplied, ChainPosition, DeviceKey, Entry, FileLogSink, Hlc, Ingest, ManualClock, PeerId,
+    SyncError, WorkspaceId,
 };
 
 use crate::config::Config;
@@ -41,7 +43,7 @@ use crate::layout::{
     FileStamp, Layout, SegmentFile, SegmentName, coverage_path, is_temp_name, list_segments,
 };
 use crate::puller::FileProblem;
-use crate::segment::{Expected, SealCheck, Segment, SegmentTip};
+use crate::segment::{Expected, Segment, SegmentTip};
 
 /// One of the sink's own segments, known to be good (its tip was checked or it was written
 /// by this sink).
@@ -63,6 +65,7 @@ pub struct FolderSink {
     segments: Vec<OwnSegment>,
     bad: Vec<(SegmentFile, FileProblem)>,
     position: ChainPosition,
+    ingest: Ingest,
     tips: HashMap<PathBuf, (FileStamp, SegmentTip)>,
     /// Set when a write failed: what is on disk is uncertain until the next refresh.
     dirty: bool,
@@ -87,6 +90,9 @@ impl FolderSink {
         let mut sink = FolderSink {
             dir: layout.origin_dir(&origin),
             position: ChainPosition::start(&workspace, &origin),
+            // The device's own entries carry its own clock's stamps: a clock that was set back
+            // since must not keep them from being published (receivers judge the skew).
+            ingest: Ingest::new(workspace).with_clock(Arc::new(ManualClock::new(Hlc::MAX_MILLIS))),
             layout,
             origin,
             config,
@@ -261,21 +267,23 @@ impl FolderSink {
         if first.index != next {
             return Err(SyncError::Gap { origin: self.origin, expected: next, got: first.index });
         }
-        let check = verify_run(&self.layout.workspace(), &self.origin, self.position, rest);
-        let accepted = &rest[..check.accepted];
+        // The one ingest pipeline, as for any replica: the device's own entries are checked
+        // (chain, the seal that ends the run) before a byte of them reaches the folder.
+        let mut run = self.ingest.verify(self.origin, self.position, rest.to_vec());
+        let accepted = run.entries();
         if !accepted.is_empty() {
             if let Err(e) = self.write_run(accepted) {
                 self.dirty = true;
                 return Err(e);
             }
-            debug_assert_eq!(self.position, check.position);
+            debug_assert_eq!(self.position, run.end());
             self.maintain();
         }
-        if let Some(e) = check.error {
+        if let Some(e) = run.take_stop() {
             return Err(e);
         }
         Ok(BatchApplied {
-            new: accepted.len() as u64,
+            new: run.entries().len() as u64,
             duplicates: duplicates as u64,
             next: self.position.next,
         })
@@ -302,7 +310,7 @@ impl FolderSink {
             let Some(end) = cut else {
                 return Err(SyncError::Bug("a verified run does not end on a seal".into()));
             };
-            // `append` verified these entries (chain and seals) from this very position.
+            // `append` took these entries through the ingest pipeline from this very position.
             let seg = Segment::from_verified(
                 self.layout.workspace(),
                 self.position,
@@ -425,7 +433,7 @@ impl FolderSink {
                 read_segment_file(&s.path).map_err(|e| self.io_error("reading", &s.path, e))?;
             // Own files were verified when written; re-checking the chain and head is
             // enough to know the bytes are still the same entries.
-            let seg = Segment::decode_with(&bytes, &self.expected(s.name), SealCheck::HeadOnly)
+            let seg = Segment::decode(&bytes, &self.expected(s.name))
                 .map_err(|p| p.into_sync_error(&s.path.display().to_string()))?;
             parts.push(seg);
         }

@@ -71,8 +71,8 @@ fn expected() -> Expected {
     }
 }
 
-const COMPRESSED: &str = "segment-v1.seg";
-const RAW: &str = "segment-v1-raw.seg";
+const COMPRESSED: &str = "segment-v2.seg";
+const RAW: &str = "segment-v2-raw.seg";
 
 /// The rejection files: name, how it is made from the vector, and the exact problem.
 fn rejections() -> Vec<(&'static str, Vec<u8>, SegmentProblem)> {
@@ -81,6 +81,8 @@ fn rejections() -> Vec<(&'static str, Vec<u8>, SegmentProblem)> {
     bad_magic[..8].copy_from_slice(b"SQLite f");
     let mut newer = good.clone();
     newer[8] = FORMAT_VERSION + 1;
+    let mut older = good.clone();
+    older[8] = FORMAT_VERSION - 1;
     let truncated = good[..good.len() - 40].to_vec();
     let mut flipped = good.clone();
     flipped[HEADER_LEN + 3] ^= 0x10;
@@ -91,7 +93,8 @@ fn rejections() -> Vec<(&'static str, Vec<u8>, SegmentProblem)> {
     let truncated_at = good.len() - TRAILER_LEN + 32;
     vec![
         ("bad-magic.seg", bad_magic, SegmentProblem::BadMagic),
-        ("newer-version.seg", newer, SegmentProblem::UnsupportedVersion { version: 2 }),
+        ("newer-version.seg", newer, SegmentProblem::UnsupportedVersion { version: 3 }),
+        ("older-version.seg", older, SegmentProblem::OlderVersion { version: 1 }),
         (
             "truncated.seg",
             truncated,
@@ -131,7 +134,7 @@ fn regenerate_when_asked() {
 }
 
 #[test]
-fn segment_v1_vectors_decode_verify_and_reencode() {
+fn segment_v2_vectors_decode_verify_and_reencode() {
     let seg = vector();
     for (file, compression) in
         [(COMPRESSED, Compression::Zstd { level: 3 }), (RAW, Compression::None)]
@@ -149,16 +152,21 @@ fn segment_v1_vectors_decode_verify_and_reencode() {
         assert!(matches!(decoded.entries()[2].body, EntryBody::Expunged(_)));
         assert_eq!(
             decoded.entries().iter().map(|e| e.seal.is_some()).collect::<Vec<_>>(),
-            [false, true, true, false, true],
-            "interior seals are kept"
+            [false, false, false, false, true],
+            "only the head and block-aligned seals are kept"
         );
-        // What a replica does with the entries: they verify from the start of the log.
+        // What a replica does with the entries: they pass the ingest pipeline from the
+        // start of the log.
         let ws = vector_ws();
         let origin = decoded.origin();
-        let check = verify_run(&ws, &origin, ChainPosition::start(&ws, &origin), decoded.entries());
-        assert!(check.error.is_none(), "{:?}", check.error);
-        assert_eq!(check.accepted, 5);
-        assert_eq!(check.position.chain, decoded.head().chain);
+        let run = Ingest::new(ws).verify(
+            origin,
+            ChainPosition::start(&ws, &origin),
+            decoded.entries().to_vec(),
+        );
+        assert!(run.stop().is_none(), "{:?}", run.stop());
+        assert_eq!(run.entries().len(), 5);
+        assert_eq!(run.end().chain, decoded.head().chain);
     }
     let raw = std::fs::read(testdata(RAW)).unwrap();
     assert_eq!(raw[9], 0, "raw vector: flags 0");

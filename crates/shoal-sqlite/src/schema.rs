@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 pub const APPLICATION_ID: i32 = 0x5348_4f4c;
 
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: i32 = 1;
+pub const FORMAT_VERSION: i32 = 2;
 
 /// Why a workspace file could not be opened or created.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,16 @@ pub enum OpenError {
         /// The file's format version.
         found: i32,
         /// The newest this build reads.
+        supported: i32,
+    },
+    /// Written by an earlier Shoal in a format this version no longer reads.
+    #[error("{}: written by an earlier Shoal (format version {found}; this version reads format {supported}). Its entries are hashed and signed under entry format 1, which cannot be converted: keep the old file, open it with the Shoal that wrote it to sync everything out, then create or join the workspace anew with this version", path.display())]
+    OlderFormat {
+        /// The path.
+        path: PathBuf,
+        /// The file's format version.
+        found: i32,
+        /// The format this build reads.
         supported: i32,
     },
     /// The file is a Shoal workspace but its contents are inconsistent.
@@ -175,6 +185,13 @@ fn check_identity(path: &Path, conn: &Connection) -> Result<(), OpenError> {
         .map_err(|e| OpenError::sqlite(path, e))?;
     if version > FORMAT_VERSION {
         return Err(OpenError::NewerFormat {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version == 1 {
+        return Err(OpenError::OlderFormat {
             path: path.to_owned(),
             found: version,
             supported: FORMAT_VERSION,
