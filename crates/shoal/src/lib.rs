@@ -38,7 +38,7 @@ pub use shoal_sqlite as sqlite;
 pub use shoal_tables as tables;
 pub use shoal_tables::{ColumnType, MergeKind, Value};
 pub use workspace::{
-    CONTROL_GENESIS, Commit, QueryResult, Schema, Status, TableSpec, TableWatch, Transaction,
+    Commit, QueryResult, Schema, Status, TableSpec, TableWatch, Transaction,
     WatchEvent, Workspace, WorkspaceOptions,
 };
 

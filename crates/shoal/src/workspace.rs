@@ -11,9 +11,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use shoal_core::control::ControlOp;
 use shoal_core::{
-    DeviceKey, Domain, HasCursors, Hlc, Op, PeerCursors, PeerId, SystemClock, WallClock,
-    WorkspaceId, random_bytes,
+    DeviceKey, HasCursors, Hlc, PeerCursors, PeerId, SystemClock, WallClock, WorkspaceId,
+    random_bytes,
 };
 use shoal_sqlite::{
     LocalTx, Options, OriginStatus, SqliteReplica, TableChange, TablesHandle, TablesMaterializer,
@@ -26,8 +27,6 @@ use shoal_tables::{
 
 use crate::error::{Error, Result};
 
-/// Control-domain op kind of the genesis entry (creator key and salt).
-pub const CONTROL_GENESIS: u32 = 1;
 
 /// How to open or create a workspace.
 #[derive(Debug, Clone)]
@@ -163,13 +162,10 @@ impl Workspace {
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
         let salt = random_bytes::<16>()
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
-        let id = WorkspaceId::derive(&key.public_key(), &salt);
-        let mut body = key.public_key().as_bytes().to_vec();
-        body.extend_from_slice(&salt);
-        let ws = Self::create_file(path.as_ref(), id, key, options)?;
         // The genesis entry: anyone can check that the id derives from this key and salt.
-        let genesis = Op { domain: Domain::CONTROL, kind: CONTROL_GENESIS, body };
-        ws.replica.append_local(vec![LocalTx { ops: vec![genesis], author: None }])?;
+        let genesis = ControlOp::genesis(key.public_key(), salt);
+        let ws = Self::create_file(path.as_ref(), genesis.workspace(), key, options)?;
+        ws.replica.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }])?;
         Ok(ws)
     }
 
@@ -204,7 +200,7 @@ impl Workspace {
             path,
             id,
             Some(key),
-            Options { clock: options.clock, materializer: Box::new(m) },
+            Options { clock: options.clock, domains: vec![Box::new(m)] },
         )?;
         Ok(Workspace { replica, tables, schema: Arc::default() })
     }
@@ -214,7 +210,7 @@ impl Workspace {
         let m = TablesMaterializer::new();
         let tables = m.handle();
         let replica =
-            SqliteReplica::open(path, Options { clock: options.clock, materializer: Box::new(m) })?;
+            SqliteReplica::open(path, Options { clock: options.clock, domains: vec![Box::new(m)] })?;
         Ok(Workspace { replica, tables, schema: Arc::default() })
     }
 

@@ -13,7 +13,8 @@ use anyhow::{Result, bail};
 use serde_json::{Value as Json, json};
 use shoal::core::{Domain, Entry, EntryBody, Op, PeerId};
 use shoal::tables::{CellWrite, ColumnId, RowKey, TableId, TableOp};
-use shoal::{CONTROL_GENESIS, Workspace};
+use shoal::Workspace;
+use shoal::core::control::ControlOp;
 
 use super::args::LogArgs;
 use super::out::{hex, hlc_json, key_text, time_text, value_json, value_quoted};
@@ -203,11 +204,11 @@ impl Names {
 
 /// One op for people, and as JSON.
 fn describe(names: &Names, op: &Op) -> (String, Json) {
-    if op.domain == Domain::CONTROL && op.kind == CONTROL_GENESIS && op.body.len() == 48 {
-        let (key, salt) = op.body.split_at(32);
+    if let Ok(ControlOp::Genesis { creator, salt }) = ControlOp::decode(op) {
+        let key = creator.as_bytes();
         return (
             format!("genesis: workspace founded by key {}", hex(key)),
-            json!({ "domain": "control", "op": "genesis", "creator_key": hex(key), "salt": hex(salt) }),
+            json!({ "domain": "control", "op": "genesis", "creator_key": hex(key), "salt": hex(&salt) }),
         );
     }
     if op.domain != Domain::TABLES {
@@ -326,6 +327,24 @@ fn show(ctx: &mut Ctx, names: &Names, filter: &Filter, e: &Entry) -> Result<()> 
                 }),
             )?;
             ctx.out.line(format!("device {device} #{}  (expunged)", e.index))?;
+        }
+        EntryBody::Encrypted(c) => {
+            ctx.out.emit(
+                "entry",
+                json!({
+                    "origin": e.origin.to_hex(), "this_device": this, "index": e.index,
+                    "hlc": hlc_json(c.hlc), "time": time_text(c.hlc.millis()),
+                    "encrypted": true, "epoch": c.epoch, "op_count": c.op_count,
+                    "expunged": false, "ops": [],
+                }),
+            )?;
+            ctx.out.line(format!(
+                "device {device} #{}  {}  (encrypted: {} ops under key epoch {})",
+                e.index,
+                time_text(c.hlc.millis()),
+                c.op_count,
+                c.epoch
+            ))?;
         }
         EntryBody::Live(p) => {
             let mut ops_json = Vec::new();

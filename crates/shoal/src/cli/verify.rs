@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 use shoal::Workspace;
-use shoal::core::{ChainPosition, FileLogPuller, verify_run};
+use shoal::core::{ChainPosition, FileLogPuller, Hlc, Ingest, ManualClock};
 use shoal::filelog::layout::{Layout, list_segments};
 use shoal::filelog::{Config, FolderPuller};
 
@@ -104,7 +104,10 @@ fn verify_folder(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<bool> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    // Each origin's log across its files, from its seed: no gap, no broken link.
+    // Each origin's log across its files, from its seed: no gap, no broken link. Through the
+    // ingest pipeline with a clock that cannot call anything skewed: verifying a stored log
+    // must not depend on today's date.
+    let ingest = Ingest::new(ws.id()).with_clock(std::sync::Arc::new(ManualClock::new(Hlc::MAX_MILLIS)));
     let mut entries = 0u64;
     for origin in &origins {
         let mut position = ChainPosition::start(&ws.id(), origin);
@@ -129,16 +132,16 @@ fn verify_folder(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<bool> {
             if page.is_empty() {
                 break;
             }
-            let check = verify_run(&ws.id(), origin, position, &page);
-            if let Some(e) = check.error {
-                out::warn(format!("device {origin}: entries from {}: {e}", check.position.next));
+            let run = ingest.verify(*origin, position, page);
+            if let Some(e) = run.stop() {
+                out::warn(format!("device {origin}: entries from {}: {e}", run.end().next));
                 failed = true;
                 break;
             }
-            if check.position.next == position.next {
+            if run.end().next == position.next {
                 break;
             }
-            position = check.position;
+            position = run.end();
         }
         entries += position.next;
     }
