@@ -92,14 +92,15 @@ impl ControlOp {
         let out = match op.kind {
             kind::GENESIS => {
                 let at = r.offset();
-                let creator = PublicKey::from_bytes(&r.array("genesis creator key")?).map_err(
-                    |_| DecodeError {
-                        offset: at,
-                        what: crate::codec::DecodeProblem::Invalid(
-                            "the creator key is not an Ed25519 public key",
-                        ),
-                    },
-                )?;
+                let creator =
+                    PublicKey::from_bytes(&r.array("genesis creator key")?).map_err(|_| {
+                        DecodeError {
+                            offset: at,
+                            what: crate::codec::DecodeProblem::Invalid(
+                                "the creator key is not an Ed25519 public key",
+                            ),
+                        }
+                    })?;
                 let salt = r.array("genesis salt")?;
                 ControlOp::Genesis { creator, salt }
             }

@@ -142,7 +142,9 @@ impl Payload {
             EntryBody::Live(p) => Ok(p),
             _ => Err(DecodeError {
                 offset: 0,
-                what: DecodeProblem::Invalid("an encrypted entry where a plaintext one was expected"),
+                what: DecodeProblem::Invalid(
+                    "an encrypted entry where a plaintext one was expected",
+                ),
             }),
         }
     }
@@ -355,10 +357,9 @@ impl EntryBody {
             stored_tag::DATA_ENCRYPTED => {
                 Ok(EntryBody::Encrypted(EncryptedPayload::read_contents(r, hlc)?))
             }
-            other => Err(r.error(DecodeProblem::InvalidTag {
-                what: "entry class",
-                value: other.into(),
-            })),
+            other => {
+                Err(r.error(DecodeProblem::InvalidTag { what: "entry class", value: other.into() }))
+            }
         }
     }
 
@@ -715,18 +716,15 @@ mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
-        let live = (
-            any::<u64>(),
-            proptest::option::of(any::<[u8; 16]>()),
-            arb_ops(),
-        )
-            .prop_map(|(hlc, author, ops)| {
+        let live = (any::<u64>(), proptest::option::of(any::<[u8; 16]>()), arb_ops()).prop_map(
+            |(hlc, author, ops)| {
                 EntryBody::Live(Payload {
                     hlc: Hlc::from_u64(hlc),
                     author: author.map(UserId::from_bytes),
                     ops,
                 })
-            });
+            },
+        );
         let encrypted = (
             any::<u64>(),
             0..MAX_OPS_PER_ENTRY,
@@ -749,14 +747,18 @@ mod tests {
                 key: DeviceKey::from_secret_bytes(&[k; 32]).public_key(),
                 signature,
             }));
-        (any::<[u8; 16]>(), any::<u64>(), prop_oneof![3 => live, 1 => encrypted, 1 => expunged], seal).prop_map(
-            |(origin, index, body, seal)| Entry {
+        (
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            prop_oneof![3 => live, 1 => encrypted, 1 => expunged],
+            seal,
+        )
+            .prop_map(|(origin, index, body, seal)| Entry {
                 origin: PeerId::from_bytes(origin),
                 index,
                 body,
                 seal,
-            },
-        )
+            })
     }
 
     proptest! {

@@ -215,7 +215,13 @@ impl Ingest {
     }
 
     /// Steps 2–4 of the pipeline for one entry expected at `next`.
-    fn check_entry(&self, origin: PeerId, next: u64, wall: u64, e: &Entry) -> Result<(), SyncError> {
+    fn check_entry(
+        &self,
+        origin: PeerId,
+        next: u64,
+        wall: u64,
+        e: &Entry,
+    ) -> Result<(), SyncError> {
         if e.origin != origin {
             return Err(SyncError::Rejected {
                 origin,
@@ -391,7 +397,11 @@ mod tests {
 
         let mut expunged = entries.clone();
         expunged[2] = expunged[2].expunged();
-        assert_eq!(ingest.verify(origin, start, expunged).entries().len(), 8, "expunged keep the chain");
+        assert_eq!(
+            ingest.verify(origin, start, expunged).entries().len(),
+            8,
+            "expunged keep the chain"
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 
 use crate::cursors::{CursorBroadcast, CursorStream, PeerCursors};
 use crate::entry::{ChainPosition, Entry, OwnLog, Payload};
-use crate::ingest::Ingest;
 use crate::error::SyncError;
 use crate::ids::{DeviceKey, PeerId, WorkspaceId};
+use crate::ingest::Ingest;
 use crate::sync::{BatchApplied, HasCursors, LogProcessor, LogSource};
 
 /// Page size of [`MemoryReplica::read_since`] before it is extended to the next seal.

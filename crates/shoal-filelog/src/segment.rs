@@ -304,8 +304,11 @@ impl Segment {
                 entries.len()
             )));
         }
-        let chain = chain_through(start, &entries)
-            .map_err(|(expected, got)| SyncError::Gap { origin, expected, got })?;
+        let chain = chain_through(start, &entries).map_err(|(expected, got)| SyncError::Gap {
+            origin,
+            expected,
+            got,
+        })?;
         let last = &entries[entries.len() - 1];
         let Some(seal) = last.seal else {
             return Err(SyncError::Misuse(format!(
@@ -320,8 +323,11 @@ impl Segment {
             )));
         }
         let head = SignedHead { workspace, origin, next, chain, seal };
-        head.verify()
-            .map_err(|reason| SyncError::Rejected { origin, index: last.index, reason })?;
+        head.verify().map_err(|reason| SyncError::Rejected {
+            origin,
+            index: last.index,
+            reason,
+        })?;
         Self::assemble(workspace, start, entries, head)
     }
 
@@ -848,8 +854,8 @@ fn decode_body(raw: &[u8], h: &Header) -> Result<Vec<Entry>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_core::Payload;
     use proptest::prelude::*;
+    use shoal_core::Payload;
     use shoal_core::{DeviceKey, OwnLog};
     use shoal_core::{Domain, Op, UserId};
 

@@ -98,9 +98,11 @@ fn compaction_keeps_few_files_and_every_entry_readable() {
         read.extend(page);
     }
     // The folder keeps only the seals readers need (block ends and segment heads).
-    let unsealed = |v: &[Entry]| v.iter().map(|e| Entry { seal: None, ..e.clone() }).collect::<Vec<_>>();
+    let unsealed =
+        |v: &[Entry]| v.iter().map(|e| Entry { seal: None, ..e.clone() }).collect::<Vec<_>>();
     assert_eq!(unsealed(&read), unsealed(&all));
-    let run = Ingest::new(workspace()).verify(origin, ChainPosition::start(&workspace(), &origin), read);
+    let run =
+        Ingest::new(workspace()).verify(origin, ChainPosition::start(&workspace(), &origin), read);
     assert_eq!(run.entries().len(), 150);
     assert!(run.stop().is_none());
 }
@@ -166,7 +168,8 @@ async fn folder_replica_accepts_only_its_own_origin() {
     assert_eq!((again.new, again.duplicates), (0, 3), "idempotent");
     assert_eq!(replica.cursors().await.unwrap().get(&replica.origin()), 3);
     let back = replica.read_since(replica.origin(), 0).await.unwrap();
-    let unsealed = |v: Vec<Entry>| v.into_iter().map(|e| Entry { seal: None, ..e }).collect::<Vec<_>>();
+    let unsealed =
+        |v: Vec<Entry>| v.into_iter().map(|e| Entry { seal: None, ..e }).collect::<Vec<_>>();
     assert_eq!(unsealed(back), unsealed(own));
     assert_eq!(FileLogReplica::folder(&replica), folder);
 }

@@ -37,9 +37,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use shoal_core::codec::DecodeError;
 use shoal_core::{
     BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey, Entry,
-    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource,
-    ManualClock, Op, OwnLog, PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal,
-    SyncError, SystemClock, UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
+    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource, ManualClock,
+    Op, OwnLog, PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock,
+    UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
 use crate::materialize::{DomainRouter, MaterializeError, Materializer};
@@ -892,7 +892,10 @@ enum Attempt {
     /// The origin's stored position is no longer the run's start.
     Moved,
     /// Entry `index` cannot be materialized; the transaction must be rolled back.
-    Failed { index: u64, why: String },
+    Failed {
+        index: u64,
+        why: String,
+    },
 }
 
 /// Why an entry was not materialized.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shoal_filelog::{Config, Mirror, MirrorStatus, SyncReport};
+use shoal_filelog::{Config, Mirror, MirrorStatus, StalledOrigin, SyncReport};
 
 use crate::error::{Error, Result};
 use crate::workspace::Workspace;
@@ -51,11 +51,34 @@ impl Workspace {
     pub async fn sync_folder(&self, folder: impl AsRef<Path>) -> Result<FolderSync> {
         let mirror = self.folder_mirror(folder.as_ref(), Config::default())?;
         let report = mirror.sync_once().await?;
-        let status = mirror.status();
+        let mut status = mirror.status();
         if status.last_error.is_none() {
             self.record_sync(&status.folder)?;
         }
+        self.add_local_stalls(&mut status)?;
         Ok(FolderSync { report, status })
+    }
+
+    /// Adds to a mirror's status the origins whose entries arrived but are not applied here
+    /// (an op of a newer version, a malformed op, a storage limit): the mirror only sees what
+    /// could not be *received*, and a sync must not call itself in sync while either holds.
+    pub fn add_local_stalls(&self, status: &mut MirrorStatus) -> Result<()> {
+        for o in self.replica().origin_status()? {
+            let Some(reason) = o.stalled else { continue };
+            if status.stalled.iter().any(|s| s.origin == o.origin) {
+                continue;
+            }
+            let since = o.stalled_at.map_or(SystemTime::now(), |ms| {
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+            });
+            status.stalled.push(StalledOrigin {
+                origin: o.origin,
+                at: o.materialized,
+                reason,
+                since,
+            });
+        }
+        Ok(())
     }
 
     /// Records a successful sync with `with` now.

@@ -27,7 +27,6 @@ use shoal_tables::{
 
 use crate::error::{Error, Result};
 
-
 /// How to open or create a workspace.
 #[derive(Debug, Clone)]
 pub struct WorkspaceOptions {
@@ -209,8 +208,10 @@ impl Workspace {
     pub fn open(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
         let m = TablesMaterializer::new();
         let tables = m.handle();
-        let replica =
-            SqliteReplica::open(path, Options { clock: options.clock, domains: vec![Box::new(m)] })?;
+        let replica = SqliteReplica::open(
+            path,
+            Options { clock: options.clock, domains: vec![Box::new(m)] },
+        )?;
         Ok(Workspace { replica, tables, schema: Arc::default() })
     }
 

@@ -11,10 +11,10 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use anyhow::{Result, bail};
 use serde_json::{Value as Json, json};
-use shoal::core::{Domain, Entry, EntryBody, Op, PeerId};
-use shoal::tables::{CellWrite, ColumnId, RowKey, TableId, TableOp};
 use shoal::Workspace;
 use shoal::core::control::ControlOp;
+use shoal::core::{Domain, Entry, EntryBody, Op, PeerId};
+use shoal::tables::{CellWrite, ColumnId, RowKey, TableId, TableOp};
 
 use super::args::LogArgs;
 use super::out::{hex, hlc_json, key_text, time_text, value_json, value_quoted};

@@ -175,7 +175,8 @@ pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<O
         t.abort();
     }
     bar.finish_and_clear();
-    let status = mirror.status();
+    let mut status = mirror.status();
+    ws.add_local_stalls(&mut status)?;
     if let Err(e) = result {
         return Err(anyhow!(e).context(format!("sync with {}", folder.display())));
     }
@@ -315,7 +316,8 @@ async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outc
     bar.finish_and_clear();
     outcome?;
     watcher.observe(ws, &mirror, &mut ctx.out)?;
-    let status = mirror.status();
+    let mut status = mirror.status();
+    ws.add_local_stalls(&mut status)?;
     Ok(if status.stalled.is_empty() && status.bad_files.is_empty() {
         Outcome::Ok
     } else {
@@ -336,7 +338,8 @@ struct PassWatcher {
 
 impl PassWatcher {
     fn observe(&mut self, ws: &Workspace, mirror: &Mirror, out: &mut Out) -> Result<()> {
-        let status = mirror.status();
+        let mut status = mirror.status();
+        ws.add_local_stalls(&mut status)?;
         if status.passes == self.passes {
             return Ok(());
         }
