@@ -168,16 +168,15 @@ impl Ingest {
         // Seals seen: (entries up to and including it, position after it, the seal).
         let mut seals: Vec<(usize, ChainPosition, Seal)> = Vec::new();
         let mut chain = position.chain;
-        let mut next = position.next;
         for (i, e) in entries[duplicates..].iter().enumerate() {
-            if let Err(reason) = self.check_entry(origin, next, wall, e) {
+            let expected = position.next + i as u64;
+            if let Err(reason) = self.check_entry(origin, expected, wall, e) {
                 stop = Some(reason);
                 break;
             }
             chain = chain.link(&e.hash());
-            next += 1;
             if let Some(seal) = e.seal {
-                seals.push((i + 1, ChainPosition { next, chain }, seal));
+                seals.push((i + 1, ChainPosition { next: expected + 1, chain }, seal));
             } else if (i + 1 - seals.last().map_or(0, |s| s.0)) as u64 >= MAX_SEAL_GAP {
                 stop = Some(SyncError::Rejected {
                     origin,
