@@ -217,11 +217,31 @@ fn a_newer_format_is_refused_before_anything_is_written() {
     conn.pragma_update(None, "user_version", shoal_sqlite::FORMAT_VERSION + 1).unwrap();
     drop(conn);
     let err = SqliteReplica::open(&path, Options::default()).unwrap_err();
-    assert!(matches!(err, OpenError::NewerFormat { found: 2, supported: 1, .. }), "{err:?}");
+    assert!(matches!(err, OpenError::NewerFormat { found: 3, supported: 2, .. }), "{err:?}");
     assert!(
         err.to_string().contains("a.shoal") && err.to_string().contains("newer Shoal"),
         "{err}"
     );
+}
+
+/// A file of entry format 1 cannot be converted (its hashes and signatures are v1's): it is
+/// refused by name, saying what to do, before anything is written.
+#[test]
+fn a_format_1_file_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, _) = workspace();
+    let clock = ManualClock::new(1_000_000);
+    let path = device(&dir, "a", ws, 1, &clock).path().to_owned();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 1).unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteReplica::open(&path, Options::default()).unwrap_err();
+    assert!(matches!(err, OpenError::OlderFormat { found: 1, supported: 2, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("a.shoal") && text.contains("earlier Shoal"), "{text}");
+    assert!(text.contains("create or join the workspace anew"), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
 }
 
 #[tokio::test]
