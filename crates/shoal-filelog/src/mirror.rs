@@ -37,6 +37,7 @@ use shoal_core::{
 };
 
 use crate::config::Config;
+use crate::layout::Layout;
 use crate::puller::BadFile;
 use crate::replica::FolderReplica;
 
@@ -180,7 +181,18 @@ impl Mirror {
         if let Ok(r) = &pulled {
             report.pulled = r.new;
             report.duplicates = r.duplicates;
-            report.stalled = r.stalled.iter().map(|(o, e)| (*o, e.to_string())).collect();
+            // Name where the refused entries came from: a file problem names its file
+            // already; an entry the ingest pipeline rejected is named by its origin's
+            // directory in this folder.
+            let layout = Layout::new(self.folder.folder().to_owned(), self.folder.workspace());
+            report.stalled = r
+                .stalled
+                .iter()
+                .map(|(o, e)| match e {
+                    SyncError::Malformed { .. } => (*o, e.to_string()),
+                    _ => (*o, format!("{}: {e}", layout.origin_dir(o).display())),
+                })
+                .collect();
         }
         let folder_cursors = self.folder.cursors().await.unwrap_or_default();
         let local_cursors = self.local.cursors().await.unwrap_or_default();

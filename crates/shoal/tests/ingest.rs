@@ -219,6 +219,12 @@ async fn a_forged_genesis_is_rejected_and_others_keep_syncing() {
     for ws in [&d.a, &d.b] {
         let reason = stall_of(ws, bad).unwrap();
         assert!(reason.contains("genesis"), "{reason}");
+        // The sync names where the forged entry came from: the forger's directory.
+        let out = ws.sync_folder(&d.folder).await.unwrap();
+        let shown = out.status.stalled.iter().find(|s| s.origin == bad).unwrap();
+        let dir = d.folder.join(ws.id().to_hex()).join(bad.to_hex());
+        assert!(shown.reason.contains(&dir.display().to_string()), "{}", shown.reason);
+        assert!(shown.reason.contains("genesis"), "{}", shown.reason);
         let st = ws.status().unwrap();
         let next = st.origins.iter().find(|o| o.origin == bad).map_or(0, |o| o.next);
         assert_eq!(next, 0, "nothing of the forger is stored");
