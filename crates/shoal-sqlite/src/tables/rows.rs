@@ -450,7 +450,7 @@ impl TablesMaterializer {
             );
             let hit: Vec<(Vec<u8>, i64)> = {
                 let mut stmt = conn.prepare_cached(&sql)?;
-                let rows = if cond.is_empty() {
+                if cond.is_empty() {
                     stmt.query_map(params![tbl, hlc_sql(floor)], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect::<Result<_, _>>()?
                 } else {
@@ -458,8 +458,7 @@ impl TablesMaterializer {
                         Ok((r.get(0)?, r.get(1)?))
                     })?
                     .collect::<Result<_, _>>()?
-                };
-                rows
+                }
             };
             for (key_bytes, col) in hit {
                 let key = RowKey::from_bytes(key_bytes)
