@@ -41,5 +41,6 @@ pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};
 pub use tables::{
-    CHANGE_BUFFER, TableChange, TablesHandle, TablesMaterializer, from_sql, quote_ident, to_sql,
+    CHANGE_BUFFER, SHARD_COLUMNS, TableChange, TablesHandle, TablesMaterializer, from_sql,
+    quote_ident, to_sql,
 };

@@ -125,6 +125,20 @@ pub enum ValidationError {
         /// The type it was declared with.
         ty: ColumnType,
     },
+    /// A local declaration would give a table more columns than
+    /// [`MAX_COLUMNS_PER_TABLE`](crate::MAX_COLUMNS_PER_TABLE).
+    #[error(
+        "table {table:?} would have {columns} columns; at most {limit} are allowed (key columns \
+         included): drop columns or use another table"
+    )]
+    TooManyColumns {
+        /// The table.
+        table: String,
+        /// How many columns it would have.
+        columns: usize,
+        /// The budget.
+        limit: usize,
+    },
     /// The same column is written twice by one `Put`.
     #[error("column {column} is written twice in one put")]
     DuplicateCell {

@@ -25,6 +25,8 @@
 //!   [`validate_name`] for local declarations.
 //! - [`RowKey`]: canonical bytes of a primary-key tuple; rows sort by them.
 //! - [`TableOp`] with [`CellWrite`] and [`PkColumn`]; op kind numbers in [`kind`].
+//! - The budgets [`MAX_COLUMNS_PER_TABLE`] and [`MAX_CELLS_PER_PUT`], checked locally by
+//!   [`check_column_budget`].
 //! - [`TablesModel`] with [`TablesDump`], [`HiddenDump`] and [`SchemaConflict`].
 //! - The merge decisions a materializer must reproduce: [`survives`], [`lww_wins`],
 //!   [`CellState`], [`MaxFrontier`], [`CounterAdds`], [`RowState`], [`Definitions`].
@@ -74,6 +76,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod error;
 mod ids;
 mod key;
@@ -82,6 +85,7 @@ mod model;
 mod op;
 mod value;
 
+pub use budget::{MAX_CELLS_PER_PUT, MAX_COLUMNS_PER_TABLE, check_column_budget};
 pub use error::{NameError, TableOpError, ValidationError};
 pub use ids::{
     ColumnId, MAX_NAME_CHARS, MAX_STORED_NAME_BYTES, ParseIdError, TableId, check_stored_name,
@@ -96,5 +100,5 @@ pub use model::{
     ColumnState, ColumnView, ConflictKind, HiddenDump, RowView, SchemaConflict, TableState,
     TableView, TablesDump, TablesModel,
 };
-pub use op::{CellWrite, MAX_CELLS_PER_PUT, PkColumn, TableOp, kind};
+pub use op::{CellWrite, PkColumn, TableOp, kind};
 pub use value::{CANONICAL_NAN_BITS, ColumnType, MAX_VALUE_BYTES, MergeKind, Value, canonical_f64};

@@ -25,6 +25,7 @@ use std::fmt;
 
 use shoal_core::{Domain, Hlc, Payload};
 
+use crate::budget::MAX_COLUMNS_PER_TABLE;
 use crate::error::TableOpError;
 use crate::ids::{ColumnId, TableId};
 use crate::key::RowKey;
@@ -33,9 +34,17 @@ use crate::op::TableOp;
 use crate::value::{ColumnType, MergeKind, Value};
 
 /// The table domain's state, in memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablesModel {
     tables: BTreeMap<TableId, TableState>,
+    /// The most columns a view shows ([`MAX_COLUMNS_PER_TABLE`] except in tests).
+    column_budget: usize,
+}
+
+impl Default for TablesModel {
+    fn default() -> Self {
+        TablesModel { tables: BTreeMap::new(), column_budget: MAX_COLUMNS_PER_TABLE }
+    }
 }
 
 /// Everything kept for one table id.
@@ -152,12 +161,29 @@ pub enum ConflictKind {
     TableDefinition,
     /// Two visible tables with the same name (ASCII case-insensitive).
     TableName,
+    /// A live column beyond the table's column budget
+    /// ([`MAX_COLUMNS_PER_TABLE`](crate::MAX_COLUMNS_PER_TABLE)) in view order: devices
+    /// declared more columns together than one may alone. It is hidden, its data kept.
+    TooManyColumns,
 }
 
 impl TablesModel {
     /// An empty model.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty model whose views show at most `budget` columns per table instead of
+    /// [`MAX_COLUMNS_PER_TABLE`]. For tests that exercise the budget with small tables;
+    /// replicas that sync must all use the default.
+    #[doc(hidden)]
+    pub fn with_column_budget(budget: usize) -> Self {
+        TablesModel { tables: BTreeMap::new(), column_budget: budget.max(1) }
+    }
+
+    /// The most columns a table's view shows, key columns included.
+    pub fn column_budget(&self) -> usize {
+        self.column_budget
     }
 
     /// Applies one op stamped `hlc` (its own HLC: entry HLC plus position). Refuses an op
@@ -291,7 +317,7 @@ impl TablesModel {
                 // Unreachable in practice: every CreateTable writes a name.
                 None => (None, format!("table_{id}")),
             };
-            let view = table_view(*id, &name, t, def, &mut conflicts);
+            let view = table_view(*id, &name, t, def, self.column_budget, &mut conflicts);
             live.push((name_hlc, view));
         }
 
@@ -348,6 +374,7 @@ fn table_view(
     name: &str,
     t: &TableState,
     def: &TableDef,
+    budget: usize,
     conflicts: &mut Vec<SchemaConflict>,
 ) -> TableView {
     // Key columns, in key order. They are never hidden: on a name collision between two
@@ -467,6 +494,23 @@ fn table_view(
         }
     }
     kept.sort_by_key(|c| (c.def_hlc, c.id));
+    // The column budget: the first columns in view order are shown, the rest reported.
+    let room = budget.saturating_sub(columns.len());
+    if kept.len() > room {
+        for c in kept.split_off(room) {
+            conflicts.push(SchemaConflict {
+                table: id,
+                column: Some(c.id),
+                kind: ConflictKind::TooManyColumns,
+                message: format!(
+                    "column {:?} ({}) of table {name:?} ({id}) comes after the first {budget} \
+                     columns (the most a table shows, in the order columns were declared); it \
+                     is hidden (its data is kept) until other columns are dropped",
+                    c.name, c.id
+                ),
+            });
+        }
+    }
     for c in &kept {
         columns.push(ColumnView {
             id: c.id,

@@ -48,8 +48,7 @@ pub mod kind {
     pub const DELETE: u32 = 17;
 }
 
-/// The most cells one `Put` may write (SQLite's default column limit).
-pub const MAX_CELLS_PER_PUT: usize = 2000;
+use crate::budget::MAX_CELLS_PER_PUT;
 
 /// Cell write tags.
 const WRITE_SET: u8 = 0;

@@ -341,6 +341,11 @@ impl Workspace {
         if ops.is_empty() {
             return Ok(None);
         }
+        // The column budget (shoal_tables::MAX_COLUMNS_PER_TABLE), key columns included.
+        let adding = ops.iter().filter(|o| matches!(o, TableOp::AddColumn { .. })).count();
+        let have = existing.map_or(spec.key.len(), |t| t.columns.len());
+        shoal_tables::check_column_budget(&spec.name, have, adding)
+            .map_err(|e| Error::SchemaMismatch { table: spec.name.clone(), what: e.to_string() })?;
         self.commit_ops(ops).map(Some)
     }
 
@@ -370,6 +375,8 @@ impl Workspace {
                 reason: format!("counter column {name:?} must be INTEGER, not {ty}"),
             });
         }
+        shoal_tables::check_column_budget(&t.name, t.columns.len(), 1)
+            .map_err(|e| Error::SchemaChange { table: t.name.clone(), reason: e.to_string() })?;
         let column = free_column_id(Some(t), t.id, name);
         self.commit_ops(vec![TableOp::AddColumn {
             table: t.id,
