@@ -1,6 +1,7 @@
 //! Shared-folder benchmarks (issue: sync over a shared folder): catch-up of a new device
 //! from a folder, bytes per cell change on disk, and commit-to-visible latency.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use shoal::core::ManualClock;
 use shoal::filelog::Config;
 use shoal::{ColumnType, TableSpec, Value, WatchEvent, Workspace, WorkspaceOptions};
 
-use crate::util::{peak_rss_mib, rate, row, timed};
+use crate::util::{field, peak_rss_mib, rate, row, run_child, timed};
 
 const COLUMNS: usize = 10;
 const ROWS_PER_TX: usize = 10;
@@ -151,27 +152,16 @@ pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
     }
     // The catch-up runs in a fresh process, so its memory figure is its own and not what
     // this process kept from writing the data.
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .arg("folder-catchup-child")
-        .arg("--folder")
-        .arg(&folder)
-        .arg("--workspace-id")
-        .arg(devices[0].id().to_string())
-        .arg("--file")
-        .arg(dir.path().join("late.shoal"))
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "catch-up process failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> anyhow::Result<f64> {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in the child's output: {text}"))
-    };
+    let text = run_child([
+        OsStr::new("folder-catchup-child"),
+        OsStr::new("--folder"),
+        folder.as_os_str(),
+        OsStr::new("--workspace-id"),
+        OsStr::new(&devices[0].id().to_string()),
+        OsStr::new("--file"),
+        dir.path().join("late.shoal").as_os_str(),
+    ])?;
+    let field = |name: &str| field(&text, name);
     let (seconds, peak, pulled) = (field("seconds=")?, field("peak_rss_mib=")?, field("pulled=")?);
     row("baseline: plain SQLite upserts of the same rows", rate(cells, plain_time), "cells/s");
     row("shoal: new device catches up from the folder", cells as f64 / seconds, "cells/s");

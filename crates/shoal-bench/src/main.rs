@@ -9,6 +9,7 @@ mod folder;
 #[path = "../../shoal/src/malloc.rs"]
 mod malloc;
 mod oplog;
+mod rows;
 mod tables;
 mod util;
 
@@ -73,6 +74,32 @@ enum Bench {
         #[arg(long)]
         file: std::path::PathBuf,
     },
+    /// A new device catches up from a folder holding N entries of one row each (a key and
+    /// 4 LWW cells), vs plain SQLite upserts of the same rows; bytes per entry on disk.
+    CatchupRows {
+        /// Entries (rows) in the folder.
+        #[arg(long, default_value_t = 100_000)]
+        entries: u64,
+    },
+    /// (internal) The catch-up process of `catchup-rows`.
+    #[command(hide = true)]
+    CatchupRowsChild {
+        #[arg(long)]
+        folder: std::path::PathBuf,
+        #[arg(long)]
+        workspace_id: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        entries: u64,
+    },
+    /// Durable single-row commits through the Workspace API vs plain SQLite single-row
+    /// upsert transactions (same durability); WAL pages each commit writes.
+    CommitRows {
+        /// Commits timed on each side.
+        #[arg(long, default_value_t = 2_000)]
+        transactions: u64,
+    },
     /// Commit on device A to visible on device B through a local folder (p50, p99).
     FolderLatency {
         /// Commits timed.
@@ -93,5 +120,10 @@ fn main() -> anyhow::Result<()> {
         Bench::FolderCatchupChild { folder, workspace_id, file } => {
             folder::catchup_child(&folder, &workspace_id, &file)
         }
+        Bench::CatchupRows { entries } => rows::catchup(entries),
+        Bench::CatchupRowsChild { folder, workspace_id, file, entries } => {
+            rows::catchup_child(&folder, &workspace_id, &file, entries)
+        }
+        Bench::CommitRows { transactions } => rows::commit(transactions),
     }
 }

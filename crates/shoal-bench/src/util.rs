@@ -46,3 +46,37 @@ pub fn rate(n: u64, d: Duration) -> f64 {
 pub fn row(name: &str, value: f64, unit: &str) {
     println!("{name:<58} {value:>14.0} {unit}");
 }
+
+/// Runs this bench binary with `args` in a child process (so the child's peak RSS is its
+/// own) and returns what it printed.
+pub fn run_child<I, S>(args: I) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(std::env::current_exe()?).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "child process failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The number printed as `name<number>` (e.g. `seconds=1.5`) in a child's output.
+pub fn field(text: &str, name: &str) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {name} in the child's output: {text}"))
+}
+
+/// Time the calling thread has spent on a CPU (Linux `/proc/thread-self/schedstat`), or
+/// zero where that is not available.
+pub fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
