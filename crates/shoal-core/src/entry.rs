@@ -650,9 +650,25 @@ impl OwnLog {
         self.position
     }
 
-    /// Appends a batch of payloads, returning the new sealed entries. Each entry comes with
-    /// its encoded payload so a store need not encode it again.
+    /// Appends a batch of payloads, returning the new entries, the last one sealed. Each
+    /// entry comes with its encoded payload so a store need not encode it again.
     pub fn append(&mut self, payloads: Vec<Payload>) -> Vec<(Entry, Vec<u8>)> {
+        self.append_with(payloads, true)
+    }
+
+    /// Appends a batch of payloads like [`OwnLog::append`], but seals only the entries that
+    /// end a [`MAX_SEAL_GAP`] block: for a store that seals its tip when it hands its log out
+    /// ([`OwnLog::head`] or [`SignedHead::sign`]), so a commit costs no signature.
+    pub fn append_unsealed(&mut self, payloads: Vec<Payload>) -> Vec<(Entry, Vec<u8>)> {
+        self.append_with(payloads, false)
+    }
+
+    /// The signed head of everything appended so far.
+    pub fn head(&self) -> SignedHead {
+        SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
+    }
+
+    fn append_with(&mut self, payloads: Vec<Payload>, seal_last: bool) -> Vec<(Entry, Vec<u8>)> {
         let count = payloads.len();
         let mut out = Vec::with_capacity(count);
         for (i, payload) in payloads.into_iter().enumerate() {
@@ -661,16 +677,11 @@ impl OwnLog {
             let hash = EntryHash::of_stored(&self.origin, index, &bytes);
             self.position =
                 ChainPosition { next: index + 1, chain: self.position.chain.link(&hash) };
-            let seal =
-                (i + 1 == count || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
-                    SignedHead::sign(
-                        &self.key,
-                        self.workspace,
-                        self.position.next,
-                        self.position.chain,
-                    )
+            let last = seal_last && i + 1 == count;
+            let seal = (last || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
+                SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
                     .seal
-                });
+            });
             out.push((
                 Entry { origin: self.origin, index, body: EntryBody::Live(payload), seal },
                 bytes,

@@ -48,6 +48,13 @@ pub trait Materializer: Send + 'static {
     /// transaction.
     fn init(&mut self, conn: &Connection) -> Result<(), rusqlite::Error>;
 
+    /// A write transaction began (the replica holds the file's write lock until it commits
+    /// or rolls back): state cached from the file may be checked once here instead of for
+    /// every entry, since no other connection can change it before the transaction ends.
+    fn begin(&mut self, _conn: &Connection) -> Result<(), rusqlite::Error> {
+        Ok(())
+    }
+
     /// Applies the ops of this materializer's domain in the payload of entry `(origin,
     /// index)` (op `i` is stamped `payload.hlc + i`), ignoring the ops of other domains.
     /// Decodes every op before writing anything.
@@ -94,6 +101,11 @@ impl DomainRouter {
     /// Initializes every domain's tables.
     pub fn init(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
         self.domains.iter_mut().try_for_each(|d| d.init(conn))
+    }
+
+    /// A write transaction began.
+    pub fn begin(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        self.domains.iter_mut().try_for_each(|d| d.begin(conn))
     }
 
     /// Applies an entry's ops, all domains or none (see the module doc). A router without

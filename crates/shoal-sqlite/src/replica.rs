@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
+use shoal_core::SignedHead;
 use shoal_core::codec::DecodeError;
 use shoal_core::{
     BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey, Entry,
@@ -73,6 +74,31 @@ struct Inner {
 struct Writer {
     conn: Connection,
     materializer: DomainRouter,
+    /// The connection's `synchronous` setting, so a commit sets it only when it changes.
+    durability: Option<Durability>,
+}
+
+/// How durable a write transaction's commit is (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Local writes: on disk when the commit returns.
+    Full,
+    /// Remote applies: a power loss may forget the last ones, which are pulled again.
+    Normal,
+}
+
+impl Writer {
+    fn set_durability(&mut self, want: Durability) -> rusqlite::Result<()> {
+        if self.durability != Some(want) {
+            let value = match want {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            };
+            self.conn.pragma_update(None, "synchronous", value)?;
+            self.durability = Some(want);
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for SqliteReplica {
@@ -189,7 +215,8 @@ impl SqliteReplica {
                 Some(DeviceKey::from_secret_bytes(&secret))
             }
         };
-        let mut writer = Writer { conn, materializer: DomainRouter::new(options.domains) };
+        let mut writer =
+            Writer { conn, materializer: DomainRouter::new(options.domains), durability: None };
         {
             // IMMEDIATE: another process may be writing this file; taking the write lock up
             // front lets the busy timeout wait for it (a deferred transaction that reads and
@@ -319,12 +346,13 @@ impl SqliteReplica {
         let ws = self.inner.workspace;
         let origin = key.peer_id(&ws);
         let mut guard = self.writer();
-        let Writer { conn, materializer } = &mut *guard;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(self.backend("set synchronous"))?;
+        guard.set_durability(Durability::Full).map_err(self.backend("set synchronous"))?;
+        let Writer { conn, materializer, .. } = &mut *guard;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.backend("begin local write"))?;
         let result = (|| {
+            materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
             let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
             let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read own position"))?;
             let position = row.position;
@@ -339,7 +367,8 @@ impl SqliteReplica {
                 })
                 .collect();
             let mut own = OwnLog::resume(key.clone(), ws, position);
-            let entries = own.append(payloads);
+            // No signature per commit: the tip is sealed when the log is read out (read_range).
+            let entries = own.append_unsealed(payloads);
             let mut commits = Vec::with_capacity(entries.len());
             let mut materialized = materialized_to;
             {
@@ -383,14 +412,21 @@ impl SqliteReplica {
                     commits.push(LocalCommit { index: entry.index, hlc: payload.hlc });
                 }
             }
-            write_origin(&tx, &origin, own.position(), Some(&key.public_key()), materialized)
-                .map_err(self.backend("advance own cursor"))?;
-            write_clock(&tx, clock.last()).map_err(self.backend("persist clock"))?;
+            let at = OriginWrite {
+                position: own.position(),
+                key: Some(&key.public_key()),
+                materialized,
+                clock: clock.last(),
+            };
+            write_origin(&tx, &origin, at).map_err(self.backend("advance own cursor"))?;
             Ok((commits, own.position().next))
         })();
         match result {
             Ok((commits, next)) => {
-                tx.commit().map_err(self.backend("commit local write"))?;
+                if let Err(e) = tx.commit() {
+                    materializer.rolled_back();
+                    return Err(self.backend("commit local write")(e));
+                }
                 materializer.committed();
                 drop(guard);
                 self.inner.cursors.publish(&[(origin, next)].into_iter().collect());
@@ -449,9 +485,8 @@ impl SqliteReplica {
         let origin = run.origin();
         let wall = self.inner.clock.now_millis();
         let mut guard = self.writer();
-        let Writer { conn, materializer } = &mut *guard;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(self.backend("set synchronous"))?;
+        guard.set_durability(Durability::Normal).map_err(self.backend("set synchronous"))?;
+        let Writer { conn, materializer, .. } = &mut *guard;
         // The first entry not to materialize in this transaction, and why: the membership
         // hook's hold, or (after a rolled-back attempt) the entry whose materialization failed.
         let mut stall: Option<(u64, String)> = run.held().map(|(i, why)| (i, why.to_owned()));
@@ -464,6 +499,7 @@ impl SqliteReplica {
                 if row.position != run.start() {
                     return Ok(Attempt::Moved);
                 }
+                materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
                 let mut clock =
                     HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
                 let mut materialized = row.materialized;
@@ -506,9 +542,14 @@ impl SqliteReplica {
                     }
                 }
                 if !run.entries().is_empty() {
-                    write_origin(&tx, &origin, run.end(), run.key().as_ref(), materialized)
-                        .map_err(self.backend("advance cursor"))?;
-                    write_clock(&tx, clock.last()).map_err(self.backend("persist clock"))?;
+                    let key = run.key();
+                    let at = OriginWrite {
+                        position: run.end(),
+                        key: key.as_ref(),
+                        materialized,
+                        clock: clock.last(),
+                    };
+                    write_origin(&tx, &origin, at).map_err(self.backend("advance cursor"))?;
                 }
                 let reason = match (&stall, run.stop()) {
                     (Some((i, why)), _) => Some(format!("entry {i} is not applied: {why}")),
@@ -525,7 +566,10 @@ impl SqliteReplica {
             })();
             match attempt {
                 Ok(Attempt::Stored) => {
-                    tx.commit().map_err(self.backend("commit apply"))?;
+                    if let Err(e) = tx.commit() {
+                        materializer.rolled_back();
+                        return Err(self.backend("commit apply")(e));
+                    }
                     materializer.committed();
                     break;
                 }
@@ -572,9 +616,17 @@ impl SqliteReplica {
 
     fn read_range(&self, origin: PeerId, from: u64, page: usize) -> Result<Vec<Entry>, SyncError> {
         let path = self.inner.path.clone();
+        let ws = self.inner.workspace;
+        // This device's own log is sealed lazily: local commits sign nothing, and a page that
+        // ends at the tip gets the signed head of the tip here (deterministic Ed25519, so the
+        // same page always carries the same seal).
+        let own_key = self.inner.device.as_ref().filter(|k| k.peer_id(&ws) == origin);
         self.with_reader(|conn| {
             let sql = |e| SyncError::backend(format!("{}: read the oplog of {origin}", path.display()), e);
-            let Some(row) = read_origin(conn, &origin).map_err(sql)? else { return Ok(Vec::new()) };
+            // One snapshot for the origin's position and its entries.
+            let snapshot = conn.unchecked_transaction().map_err(sql)?;
+            let Some(origin_at) = read_origin(&snapshot, &origin).map_err(sql)? else { return Ok(Vec::new()) };
+            let row = &origin_at;
             let key = row.key;
             let mut stmt = conn
                 .prepare_cached(
@@ -595,6 +647,17 @@ impl SqliteReplica {
                     break;
                 }
             }
+            drop(rows);
+            drop(stmt);
+            if let Some(device) = own_key
+                && let Some(last) = out.last_mut()
+                && last.seal.is_none()
+                && last.index + 1 == origin_at.position.next
+            {
+                let at = origin_at.position;
+                last.seal = Some(SignedHead::sign(device, ws, at.next, at.chain).seal);
+            }
+            snapshot.commit().map_err(sql)?;
             Ok(out)
         })
     }
@@ -741,7 +804,7 @@ impl SqliteReplica {
         let ws = self.inner.workspace;
         let wall = self.inner.clock.now_millis();
         let mut guard = self.writer();
-        let Writer { conn, materializer } = &mut *guard;
+        let Writer { conn, materializer, .. } = &mut *guard;
         // Entries at or after `stop` are left alone: the first attempt found one of them
         // cannot be materialized.
         let mut stop: Option<(u64, String)> = None;
@@ -749,6 +812,11 @@ impl SqliteReplica {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(self.backend("begin rematerialize"))?;
+            if let Err(e) = materializer.begin(&tx) {
+                drop(tx);
+                materializer.rolled_back();
+                return Err(self.backend("begin materializing")(e));
+            }
             let mut materialized = from;
             let mut failed = None;
             for e in page.iter().filter(|e| e.index >= from) {
@@ -805,7 +873,7 @@ impl SqliteReplica {
         f: impl FnOnce(&mut Connection, &mut DomainRouter) -> Result<T, SyncError>,
     ) -> Result<T, SyncError> {
         let mut guard = self.writer();
-        let Writer { conn, materializer } = &mut *guard;
+        let Writer { conn, materializer, .. } = &mut *guard;
         f(conn, materializer)
     }
 
@@ -1098,23 +1166,29 @@ fn origin_row(
     read_origin(conn, origin)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
 }
 
-fn write_origin(
-    conn: &Connection,
-    origin: &PeerId,
+/// What a write transaction records in an origin's row when it stored entries of it.
+struct OriginWrite<'a> {
     position: ChainPosition,
-    key: Option<&PublicKey>,
+    key: Option<&'a PublicKey>,
     materialized: u64,
-) -> rusqlite::Result<()> {
+    /// The replica's clock after the transaction. It is kept in the row being written anyway
+    /// (the clock is the greatest of all rows' values), so a commit rewrites one page of
+    /// bookkeeping, not two.
+    clock: Hlc,
+}
+
+fn write_origin(conn: &Connection, origin: &PeerId, at: OriginWrite<'_>) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE shoal_origins SET next = ?2, chain = ?3, key = coalesce(key, ?4), materialized = ?5
-         WHERE origin = ?1",
+        "UPDATE shoal_origins SET next = ?2, chain = ?3, key = coalesce(key, ?4), materialized = ?5,
+         clock = max(clock, ?6) WHERE origin = ?1",
     )?
     .execute(params![
         origin.as_bytes(),
-        position.next as i64,
-        position.chain.0.as_slice(),
-        key.map(|k| k.as_bytes().as_slice()),
-        materialized as i64,
+        at.position.next as i64,
+        at.position.chain.0.as_slice(),
+        at.key.map(|k| k.as_bytes().as_slice()),
+        at.materialized as i64,
+        at.clock.as_u64() as i64,
     ])?;
     Ok(())
 }
@@ -1144,16 +1218,12 @@ fn set_stall(
     Ok(())
 }
 
+/// The replica's clock: the greatest timestamp it issued or observed, kept per origin row
+/// (see [`OriginWrite::clock`]).
 fn read_clock(conn: &Connection) -> rusqlite::Result<Hlc> {
-    conn.prepare_cached("SELECT last FROM shoal_clock WHERE id = 0")?
+    conn.prepare_cached("SELECT coalesce(max(clock), 0) FROM shoal_origins")?
         .query_row([], |r| r.get::<_, i64>(0))
         .map(|v| Hlc::from_u64(v as u64))
-}
-
-fn write_clock(conn: &Connection, last: Hlc) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE shoal_clock SET last = ?1 WHERE id = 0")?
-        .execute([last.as_u64() as i64])?;
-    Ok(())
 }
 
 fn read_cursors(conn: &Connection) -> rusqlite::Result<PeerCursors> {

@@ -122,8 +122,10 @@ CREATE TABLE shoal_oplog (
 );
 
 -- Per-origin position: its number in this file, next index (the cursor), the chain hash
--- after next - 1, the origin's public key, how far materialization got, and why the origin
--- is stalled if it is.
+-- after next - 1, the origin's public key, how far materialization got, why the origin
+-- is stalled if it is, and the replica's HLC as of the last transaction that stored entries
+-- of this origin (the replica's clock is the greatest of these: kept in the row each write
+-- rewrites anyway, so a commit dirties one bookkeeping page, not two).
 CREATE TABLE shoal_origins (
     origin       BLOB PRIMARY KEY,
     no           INTEGER NOT NULL UNIQUE,
@@ -132,14 +134,9 @@ CREATE TABLE shoal_origins (
     key          BLOB,
     materialized INTEGER NOT NULL,
     stalled      TEXT,
-    stalled_at   INTEGER
+    stalled_at   INTEGER,
+    clock        INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-
-CREATE TABLE shoal_clock (
-    id   INTEGER PRIMARY KEY CHECK (id = 0),
-    last INTEGER NOT NULL
-);
-INSERT INTO shoal_clock (id, last) VALUES (0, 0);
 ";
 
 /// Applies the connection settings every Shoal connection uses.

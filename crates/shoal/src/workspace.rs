@@ -240,7 +240,8 @@ impl Workspace {
         let cached = self.schema.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (generation, schema) = self.replica.with_reader(|conn| {
             let generation: i64 = conn
-                .query_row("SELECT gen FROM shoal_schema_gen WHERE id = 0", [], |r| r.get(0))
+                .prepare_cached("SELECT gen FROM shoal_schema_gen WHERE id = 0")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(|e| shoal_core::SyncError::backend("read the schema generation", e))?;
             if let Some((g, s)) = &cached
                 && *g == generation

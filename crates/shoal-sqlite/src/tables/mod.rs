@@ -91,6 +91,9 @@ pub struct TablesMaterializer {
     views_dirty: bool,
     /// The caches may not match the file (after a rollback); reload before the next use.
     stale: bool,
+    /// The caches were checked against the file in the write transaction now open: no other
+    /// connection can change the file before it ends, so entries skip the check.
+    checked_in_tx: bool,
     /// Dropped columns (or whole tables, `None`) whose storage may be freed.
     reclaim: BTreeSet<(TableId, Option<ColumnId>)>,
     changes: Changes,
@@ -136,6 +139,7 @@ impl TablesMaterializer {
             generation: -1,
             views_dirty: false,
             stale: true,
+            checked_in_tx: false,
             reclaim: BTreeSet::new(),
             changes: Changes::new(),
             column_budget,
@@ -242,7 +246,9 @@ impl TablesMaterializer {
         conn: &Connection,
         ops: &[(Hlc, TableOp)],
     ) -> Result<(), MaterializeError> {
-        self.refresh(conn)?;
+        if !self.checked_in_tx {
+            self.refresh(conn)?;
+        }
         for (hlc, op) in ops {
             match op {
                 TableOp::Put { table, key, cells } => self.put(conn, *hlc, *table, key, cells)?,
@@ -336,11 +342,19 @@ impl Materializer for TablesMaterializer {
         self.apply_ops(conn, &ops)
     }
 
+    fn begin(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        self.refresh(conn)?;
+        self.checked_in_tx = true;
+        Ok(())
+    }
+
     fn committed(&mut self) {
+        self.checked_in_tx = false;
         self.changes.publish();
     }
 
     fn rolled_back(&mut self) {
+        self.checked_in_tx = false;
         self.changes.discard();
         self.stale = true;
     }
