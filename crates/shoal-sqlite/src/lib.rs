@@ -10,7 +10,8 @@
 //! relay connection).
 //!
 //! ```text
-//!  append_local ──► BEGIN IMMEDIATE ─ stamp ─ oplog insert ─ materialize ─ cursor ─ clock ─ COMMIT (FULL)
+//!  append_local ──► BEGIN IMMEDIATE ─ stamp ─ oplog insert ─ materialize ─ cursor+clock ─ COMMIT (FULL)
+//!  read_since(own) ─► the page, its tip sealed then (commits sign nothing)
 //!  apply_batch  ──► Ingest::verify ─ BEGIN IMMEDIATE ─ oplog insert ─ materialize ─ cursor ─ COMMIT (NORMAL)
 //!  read_since   ──► pooled read-only connection (WAL: never blocks the writer)
 //! ```

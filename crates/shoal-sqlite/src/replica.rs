@@ -6,8 +6,10 @@
 //!
 //! Invariants:
 //! - A local append is one SQLite transaction: stamp with the HLC, append to the oplog,
-//!   materialize, advance the cursor and chain, persist the clock. It returns only after the
-//!   commit is durable (`synchronous = FULL`).
+//!   materialize, advance the cursor and chain and persist the clock (one row). It returns
+//!   only after the commit is durable (`synchronous = FULL`). It signs nothing: this device's
+//!   own log is sealed at every 1,024th index and, when a page of it is read out, at the tip
+//!   (`read_range`), so every page handed out still ends on a seal.
 //! - `apply` takes received entries through the core ingest pipeline
 //!   ([`shoal_core::Ingest`]), outside the write lock, and stores only the [`VerifiedRun`] it
 //!   returns, so every stored log ends on a sealed entry. Storing is atomic with the cursor
