@@ -558,8 +558,13 @@ impl SqliteReplica {
                     (None, Some(e)) => Some(e.to_string()),
                     (None, None) => None,
                 };
-                // A stall recorded earlier (say, at open) stays until the origin materializes
-                // again.
+                // A materialization stall recorded earlier (in an earlier batch, or at open)
+                // stays until the origin materializes again: a later, lesser reason (a gap, a
+                // skewed entry further on) must not hide that entries are not applied.
+                let still_stalled = materialized < run.end().next.max(row.position.next)
+                    && materialized == row.materialized
+                    && row.materialized < row.position.next;
+                let reason = if still_stalled && stall.is_none() { None } else { reason };
                 if reason.is_some() || materialized > row.materialized {
                     set_stall(&tx, &ws, &origin, reason.as_deref(), wall)
                         .map_err(self.backend("record stall"))?;
