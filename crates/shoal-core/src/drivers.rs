@@ -202,7 +202,7 @@ mod tests {
         })
         .await
         .expect("the target catches up while the driver runs");
-        assert_eq!(target.dump(), source.dump());
+        assert_eq!(target.contents(), source.contents());
         assert!(passes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
         driver.abort();
     }

@@ -198,6 +198,15 @@ impl Ingest {
         }
         entries.truncate(duplicates + accepted);
         entries.drain(..duplicates);
+        // Keep only the seals that were verified: the last, and block ends. Any other seal
+        // came from whoever sent the run and was never checked (one signature covers the
+        // run), so storing it would let a relay plant a bad seal for the next receiver.
+        let last = entries.len().saturating_sub(1);
+        for (i, e) in entries.iter_mut().enumerate() {
+            if i != last && !(e.index + 1).is_multiple_of(MAX_SEAL_GAP) {
+                e.seal = None;
+            }
+        }
         let held = entries.iter().find_map(|e| {
             self.membership.admit(&origin, e.index, &e.body).err().map(|why| (e.index, why))
         });
@@ -255,6 +264,21 @@ impl Ingest {
         };
         let Some(last) = seals.last() else { return (0, position) };
         if check(last).is_ok() {
+            // The entries up to `last` are authentic. The block-end seals among them are kept
+            // (a stored log needs one at least every MAX_SEAL_GAP entries, for whoever pages
+            // it next), so each is checked too: one signature per 1,024 entries. A bad one
+            // cuts the run at the good seal before it, so nothing unverified is ever stored.
+            let mut good = (0, position);
+            for s in seals.iter().filter(|s| s.1.next.is_multiple_of(MAX_SEAL_GAP)) {
+                if s.0 == last.0 {
+                    break;
+                }
+                if let Err(reason) = check(s) {
+                    *stop = Some(SyncError::Rejected { origin, index: s.1.next - 1, reason });
+                    return good;
+                }
+                good = (s.0, s.1);
+            }
             return (last.0, last.1);
         }
         let mut good = (0, position);
@@ -412,6 +436,75 @@ mod tests {
         let run = ingest.verify(origin, ChainPosition::start(&ws, &origin), log(&key, ws, 10, 2));
         assert_eq!(run.entries().len(), 6, "entries 0..=5 are within the limit, sealed at 5");
         assert!(matches!(run.stop(), Some(SyncError::ClockSkew { index: 6, .. })));
+    }
+
+    proptest::proptest! {
+        /// Against a model: whatever is done to an honest run (entries dropped, bodies
+        /// tampered, seals removed or forged), the pipeline accepts exactly the longest
+        /// prefix that continues the receiver's chain and ends on a seal whose signature
+        /// holds — never an entry after a tampered one, never an unsealed tail.
+        #[test]
+        fn accepts_exactly_the_longest_authentic_sealed_prefix(
+            n in 1u64..40,
+            seal_every in 1u64..9,
+            from in 0u64..40,
+            tamper in proptest::option::of(0usize..40),
+            unseal in proptest::collection::vec(0usize..40, 0..4),
+            forge in proptest::option::of(0usize..40),
+        ) {
+            let (key, ws, origin, ingest) = setup();
+            let honest = log(&key, ws, n, seal_every);
+            let from = from.min(n);
+            let start = if from == 0 {
+                ChainPosition::start(&ws, &origin)
+            } else {
+                ingest.verify(origin, ChainPosition::start(&ws, &origin), honest[..from as usize].to_vec()).end()
+            };
+            // The receiver may hold less than `from` if the prefix ended unsealed.
+            let have = start.next as usize;
+            let mut run: Vec<Entry> = honest[have..].to_vec();
+            let mut bad_from = run.len(); // first index (in `run`) that is not authentic
+            if let Some(t) = tamper.filter(|t| *t < run.len()) {
+                if let EntryBody::Live(p) = &mut run[t].body {
+                    p.ops[0].body.push(1);
+                }
+                bad_from = t;
+            }
+            let len = run.len();
+            for u in unseal.into_iter().filter(|u| *u < len) {
+                run[u].seal = None;
+            }
+            if let Some(f) = forge.filter(|f| *f < run.len()) {
+                run[f].seal = Some(Seal { key: key.public_key(), signature: [7; 64] });
+            }
+            // Model. A seal holds iff it is the honest one of an untampered prefix. If the
+            // run's last seal holds, everything up to it is accepted (the forged interior
+            // seals do not matter: they are not kept); otherwise the run is cut at the last
+            // holding seal before the first that fails.
+            let holds = |i: usize| i < bad_from && run[i].seal == honest[have + i].seal;
+            let sealed: Vec<usize> = (0..run.len()).filter(|&i| run[i].seal.is_some()).collect();
+            let accepted = match sealed.last() {
+                None => 0,
+                Some(&l) if holds(l) => l + 1,
+                Some(_) => {
+                    let fail = sealed.iter().position(|&i| !holds(i)).unwrap_or(sealed.len());
+                    if fail == 0 { 0 } else { sealed[fail - 1] + 1 }
+                }
+            };
+            let got = ingest.verify(origin, start, run);
+            proptest::prop_assert_eq!(got.entries().len(), accepted);
+            proptest::prop_assert_eq!(got.end().next, start.next + accepted as u64);
+            let unsealed = |v: &[Entry]| v.iter().map(|e| Entry { seal: None, ..e.clone() }).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(unsealed(got.entries()), unsealed(&honest[have..have + accepted]));
+            // Only verified seals are kept: the last accepted entry's, and it is honest.
+            for (i, e) in got.entries().iter().enumerate() {
+                if i + 1 == accepted {
+                    proptest::prop_assert_eq!(e.seal, honest[have + i].seal);
+                } else {
+                    proptest::prop_assert!(e.seal.is_none());
+                }
+            }
+        }
     }
 
     #[derive(Debug)]

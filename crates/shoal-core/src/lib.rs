@@ -42,7 +42,7 @@
 //! pull(&a, &b).await?; // b takes what a has
 //! pull(&b, &a).await?; // and the other way
 //! assert_eq!(a.cursors().await?, b.cursors().await?);
-//! assert_eq!(a.dump(), b.dump());
+//! assert_eq!(a.contents(), b.contents());
 //! # Ok(()) }
 //! ```
 
