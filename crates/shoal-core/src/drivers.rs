@@ -12,12 +12,16 @@
 //! Never: holds more than two pages of one origin in memory (the one being applied and the
 //! one being read ahead), whatever the log's length.
 
+use std::sync::Arc;
+
 use futures::{FutureExt, StreamExt};
 
 use crate::cursors::PeerCursors;
-use crate::entry::Entry;
+use crate::entry::{Entry, check_seal};
 use crate::error::SyncError;
+use crate::hlc::ManualClock;
 use crate::ids::PeerId;
+use crate::ingest::Ingest;
 use crate::sync::{FileLogSink, LogPosition, LogProcessor, LogSource};
 
 /// What one pass of [`pull`] did.
@@ -133,6 +137,7 @@ pub async fn publish(
     sink: &mut dyn FileLogSink,
 ) -> Result<u64, SyncError> {
     let origin = sink.origin();
+    check_own_log(source, &*sink).await?;
     let mut published = 0;
     loop {
         let from = sink.published();
@@ -146,6 +151,57 @@ pub async fn publish(
         }
         sink.publish(&page)?;
         published += page.len() as u64;
+    }
+}
+
+/// Checks that `source`'s log of the sink's origin continues what the sink already holds, so
+/// that a device never publishes (or silently skips publishing) a log that diverged from the
+/// one it published before: the signature of the local log's entry at the sink's tip, or of
+/// the first local run past it, must hold over the sink's chain. A mismatch is
+/// [`SyncError::Forked`]: a copied device, or a restored backup that had written. (When the
+/// sink is ahead of the source, the source takes its own entries back by pulling, where the
+/// ingest pipeline makes the same check.)
+pub async fn check_own_log(
+    source: &dyn LogSource<Entry>,
+    sink: &dyn FileLogSink,
+) -> Result<(), SyncError> {
+    let origin = sink.origin();
+    let at = sink.position();
+    if at.next == 0 {
+        return Ok(());
+    }
+    let have = source.cursors().await?.get(&origin);
+    if have < at.next {
+        return Ok(());
+    }
+    let forked = || SyncError::Forked { origin, index: at.next - 1, source_name: sink.describe() };
+    let page = source.read_since(origin, at.next - 1).await?;
+    if have == at.next {
+        // The local tip is the sink's tip: the local log sealed it (it is handed out sealed)
+        // over its own chain, which must be the sink's.
+        let seal = page.iter().find(|e| e.index + 1 == at.next).and_then(|e| e.seal);
+        return match seal {
+            Some(seal)
+                if check_seal(&sink.workspace(), &origin, at.next, &at.chain, &seal).is_ok() =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(forked()),
+            None => Err(SyncError::Bug(format!(
+                "the local log of {origin} does not end on a seal at {}",
+                at.next - 1
+            ))),
+        };
+    }
+    // The local log is ahead: its next run must continue the sink's chain. Its own stamps are
+    // not judged here (a clock set back since must not stop a publication).
+    let verifier = Ingest::new(sink.workspace())
+        .with_clock(Arc::new(ManualClock::new(crate::hlc::Hlc::MAX_MILLIS)));
+    let run =
+        verifier.verify(origin, at, page.into_iter().filter(|e| e.index >= at.next).collect());
+    match run.stop() {
+        Some(SyncError::Rejected { .. }) if run.entries().is_empty() => Err(forked()),
+        _ => Ok(()),
     }
 }
 

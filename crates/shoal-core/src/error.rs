@@ -95,6 +95,23 @@ pub enum SyncError {
         reason: RejectReason,
     },
 
+    /// This device's own log as another replica holds it (a folder, a relay) disagrees with
+    /// the device's own file: the file was copied to another machine, or restored from a
+    /// backup that had written since. Nothing more is written or published for this origin.
+    #[error(
+        "the log of this device ({origin}) disagrees with {source_name} at or before entry {index}: \
+         this device's file was copied from another device or restored from a backup that had \
+         already written; it will not write or publish until it re-joins under a new key"
+    )]
+    Forked {
+        /// This device's origin.
+        origin: PeerId,
+        /// The first index at which the two may differ.
+        index: u64,
+        /// Where the other version is (file or peer).
+        source_name: String,
+    },
+
     /// A source or destination is not reachable now (folder missing, peer disconnected);
     /// retry later.
     #[error("{what} is unavailable: {reason}")]

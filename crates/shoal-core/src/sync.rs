@@ -21,9 +21,9 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::cursors::{CursorStream, PeerCursors};
-use crate::entry::Entry;
+use crate::entry::{ChainPosition, Entry};
 use crate::error::SyncError;
-use crate::ids::PeerId;
+use crate::ids::{PeerId, WorkspaceId};
 
 /// The outcome of applying one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,15 @@ pub trait FileLogSink: Send {
 
     /// The next index not yet published.
     fn published(&self) -> u64;
+
+    /// The workspace the sink writes for.
+    fn workspace(&self) -> WorkspaceId;
+
+    /// The chain position after the last published entry (what the sink's store holds).
+    fn position(&self) -> ChainPosition;
+
+    /// Where the published log lives, for messages (a directory, a relay).
+    fn describe(&self) -> String;
 
     /// Publishes the given entries, which must be this sink's origin's and continue at
     /// [`FileLogSink::published`]; durable (fsynced and renamed into place) on return.

@@ -82,6 +82,9 @@ pub struct MirrorStatus {
     pub last_success: Option<SystemTime>,
     /// The error of the last pass, if it failed.
     pub last_error: Option<String>,
+    /// Set once a pass found this device's own log forked (a copied file, or a restored
+    /// backup that had written): why. The mirror publishes nothing while it is.
+    pub fork: Option<String>,
     /// Passes run so far.
     pub passes: u64,
 }
@@ -91,6 +94,7 @@ impl MirrorStatus {
     /// holds everything the folder holds and vice versa.
     pub fn in_sync(&self) -> bool {
         self.last_error.is_none()
+            && self.fork.is_none()
             && self.last_success.is_some()
             && self.stalled.is_empty()
             && self.bad_files.is_empty()
@@ -137,6 +141,7 @@ impl Mirror {
             last_success: None,
             last_error: None,
             passes: 0,
+            fork: None,
         };
         Mirror { folder, local, status: Mutex::new(status), pass: tokio::sync::Mutex::new(()) }
     }
@@ -196,7 +201,25 @@ impl Mirror {
         }
         let folder_cursors = self.folder.cursors().await.unwrap_or_default();
         let local_cursors = self.local.cursors().await.unwrap_or_default();
-        let error = published.err().or(pulled.err());
+        // The folder ahead of this device in its own log, with entries that do not continue
+        // it: the same fork the publication checks for, seen from the other side.
+        let own = self.folder.origin();
+        let fork = pulled.as_ref().ok().and_then(|r| {
+            r.stalled.iter().find(|(o, e)| *o == own && matches!(e, SyncError::Rejected { .. }))
+        });
+        let fork = fork.map(|_| {
+            let index = local_cursors.get(&own);
+            let dir = Layout::new(self.folder.folder().to_owned(), self.folder.workspace())
+                .origin_dir(&own);
+            // Name the file that holds the disagreeing entry, if it can be found.
+            let file = crate::layout::list_segments(&dir)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|f| f.name.first <= index && index <= f.name.last)
+                .map_or(dir, |f| f.path);
+            SyncError::Forked { origin: own, index, source_name: file.display().to_string() }
+        });
+        let error = published.err().or(fork).or(pulled.err());
         self.update_status(&report, &folder_cursors, &local_cursors, error.as_ref());
         match error {
             Some(e) => Err(e),
@@ -241,7 +264,12 @@ impl Mirror {
                 st.last_success = Some(now);
                 st.last_error = None;
             }
-            Some(e) => st.last_error = Some(e.to_string()),
+            Some(e) => {
+                if let SyncError::Forked { .. } = e {
+                    st.fork = Some(e.to_string());
+                }
+                st.last_error = Some(e.to_string());
+            }
         }
     }
 

@@ -504,6 +504,25 @@ impl FileLogSink for FolderSink {
         self.position.next
     }
 
+    fn workspace(&self) -> WorkspaceId {
+        self.layout.workspace()
+    }
+
+    fn position(&self) -> ChainPosition {
+        self.position
+    }
+
+    fn describe(&self) -> String {
+        // The file holding the tip names the disagreement best; the directory otherwise.
+        let tip = self.position.next.checked_sub(1);
+        self.segments
+            .iter()
+            .filter(|s| tip.is_some_and(|t| s.name.first <= t && t <= s.name.last))
+            .map(|s| s.path.display().to_string())
+            .next()
+            .unwrap_or_else(|| self.dir.display().to_string())
+    }
+
     fn publish(&mut self, entries: &[Entry]) -> Result<(), SyncError> {
         let done = self.append(entries)?;
         if let Some(last) = entries.last()

@@ -18,6 +18,11 @@ pub enum Error {
     #[error(transparent)]
     Sync(#[from] shoal_core::SyncError),
 
+    /// This device's own log diverged from the one it published (a copied file, or a restored
+    /// backup that had written): it writes nothing more until it re-joins under a new key.
+    #[error("{0}")]
+    Forked(String),
+
     /// No visible table has this name.
     #[error("no table named {name:?} (see `shoal table list`)")]
     UnknownTable {

@@ -50,7 +50,13 @@ impl Workspace {
     /// Publishes this device's new entries to `folder` and pulls everyone else's, once.
     pub async fn sync_folder(&self, folder: impl AsRef<Path>) -> Result<FolderSync> {
         let mirror = self.folder_mirror(folder.as_ref(), Config::default())?;
-        let report = mirror.sync_once().await?;
+        let report = match mirror.sync_once().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.note_sync_error(&e)?;
+                return Err(e.into());
+            }
+        };
         let mut status = mirror.status();
         if status.last_error.is_none() {
             self.record_sync(&status.folder)?;

@@ -46,7 +46,13 @@ pub struct Workspace {
     replica: SqliteReplica,
     tables: TablesHandle,
     schema: Arc<Mutex<Option<CachedSchema>>>,
+    /// Set once a sync found this device's own log forked (also kept in the file, so every
+    /// later process sees it); local writes are refused from then on.
+    forked: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Metadata key: why this device's own log is known to be forked.
+const OWN_FORK: &str = "own_fork";
 
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +158,8 @@ pub struct Status {
     pub origins: Vec<OriginStatus>,
     /// Schema conflicts.
     pub conflicts: Vec<SchemaConflict>,
+    /// Why this device's own log is known to be forked, if it is.
+    pub fork: Option<String>,
 }
 
 impl Workspace {
@@ -201,7 +209,47 @@ impl Workspace {
             Some(key),
             Options { clock: options.clock, domains: vec![Box::new(m)] },
         )?;
-        Ok(Workspace { replica, tables, schema: Arc::default() })
+        Ok(Workspace::wrap(replica, tables))
+    }
+
+    fn wrap(replica: SqliteReplica, tables: TablesHandle) -> Workspace {
+        let forked = replica.meta(OWN_FORK).ok().flatten().is_some();
+        Workspace {
+            replica,
+            tables,
+            schema: Arc::default(),
+            forked: Arc::new(std::sync::atomic::AtomicBool::new(forked)),
+        }
+    }
+
+    /// Why this device's own log is known to be forked, if it is (see [`Error::Forked`]).
+    pub fn fork(&self) -> Result<Option<String>> {
+        Ok(self.replica.meta(OWN_FORK)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Records what a sync found: a fork of this device's own log is kept in the file (and
+    /// refuses every later local write, in this process and any other); other errors are
+    /// the caller's to report.
+    pub fn note_sync_error(&self, e: &shoal_core::SyncError) -> Result<()> {
+        if let shoal_core::SyncError::Forked { .. } = e {
+            self.note_fork(&e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Records that this device's own log is forked, and why (a mirror's `fork`).
+    pub fn note_fork(&self, why: &str) -> Result<()> {
+        self.replica.set_meta(OWN_FORK, why.as_bytes())?;
+        self.forked.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn refuse_if_forked(&self) -> Result<()> {
+        if self.forked.load(std::sync::atomic::Ordering::SeqCst) {
+            let why = self.fork()?.unwrap_or_else(|| "this device's own log is forked".into());
+            return Err(Error::Forked(why));
+        }
+        Ok(())
     }
 
     /// Opens an existing workspace file.
@@ -212,7 +260,7 @@ impl Workspace {
             path,
             Options { clock: options.clock, domains: vec![Box::new(m)] },
         )?;
-        Ok(Workspace { replica, tables, schema: Arc::default() })
+        Ok(Workspace::wrap(replica, tables))
     }
 
     /// The workspace id.
@@ -462,6 +510,7 @@ impl Workspace {
 
     fn commit_ops(&self, ops: Vec<TableOp>) -> Result<Commit> {
         let ops = ops.iter().map(|o| o.to_op()).collect::<Result<Vec<_>, _>>()?;
+        self.refuse_if_forked()?;
         let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;
         let c = commits.first().ok_or_else(|| {
             shoal_core::SyncError::Bug("a local append returned no commit".into())
@@ -516,6 +565,7 @@ impl Workspace {
             device: self.device(),
             origins: self.replica.origin_status()?,
             conflicts: self.schema()?.conflicts.clone(),
+            fork: self.fork()?,
         })
     }
 }

@@ -178,6 +178,7 @@ pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<O
     let mut status = mirror.status();
     ws.add_local_stalls(&mut status)?;
     if let Err(e) = result {
+        ws.note_sync_error(&e)?;
         return Err(anyhow!(e).context(format!("sync with {}", folder.display())));
     }
     ws.record_sync(&status.folder)?;
@@ -340,6 +341,11 @@ impl PassWatcher {
     fn observe(&mut self, ws: &Workspace, mirror: &Mirror, out: &mut Out) -> Result<()> {
         let mut status = mirror.status();
         ws.add_local_stalls(&mut status)?;
+        if let Some(fork) = &status.fork
+            && ws.fork()?.is_none()
+        {
+            ws.note_fork(fork)?;
+        }
         if status.passes == self.passes {
             return Ok(());
         }
@@ -518,5 +524,13 @@ pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
         ctx.out.line("schema conflicts: none")?;
     }
     show_conflicts(&mut ctx.out, &schema)?;
-    Ok(if stalled > 0 || !bad_files.is_empty() { Outcome::Failed } else { Outcome::Ok })
+    if let Some(fork) = &st.fork {
+        out::warn(format!("this device's own log is forked: {fork}"));
+        ctx.out.emit("forked", json!({ "reason": fork }))?;
+    }
+    Ok(if stalled > 0 || !bad_files.is_empty() || st.fork.is_some() {
+        Outcome::Failed
+    } else {
+        Outcome::Ok
+    })
 }

@@ -1,0 +1,170 @@
+//! A device's own log first: a copied device file, or a backup restored after it wrote,
+//! never loses writes silently. A restored backup takes its own entries back from the
+//! folder; a clone that wrote is refused loudly (sync fails with `Forked`, `status` shows
+//! it, local writes are refused) instead of "published 0 entries".
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
+
+use std::path::{Path, PathBuf};
+
+use shoal::core::SyncError;
+use shoal::*;
+
+fn spec() -> TableSpec {
+    TableSpec::new("todo").key("id", ColumnType::Text).column("title", ColumnType::Text)
+}
+
+fn put(ws: &Workspace, id: &str) -> Result<()> {
+    let mut tx = ws.transaction()?;
+    tx.put("todo", &[("id", Value::text(id).unwrap()), ("title", Value::text(id).unwrap())])?;
+    tx.commit().map(|_| ())
+}
+
+fn ids(ws: &Workspace) -> Vec<String> {
+    ws.query("SELECT id FROM todo ORDER BY id", &[])
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| match &r[0] {
+            Value::Text(t) => t.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    folder: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("shared");
+        std::fs::create_dir(&folder).unwrap();
+        Setup { dir, folder }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn open(&self, name: &str) -> Workspace {
+        Workspace::open(self.path(name), WorkspaceOptions::default()).unwrap()
+    }
+}
+
+/// Copies a workspace nobody is writing, as a backup tool or a user copying a device would:
+/// the file and its write-ahead log.
+fn copy_closed(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    for side in ["-wal", "-shm"] {
+        let (f, t) = (format!("{}{side}", from.display()), format!("{}{side}", to.display()));
+        let _ = std::fs::remove_file(&t);
+        if Path::new(&f).exists() {
+            std::fs::copy(&f, &t).unwrap();
+        }
+    }
+}
+
+fn remove_workspace(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    for side in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{side}", path.display()));
+    }
+}
+
+fn is_fork(e: &Error) -> bool {
+    matches!(e, Error::Sync(SyncError::Forked { .. }))
+}
+
+#[tokio::test]
+async fn a_cloned_device_that_wrote_is_refused_loudly_whichever_syncs_first() {
+    for clone_first in [false, true] {
+        for clone_writes in [1, 3] {
+            let s = Setup::new();
+            let a = Workspace::create(s.path("a.shoal"), WorkspaceOptions::default()).unwrap();
+            a.declare(&spec()).unwrap();
+            put(&a, "before").unwrap();
+            a.sync_folder(&s.folder).await.unwrap();
+            drop(a);
+            copy_closed(&s.path("a.shoal"), &s.path("clone.shoal"));
+            let (a, clone) = (s.open("a.shoal"), s.open("clone.shoal"));
+            put(&a, "a").unwrap();
+            for i in 0..clone_writes {
+                put(&clone, &format!("clone{i}")).unwrap();
+            }
+            let (first, second) = if clone_first { (&clone, &a) } else { (&a, &clone) };
+            first.sync_folder(&s.folder).await.unwrap();
+            let err = second.sync_folder(&s.folder).await.unwrap_err();
+            assert!(is_fork(&err), "{clone_first} {clone_writes}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("copied") && text.contains(".seg"), "names the file: {text}");
+            // Loud from then on: status shows it, and the device writes nothing more.
+            let st = second.status().unwrap();
+            assert!(st.fork.is_some(), "{st:?}");
+            let refused = put(second, "after").unwrap_err();
+            assert!(matches!(refused, Error::Forked(_)), "{refused}");
+            // Another process opening the file sees it too.
+            let name = if clone_first { "a.shoal" } else { "clone.shoal" };
+            let again = s.open(name);
+            assert!(again.status().unwrap().fork.is_some());
+            assert!(matches!(put(&again, "later").unwrap_err(), Error::Forked(_)));
+            // The first one's writes reached the folder and a third device.
+            let b = Workspace::join(s.path("b.shoal"), first.id(), WorkspaceOptions::default())
+                .unwrap();
+            b.sync_folder(&s.folder).await.unwrap();
+            assert_eq!(ids(&b), ids(first));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restored_backup_takes_its_own_entries_back_before_publishing() {
+    let s = Setup::new();
+    let a = Workspace::create(s.path("a.shoal"), WorkspaceOptions::default()).unwrap();
+    a.declare(&spec()).unwrap();
+    put(&a, "1").unwrap();
+    a.sync_folder(&s.folder).await.unwrap();
+    drop(a);
+    copy_closed(&s.path("a.shoal"), &s.path("backup.shoal"));
+    let a = s.open("a.shoal");
+    put(&a, "2").unwrap();
+    a.sync_folder(&s.folder).await.unwrap();
+    drop(a);
+    // The disk dies; last week's backup comes back and syncs before writing.
+    remove_workspace(&s.path("a.shoal"));
+    copy_closed(&s.path("backup.shoal"), &s.path("a.shoal"));
+    let a = s.open("a.shoal");
+    assert_eq!(ids(&a), ["1"]);
+    let out = a.sync_folder(&s.folder).await.unwrap();
+    assert!(out.status.fork.is_none(), "{:?}", out.status);
+    assert_eq!(ids(&a), ["1", "2"], "its own entry came back");
+    put(&a, "3").unwrap();
+    a.sync_folder(&s.folder).await.unwrap();
+    let b = Workspace::join(s.path("b.shoal"), a.id(), WorkspaceOptions::default()).unwrap();
+    b.sync_folder(&s.folder).await.unwrap();
+    assert_eq!(ids(&b), ["1", "2", "3"], "nothing lost, nothing twice");
+}
+
+#[tokio::test]
+async fn a_restored_backup_that_wrote_before_syncing_is_a_fork_not_a_silent_loss() {
+    let s = Setup::new();
+    let a = Workspace::create(s.path("a.shoal"), WorkspaceOptions::default()).unwrap();
+    a.declare(&spec()).unwrap();
+    put(&a, "1").unwrap();
+    a.sync_folder(&s.folder).await.unwrap();
+    drop(a);
+    copy_closed(&s.path("a.shoal"), &s.path("backup.shoal"));
+    let a = s.open("a.shoal");
+    put(&a, "2").unwrap();
+    put(&a, "3").unwrap();
+    a.sync_folder(&s.folder).await.unwrap();
+    drop(a);
+    remove_workspace(&s.path("a.shoal"));
+    copy_closed(&s.path("backup.shoal"), &s.path("a.shoal"));
+    let a = s.open("a.shoal");
+    put(&a, "written on the restored backup").unwrap();
+    let err = a.sync_folder(&s.folder).await.unwrap_err();
+    assert!(is_fork(&err), "{err}");
+    assert!(a.status().unwrap().fork.is_some());
+}
