@@ -250,7 +250,10 @@ pub fn latency(samples: usize) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for ws in [&a, &b] {
-        let mirror = ws.folder_mirror(&folder, Config::default())?;
+        let lock = ws
+            .try_lock_sync()?
+            .ok_or_else(|| anyhow::anyhow!("the workspace is being synced by another process"))?;
+        let mirror = ws.folder_mirror(&folder, Config::default(), &lock)?;
         let mut stop = stop_rx.clone();
         tasks.push(rt.spawn(async move {
             mirror

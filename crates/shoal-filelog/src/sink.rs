@@ -152,6 +152,18 @@ impl FolderSink {
         ensure_dir(&ws_dir).map_err(|e| self.io_error("creating", &ws_dir, e))?;
         let dir = self.dir.clone();
         ensure_dir(&dir).map_err(|e| self.io_error("creating", &dir, e))?;
+        // One rule for readers and the writer: a device directory is a real directory.
+        // Readers skip symbolic links (a link could point anywhere, even into another
+        // device's directory), so nothing written through one would ever reach anyone.
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(SyncError::Unavailable {
+                what: dir.display().to_string(),
+                reason: "this device's directory in the folder is a symbolic link; other \
+                         devices ignore those, so nothing published through it would reach \
+                         them: replace it with a real directory"
+                    .into(),
+            });
+        }
         self.remove_temp_files()?;
         let files = list_segments(&dir).map_err(|e| self.io_error("listing", &dir, e))?;
         let mut good = Vec::new();

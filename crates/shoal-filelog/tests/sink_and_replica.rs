@@ -263,3 +263,26 @@ async fn a_mirror_works_on_a_current_thread_runtime() {
     assert_eq!(b.mirror.sync_once().await.unwrap().pulled, 3);
     assert_eq!(a.replica.contents(), b.replica.contents());
 }
+
+/// A device directory that is a symbolic link is refused by its writer, as readers ignore
+/// it: the owner never believes it published what nobody can read.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_symlinked_device_directory_is_refused_by_its_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("shared");
+    fs::create_dir(&folder).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let a = Device::new(&folder, 1, Config::for_tests());
+    let ws_dir = origin_dir(&folder, &a.origin).parent().unwrap().to_owned();
+    fs::create_dir_all(&ws_dir).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, origin_dir(&folder, &a.origin)).unwrap();
+    a.append(0, 3);
+    let err = a.mirror.sync_once().await.unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written through it");
+    // And a reader does not list it as a device.
+    let puller = FolderPuller::new(&folder, workspace(), Config::for_tests());
+    assert!(FileLogPuller::list_peers(&puller).unwrap().is_empty());
+}

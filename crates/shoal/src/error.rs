@@ -18,6 +18,19 @@ pub enum Error {
     #[error(transparent)]
     Sync(#[from] shoal_core::SyncError),
 
+    /// Another sync of this workspace file is running (it holds the lock).
+    #[error(
+        "{}: another sync of this workspace is running (it holds {}); it syncs your changes too",
+        path.display(),
+        lock.display()
+    )]
+    SyncBusy {
+        /// The workspace file.
+        path: std::path::PathBuf,
+        /// The lock file.
+        lock: std::path::PathBuf,
+    },
+
     /// This device's own log diverged from the one it published (a copied file, or a restored
     /// backup that had written): it writes nothing more until it re-joins under a new key.
     #[error("{0}")]

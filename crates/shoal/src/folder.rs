@@ -35,10 +35,50 @@ pub struct LastSync {
     pub with: String,
 }
 
+/// A workspace's sync lock, held until dropped: only one sync of a workspace file runs at a
+/// time (two would publish the same device's entries). An OS file lock, released however
+/// the process ends.
+#[derive(Debug)]
+pub struct SyncLock {
+    /// The locked file (none where locking is impossible); the lock goes with it.
+    _file: Option<std::fs::File>,
+}
+
 impl Workspace {
+    /// The lock file of this workspace's syncs: beside the file, named after its canonical
+    /// path, so every path that reaches the same file (through symbolic links too) takes the
+    /// same lock.
+    pub fn sync_lock_path(&self) -> PathBuf {
+        let file = std::fs::canonicalize(self.path()).unwrap_or_else(|_| self.path().to_owned());
+        let mut path = file.into_os_string();
+        path.push(".sync-lock");
+        path.into()
+    }
+
+    /// Takes the sync lock if it is free (`None` if another sync holds it). Where no lock
+    /// can exist (a read-only directory, a filesystem without locks) it goes on unlocked:
+    /// nothing could be published twice from a read-only place either.
+    pub fn try_lock_sync(&self) -> Result<Option<SyncLock>> {
+        let path = self.sync_lock_path();
+        let opened =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path);
+        let Ok(file) = opened else { return Ok(Some(SyncLock { _file: None })) };
+        match file.try_lock() {
+            Ok(()) => Ok(Some(SyncLock { _file: Some(file) })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(_)) => Ok(Some(SyncLock { _file: None })),
+        }
+    }
+
     /// A mirror between this workspace and `folder`, for continuous sync
-    /// ([`Mirror::run`]). Fails if the folder is missing, not a directory or not writable.
-    pub fn folder_mirror(&self, folder: impl AsRef<Path>, config: Config) -> Result<Mirror> {
+    /// ([`Mirror::run`]), for the holder of the workspace's sync lock (keep it while the
+    /// mirror runs). Fails if the folder is missing, not a directory or not writable.
+    pub fn folder_mirror(
+        &self,
+        folder: impl AsRef<Path>,
+        config: Config,
+        _lock: &SyncLock,
+    ) -> Result<Mirror> {
         let folder = check_folder(folder.as_ref())?;
         let key = self.replica().device_key().cloned().ok_or_else(|| Error::Path {
             path: self.path().to_owned(),
@@ -49,7 +89,11 @@ impl Workspace {
 
     /// Publishes this device's new entries to `folder` and pulls everyone else's, once.
     pub async fn sync_folder(&self, folder: impl AsRef<Path>) -> Result<FolderSync> {
-        let mirror = self.folder_mirror(folder.as_ref(), Config::default())?;
+        let lock = self.try_lock_sync()?.ok_or_else(|| Error::SyncBusy {
+            path: self.path().to_owned(),
+            lock: self.sync_lock_path(),
+        })?;
+        let mirror = self.folder_mirror(folder.as_ref(), Config::default(), &lock)?;
         let report = match mirror.sync_once().await {
             Ok(r) => r,
             Err(e) => {

@@ -31,7 +31,7 @@ mod folder;
 mod workspace;
 
 pub use error::{Error, Result};
-pub use folder::{FolderSync, LastSync};
+pub use folder::{FolderSync, LastSync, SyncLock};
 pub use shoal_core as core;
 pub use shoal_filelog as filelog;
 pub use shoal_sqlite as sqlite;

@@ -144,7 +144,8 @@ async fn devices_converge_through_two_syncthing_instances() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for (ws, folder) in [(&a, &folders[0]), (&b, &folders[1])] {
-        let mirror = ws.folder_mirror(folder, Config::default()).unwrap();
+        let lock = ws.try_lock_sync().unwrap().unwrap();
+        let mirror = ws.folder_mirror(folder, Config::default(), &lock).unwrap();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             mirror

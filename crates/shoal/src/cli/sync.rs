@@ -10,15 +10,14 @@
 //! `<file>.sync-lock`): two would publish the same entries of the same device.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
 use serde_json::json;
-use shoal::Workspace;
 use shoal::core::{HasCursors, PeerCursors, PeerId};
 use shoal::filelog::{Config, FolderPuller, Mirror, MirrorStatus, SyncReport};
+use shoal::{SyncLock, Workspace};
 
 use super::args::{StatusArgs, SyncArgs};
 use super::out::{self, Out, time_text};
@@ -53,21 +52,15 @@ pub fn check_folder_exists(folder: &Path) -> Result<()> {
     }
 }
 
-/// Holds the workspace's sync lock until dropped.
-struct SyncLock {
-    /// The locked file (none where locking is impossible); the lock goes with it.
-    _file: Option<File>,
-}
-
-/// Takes the workspace's sync lock, or fails naming the process that holds it.
+/// Takes the workspace's sync lock, or fails naming the lock and who holds it.
 fn lock_sync(ws: &Workspace) -> Result<SyncLock> {
-    match try_lock_sync(ws)? {
+    match ws.try_lock_sync()? {
         Some(lock) => Ok(lock),
         None => bail!(
             "{}: another `shoal sync` is running on this workspace (it holds {}); it syncs \
              your changes too",
             ws.path().display(),
-            lock_path(ws).display()
+            ws.sync_lock_path().display()
         ),
     }
 }
@@ -79,13 +72,13 @@ async fn wait_for_sync_lock(ws: &Workspace) -> Result<Option<SyncLock>> {
     let mut shutdown = std::pin::pin!(super::shutdown_signal());
     let mut said = false;
     loop {
-        if let Some(lock) = try_lock_sync(ws)? {
+        if let Some(lock) = ws.try_lock_sync()? {
             return Ok(Some(lock));
         }
         if !said {
             out::warn(format!(
                 "another `shoal sync` holds {}; waiting for it to finish",
-                lock_path(ws).display()
+                ws.sync_lock_path().display()
             ));
             said = true;
         }
@@ -93,30 +86,6 @@ async fn wait_for_sync_lock(ws: &Workspace) -> Result<Option<SyncLock>> {
             () = &mut shutdown => return Ok(None),
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
-    }
-}
-
-fn lock_path(ws: &Workspace) -> std::path::PathBuf {
-    let mut path = ws.path().as_os_str().to_owned();
-    path.push(".sync-lock");
-    path.into()
-}
-
-/// The lock if it is free (or cannot exist here), `None` if another process holds it.
-fn try_lock_sync(ws: &Workspace) -> Result<Option<SyncLock>> {
-    let path = lock_path(ws);
-    let file =
-        match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
-            Ok(f) => f,
-            // A read-only directory: no lock is possible, and nothing could be published
-            // twice from here either.
-            Err(_) => return Ok(Some(SyncLock { _file: None })),
-        };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(SyncLock { _file: Some(file) })),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        // A filesystem without locks: go on unlocked.
-        Err(std::fs::TryLockError::Error(_)) => Ok(Some(SyncLock { _file: None })),
     }
 }
 
@@ -132,8 +101,8 @@ fn one_shot_config() -> Config {
 
 /// One sync pass with `folder` (see the module doc), reported on `ctx.out`.
 pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
-    let _lock = lock_sync(ws)?;
-    let mirror = ws.folder_mirror(folder, one_shot_config())?;
+    let lock = lock_sync(ws)?;
+    let mirror = ws.folder_mirror(folder, one_shot_config(), &lock)?;
     let start = ws.replica().durable_cursors()?;
     let folder_cursors = mirror.folder().cursors().await.unwrap_or_default();
     let behind: u64 = folder_cursors
@@ -257,8 +226,8 @@ fn bad_file_json(b: &shoal::filelog::BadFile) -> serde_json::Value {
 /// `shoal sync --watch`: runs the mirror until Ctrl-C or SIGTERM, printing each pass that
 /// moved something and each problem as it appears or clears.
 async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
-    let Some(_lock) = wait_for_sync_lock(ws).await? else { return Ok(Outcome::Ok) };
-    let mirror = ws.folder_mirror(folder, Config::default())?;
+    let Some(lock) = wait_for_sync_lock(ws).await? else { return Ok(Outcome::Ok) };
+    let mirror = ws.folder_mirror(folder, Config::default(), &lock)?;
     if out::interactive() {
         out::warn(format!(
             "syncing {} with {}; Ctrl-C ends",
