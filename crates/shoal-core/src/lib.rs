@@ -57,6 +57,7 @@ mod ids;
 mod ingest;
 mod memory;
 mod sync;
+mod sync_loop;
 
 pub use cursors::{CursorBroadcast, CursorStream, CursorsEvent, PeerCursors};
 pub use drivers::{PullReport, check_own_log, publish, pull, pull_continuous};
@@ -79,3 +80,4 @@ pub use sync::{
     Applied, BatchApplied, FileLogPuller, FileLogReplica, FileLogSink, HasCursors, LogPosition,
     LogProcessor, LogSource, Replica, run_blocking,
 };
+pub use sync_loop::{LoopTiming, SyncTarget, run_sync_loop};

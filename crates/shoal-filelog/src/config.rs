@@ -87,9 +87,19 @@ impl Config {
         }
     }
 
-    /// The delay before retry number `failures` (1 = the first retry).
+    /// The timing of the sync loop this configuration runs.
+    pub fn timing(&self) -> shoal_core::LoopTiming {
+        shoal_core::LoopTiming {
+            poll_interval: self.poll_interval,
+            debounce: self.debounce,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+        }
+    }
+
+    /// The wait before retrying after `failures` failed attempts in a row (at least 1): the
+    /// sync loop's backoff.
     pub fn backoff(&self, failures: u32) -> Duration {
-        let shift = failures.saturating_sub(1).min(20);
-        self.retry_initial.saturating_mul(1 << shift).min(self.retry_max)
+        self.timing().backoff(failures)
     }
 }

@@ -30,10 +30,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use futures::{FutureExt, StreamExt};
+use async_trait::async_trait;
 use shoal_core::{
-    CursorsEvent, DeviceKey, Entry, FileLogReplica, HasCursors, PeerCursors, PeerId, Replica,
-    SyncError, WorkspaceId,
+    CursorStream, DeviceKey, Entry, FileLogReplica, HasCursors, PeerCursors, PeerId, Replica,
+    SyncError, SyncTarget, WorkspaceId, run_sync_loop,
 };
 
 use crate::config::Config;
@@ -274,83 +274,26 @@ impl Mirror {
     }
 
     /// Runs passes whenever something changes until `shutdown` completes (or the local
-    /// replica closes). Failed passes are retried with backoff; only a misuse of the API
-    /// or a bug ends the loop with an error.
+    /// replica closes), on the core's transport-neutral loop ([`shoal_core::run_sync_loop`]:
+    /// local commits debounced, folder changes, retries of bad files, polling, backoff after
+    /// failed passes). Only a misuse of the API or a bug ends the loop with an error.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), SyncError> {
-        let config = self.folder.config().clone();
-        let own = self.folder.origin();
-        let mut local_events = self.local.watch_cursors();
-        let mut folder_events = self.folder.watch_cursors();
-        let mut folder_live = true;
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut failures = 0u32;
-        loop {
-            let backoff = match self.sync_once().await {
-                Ok(_) => {
-                    failures = 0;
-                    None
-                }
-                Err(e @ (SyncError::Misuse(_) | SyncError::Bug(_))) => return Err(e),
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, failures, "mirror pass failed; retrying");
-                    Some(config.backoff(failures))
-                }
-            };
-            let now = Instant::now();
-            let mut deadline = now + config.poll_interval;
-            if let Some(b) = backoff {
-                deadline = deadline.min(now + b);
-            }
-            if let Some(retry) = self.folder.puller().next_retry() {
-                deadline = deadline.min(retry.max(now));
-            }
-            // While backing off, only the deadline (or shutdown) ends the wait.
-            let listening = backoff.is_none();
-            let local_commit = loop {
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep_until(deadline.into()) => break false,
-                    event = local_events.next(), if listening => match event {
-                        Some(e) if wakes(&e, own, Side::Local) => break true,
-                        Some(_) => {}
-                        None => return Ok(()),
-                    },
-                    event = folder_events.next(), if listening && folder_live => match event {
-                        Some(e) if wakes(&e, own, Side::Folder) => break false,
-                        Some(_) => {}
-                        None => folder_live = false,
-                    },
-                }
-            };
-            // Debounce local commits: let the burst finish, so one pass (and one segment)
-            // covers all of it. Folder events were already debounced by the folder's
-            // watcher, and timers need none.
-            if local_commit {
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(config.debounce) => {}
-                }
-            }
-            while let Some(Some(_)) = local_events.next().now_or_never() {}
-            while let Some(Some(_)) = folder_events.next().now_or_never() {}
-        }
+        let timing = self.folder.config().timing();
+        run_sync_loop(self.folder.origin(), &*self.local, self, timing, shutdown).await
     }
 }
 
-#[derive(Clone, Copy)]
-enum Side {
-    Local,
-    Folder,
-}
+#[async_trait]
+impl SyncTarget for Mirror {
+    async fn pass(&self) -> Result<(), SyncError> {
+        self.sync_once().await.map(|_| ())
+    }
 
-/// Whether a cursor event calls for a pass: locally, only the device's own commits
-/// (entries pulled in need no publishing); in the folder, only other origins (our own
-/// publications need no pulling).
-fn wakes(event: &CursorsEvent, own: PeerId, side: Side) -> bool {
-    match (event, side) {
-        (CursorsEvent::Snapshot(_), _) => true,
-        (CursorsEvent::Advanced(c), Side::Local) => c.get(&own) > 0,
-        (CursorsEvent::Advanced(c), Side::Folder) => c.iter().any(|(o, _)| o != own),
+    fn target_events(&self) -> CursorStream {
+        self.folder.watch_cursors()
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.folder.puller().next_retry()
     }
 }
