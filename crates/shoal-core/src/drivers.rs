@@ -17,10 +17,10 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 
 use crate::cursors::PeerCursors;
-use crate::entry::{Entry, check_seal};
+use crate::entry::{ChainPosition, Entry, check_seal};
 use crate::error::SyncError;
 use crate::hlc::ManualClock;
-use crate::ids::PeerId;
+use crate::ids::{PeerId, WorkspaceId};
 use crate::ingest::Ingest;
 use crate::sync::{FileLogSink, LogPosition, LogProcessor, LogSource};
 
@@ -174,33 +174,46 @@ pub async fn check_own_log(
     if have < at.next {
         return Ok(());
     }
-    let forked = || SyncError::Forked { origin, index: at.next - 1, source_name: sink.describe() };
     let page = source.read_since(origin, at.next - 1).await?;
-    if have == at.next {
-        // The local tip is the sink's tip: the local log sealed it (it is handed out sealed)
-        // over its own chain, which must be the sink's.
-        let seal = page.iter().find(|e| e.index + 1 == at.next).and_then(|e| e.seal);
-        return match seal {
-            Some(seal)
-                if check_seal(&sink.workspace(), &origin, at.next, &at.chain, &seal).is_ok() =>
-            {
+    own_log_continues(&sink.workspace(), &origin, at, page).map_err(|index| SyncError::Forked {
+        origin,
+        index,
+        source_name: sink.describe(),
+    })
+}
+
+/// The decision of [`check_own_log`] on a page of the local log that starts at `at.next - 1`
+/// (the entry at the other store's tip) when the local log holds at least `at.next` entries:
+/// `Err(index)` if the local log does not continue the chain `at`. Stores that read their
+/// logs synchronously call it directly.
+pub fn own_log_continues(
+    workspace: &WorkspaceId,
+    origin: &PeerId,
+    at: ChainPosition,
+    page: Vec<Entry>,
+) -> Result<(), u64> {
+    let tip = at.next.saturating_sub(1);
+    let Some(first) = page.first() else { return Err(tip) };
+    if first.index != tip {
+        return Err(tip);
+    }
+    if page.len() == 1 {
+        // The local tip is the other store's tip: the local log sealed it (a log is handed
+        // out sealed) over its own chain, which must be the other's.
+        return match first.seal {
+            Some(seal) if check_seal(workspace, origin, at.next, &at.chain, &seal).is_ok() => {
                 Ok(())
             }
-            Some(_) => Err(forked()),
-            None => Err(SyncError::Bug(format!(
-                "the local log of {origin} does not end on a seal at {}",
-                at.next - 1
-            ))),
+            _ => Err(tip),
         };
     }
-    // The local log is ahead: its next run must continue the sink's chain. Its own stamps are
-    // not judged here (a clock set back since must not stop a publication).
-    let verifier = Ingest::new(sink.workspace())
-        .with_clock(Arc::new(ManualClock::new(crate::hlc::Hlc::MAX_MILLIS)));
-    let run =
-        verifier.verify(origin, at, page.into_iter().filter(|e| e.index >= at.next).collect());
+    // The local log is ahead: its next run must continue the chain. Its own stamps are not
+    // judged here (a clock set back since must not stop a publication).
+    let verifier =
+        Ingest::new(*workspace).with_clock(Arc::new(ManualClock::new(crate::hlc::Hlc::MAX_MILLIS)));
+    let run = verifier.verify(*origin, at, page.into_iter().skip(1).collect());
     match run.stop() {
-        Some(SyncError::Rejected { .. }) if run.entries().is_empty() => Err(forked()),
+        Some(SyncError::Rejected { .. }) if run.entries().is_empty() => Err(tip),
         _ => Ok(()),
     }
 }

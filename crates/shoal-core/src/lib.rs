@@ -60,7 +60,7 @@ mod sync;
 mod sync_loop;
 
 pub use cursors::{CursorBroadcast, CursorStream, CursorsEvent, PeerCursors};
-pub use drivers::{PullReport, check_own_log, publish, pull, pull_continuous};
+pub use drivers::{PullReport, check_own_log, own_log_continues, publish, pull, pull_continuous};
 pub use entry::{
     ChainHash, ChainPosition, Domain, EncryptedPayload, Entry, EntryBody, EntryClass, EntryHash,
     MAX_CIPHERTEXT_BYTES, MAX_OP_BYTES, MAX_OPS_PER_ENTRY, MAX_SEAL_GAP, MixedClasses, Op, OwnLog,

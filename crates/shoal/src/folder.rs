@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use shoal_core::{FileLogPuller, FileLogSink, SyncError, own_log_continues};
 use shoal_filelog::{Config, Mirror, MirrorStatus, StalledOrigin, SyncReport};
 
 use crate::error::{Error, Result};
@@ -33,6 +34,66 @@ pub struct LastSync {
     pub at_millis: u64,
     /// The folder (or, later, the relay) it synced with.
     pub with: String,
+}
+
+impl Workspace {
+    /// Own log first (before the first local write after opening): looks at what the folder
+    /// this workspace last synced with holds of this device's own log. If the folder is
+    /// ahead (a backup of this device was restored), takes those entries back first, so the
+    /// write lands after them; if it holds a different entry at an index this device holds
+    /// (a copied file, a backup that had written), records the fork and refuses. A folder
+    /// that cannot be reached now is looked at again before the next write or at the next
+    /// sync, which checks the same.
+    pub(crate) fn own_log_first(&self) -> Result<()> {
+        if self.own_log_checked() {
+            return Ok(());
+        }
+        let (Some(last), Some(key)) = (self.last_sync()?, self.replica().device_key().cloned())
+        else {
+            self.set_own_log_checked();
+            return Ok(());
+        };
+        let folder = PathBuf::from(&last.with);
+        if !folder.is_dir() {
+            return Ok(());
+        }
+        let (ws, own) = (self.id(), key.peer_id(&self.id()));
+        let sink = match shoal_filelog::FolderSink::open(&folder, ws, &key, Config::default()) {
+            Ok(s) => s,
+            Err(e) if !e.stalls_origin() => return Ok(()), // unreachable or unwritable now
+            Err(e) => return Err(e.into()),
+        };
+        let at = FileLogSink::position(&sink);
+        let forked = |index| SyncError::Forked { origin: own, index, source_name: sink.describe() };
+        let mut have = self.replica().durable_cursors()?.get(&own);
+        if have < at.next {
+            let puller = shoal_filelog::FolderPuller::new(&folder, ws, Config::default());
+            while have < at.next {
+                let page = FileLogPuller::read_entries(&puller, own, have, 4096)?;
+                if page.is_empty() {
+                    break;
+                }
+                match self.replica().apply_entries(own, page) {
+                    Ok(applied) => have = applied.next,
+                    Err(SyncError::Rejected { .. }) => {
+                        let e = forked(have);
+                        self.note_sync_error(&e)?;
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else if at.next > 0 {
+            let page = self.replica().read_page(own, at.next - 1)?;
+            if let Err(index) = own_log_continues(&ws, &own, at, page) {
+                let e = forked(index);
+                self.note_sync_error(&e)?;
+                return Err(e.into());
+            }
+        }
+        self.set_own_log_checked();
+        Ok(())
+    }
 }
 
 /// A workspace's sync lock, held until dropped: only one sync of a workspace file runs at a
@@ -104,6 +165,9 @@ impl Workspace {
         let mut status = mirror.status();
         if status.last_error.is_none() {
             self.record_sync(&status.folder)?;
+            // The pass checked this device's own log in the folder (and took back what the
+            // folder was ahead by).
+            self.set_own_log_checked();
         }
         self.add_local_stalls(&mut status)?;
         Ok(FolderSync { report, status })

@@ -49,6 +49,9 @@ pub struct Workspace {
     /// Set once a sync found this device's own log forked (also kept in the file, so every
     /// later process sees it); local writes are refused from then on.
     forked: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this device's own log was looked at in its folder since opening (see
+    /// `own_log_first`).
+    own_checked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Metadata key: why this device's own log is known to be forked.
@@ -219,6 +222,7 @@ impl Workspace {
             tables,
             schema: Arc::default(),
             forked: Arc::new(std::sync::atomic::AtomicBool::new(forked)),
+            own_checked: Arc::default(),
         }
     }
 
@@ -242,6 +246,14 @@ impl Workspace {
         self.replica.set_meta(OWN_FORK, why.as_bytes())?;
         self.forked.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    pub(crate) fn own_log_checked(&self) -> bool {
+        self.own_checked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_own_log_checked(&self) {
+        self.own_checked.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn refuse_if_forked(&self) -> Result<()> {
@@ -511,6 +523,7 @@ impl Workspace {
     fn commit_ops(&self, ops: Vec<TableOp>) -> Result<Commit> {
         let ops = ops.iter().map(|o| o.to_op()).collect::<Result<Vec<_>, _>>()?;
         self.refuse_if_forked()?;
+        self.own_log_first()?;
         let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;
         let c = commits.first().ok_or_else(|| {
             shoal_core::SyncError::Bug("a local append returned no commit".into())

@@ -146,8 +146,9 @@ async fn a_restored_backup_takes_its_own_entries_back_before_publishing() {
     assert_eq!(ids(&b), ["1", "2", "3"], "nothing lost, nothing twice");
 }
 
-#[tokio::test]
-async fn a_restored_backup_that_wrote_before_syncing_is_a_fork_not_a_silent_loss() {
+/// Restores a backup of `a.shoal` taken after its first sync, once `a` wrote and synced
+/// two more rows; returns the setup with `a.shoal` restored (not yet opened).
+async fn restored_after_two_more_writes() -> Setup {
     let s = Setup::new();
     let a = Workspace::create(s.path("a.shoal"), WorkspaceOptions::default()).unwrap();
     a.declare(&spec()).unwrap();
@@ -162,8 +163,30 @@ async fn a_restored_backup_that_wrote_before_syncing_is_a_fork_not_a_silent_loss
     drop(a);
     remove_workspace(&s.path("a.shoal"));
     copy_closed(&s.path("backup.shoal"), &s.path("a.shoal"));
+    s
+}
+
+#[tokio::test]
+async fn a_restored_backup_that_writes_before_syncing_takes_its_own_entries_back_first() {
+    let s = restored_after_two_more_writes().await;
+    let a = s.open("a.shoal");
+    put(&a, "4").unwrap();
+    assert_eq!(ids(&a), ["1", "2", "3", "4"], "its own entries came back before the write");
+    a.sync_folder(&s.folder).await.unwrap();
+    let b = Workspace::join(s.path("b.shoal"), a.id(), WorkspaceOptions::default()).unwrap();
+    b.sync_folder(&s.folder).await.unwrap();
+    assert_eq!(ids(&b), ["1", "2", "3", "4"], "nothing lost, nothing twice");
+}
+
+#[tokio::test]
+async fn a_restored_backup_that_wrote_while_its_folder_was_away_is_a_fork_not_a_silent_loss() {
+    let s = restored_after_two_more_writes().await;
+    // The folder is not mounted when the restored device writes.
+    let away = s.dir.path().join("away");
+    std::fs::rename(&s.folder, &away).unwrap();
     let a = s.open("a.shoal");
     put(&a, "written on the restored backup").unwrap();
+    std::fs::rename(&away, &s.folder).unwrap();
     let err = a.sync_folder(&s.folder).await.unwrap_err();
     assert!(is_fork(&err), "{err}");
     assert!(a.status().unwrap().fork.is_some());
