@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod guard;
 mod materialize;
 mod replica;
 mod schema;

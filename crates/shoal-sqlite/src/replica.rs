@@ -45,6 +45,7 @@ use shoal_core::{
     UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
+use crate::guard::AppReader;
 use crate::materialize::{DomainRouter, MaterializeError, Materializer};
 use crate::schema::{self, OpenError};
 
@@ -67,6 +68,8 @@ struct Inner {
     device: Option<DeviceKey>,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
+    /// Connections for app SQL, each with the authorizer installed (`guard`).
+    app_readers: Mutex<Vec<AppReader>>,
     cursors: CursorBroadcast,
     clock: Arc<dyn WallClock>,
     ingest: Ingest,
@@ -238,6 +241,7 @@ impl SqliteReplica {
                 device,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                app_readers: Mutex::new(Vec::new()),
                 cursors: CursorBroadcast::new(cursors),
                 ingest: Ingest::new(workspace).with_clock(options.clock.clone()),
                 clock: options.clock,
@@ -330,6 +334,35 @@ impl SqliteReplica {
         };
         let out = f(&conn);
         self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        out
+    }
+
+    /// Runs `f` on a read-only connection for app SQL: an SQLite authorizer refuses what
+    /// app SQL may not do (read Shoal's or SQLite's own tables other than through the views,
+    /// `ATTACH`, pragmas that change anything, transactions; see the `guard` module). The
+    /// connection's schema is current when `f` starts.
+    pub fn with_app_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let path = &self.inner.path;
+        let pooled = self.inner.app_readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => {
+                let conn =
+                    schema::open_existing(path, true).map_err(|e| SyncError::Unavailable {
+                        what: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                AppReader::new(conn).map_err(self.backend("install the SQL authorizer"))?
+            }
+        };
+        let out = match reader.prepare_for_app() {
+            Ok(conn) => f(conn),
+            Err(e) => Err(self.backend("read the schema")(e)),
+        };
+        self.inner.app_readers.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
         out
     }
 
