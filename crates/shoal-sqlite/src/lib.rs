@@ -34,11 +34,13 @@
 //! ```
 
 mod guard;
+mod keyfile;
 mod materialize;
 mod replica;
 mod schema;
 mod tables;
 
+pub use keyfile::{KeyFileError, key_path};
 pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};

@@ -46,6 +46,7 @@ use shoal_core::{
 };
 
 use crate::guard::AppReader;
+use crate::keyfile;
 use crate::materialize::{DomainRouter, MaterializeError, Materializer};
 use crate::schema::{self, OpenError};
 
@@ -187,11 +188,27 @@ impl SqliteReplica {
         options: Options,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref();
-        let mut meta = vec![("workspace", workspace.as_bytes().to_vec())];
-        if let Some(key) = &device {
-            meta.push(("device_key", key.to_secret_bytes().to_vec()));
+        if path.exists() {
+            return Err(OpenError::AlreadyExists { path: path.to_owned() });
         }
-        let conn = schema::create(path, &meta)?;
+        let mut meta = vec![("workspace", workspace.as_bytes().to_vec())];
+        // The secret key goes to the key file, written durably before the workspace that
+        // names it; the workspace records only the public key it expects.
+        let key_file = keyfile::key_path(path);
+        if let Some(key) = &device {
+            keyfile::write_new(&key_file, &workspace, key)?;
+            meta.push(("device_public", key.public_key().as_bytes().to_vec()));
+        }
+        let conn = match schema::create(path, &meta) {
+            Ok(conn) => conn,
+            Err(e) => {
+                if device.is_some() {
+                    // Ours: written just above, for a workspace that does not exist.
+                    let _ = std::fs::remove_file(&key_file);
+                }
+                return Err(e);
+            }
+        };
         Self::finish_open(path, conn, options)
     }
 
@@ -210,14 +227,16 @@ impl SqliteReplica {
             .as_deref()
             .and_then(WorkspaceId::from_slice)
             .ok_or_else(|| damaged("the workspace id is missing or not 16 bytes".into()))?;
-        let device = match schema::meta(&conn, "device_key").map_err(sql)? {
+        let device = match schema::meta(&conn, "device_public").map_err(sql)? {
             None => None,
             Some(bytes) => {
-                let secret: [u8; 32] = bytes
+                let public: [u8; 32] = bytes
                     .as_slice()
                     .try_into()
-                    .map_err(|_| damaged("the device key is not 32 bytes".into()))?;
-                Some(DeviceKey::from_secret_bytes(&secret))
+                    .map_err(|_| damaged("the device public key is not 32 bytes".into()))?;
+                let public = PublicKey::from_bytes(&public)
+                    .map_err(|_| damaged("the device public key is not an Ed25519 key".into()))?;
+                Some(keyfile::read(&keyfile::key_path(path), &workspace, &public)?)
             }
         };
         let mut writer =
