@@ -113,9 +113,10 @@ fn authorize(state: &Mutex<GuardState>, ctx: &AuthContext<'_>) -> Authorization 
             .iter()
             .any(|f| function_name.eq_ignore_ascii_case(f)),
         AuthAction::Read { table_name, .. } => {
-            if ctx.database_name.is_some_and(|db| db != "main") {
-                false
-            } else if table_name.eq_ignore_ascii_case("dbstat") {
+            // Another schema (temp) or page-level internals (`dbstat`): never app data.
+            if ctx.database_name.is_some_and(|db| db != "main")
+                || table_name.eq_ignore_ascii_case("dbstat")
+            {
                 false
             } else if !reserved(table_name) {
                 true

@@ -1,7 +1,9 @@
 //! [`SqliteReplica`]: a replica over one SQLite file.
 //!
 //! Owns: the oplog (keyed by origin, index; it is also the history), per-origin cursors and
-//! chain positions, the persisted HLC, the device key, local appends, applying received
+//! chain positions, the persisted HLC, the device key (loaded from the key file, see
+//! `keyfile`), the two pools of read connections (Shoal's own, and app SQL's behind the
+//! authorizer of `guard`), local appends, applying received
 //! entries, paging reads, and cursor notifications.
 //!
 //! Invariants:

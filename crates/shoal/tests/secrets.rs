@@ -1,6 +1,7 @@
 //! Secrets out of reach (issue 9, item 1): no app query can read the device key or Shoal's
 //! hidden tables, key material on disk is owner-only, and reserved names are refused
 //! locally and shown as conflicts when another device uses them.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed assertion
 
 use shoal::core::pull;
 use shoal::sqlite::{LocalTx, key_path};
