@@ -2,8 +2,11 @@
 //!
 //! The device replica: one SQLite file holding the oplog (every entry of every origin,
 //! keyed by origin and index — it is also the history), per-origin cursors and chain
-//! positions, the persisted hybrid logical clock, the device key, and the materialized
-//! state that domains keep through the [`Materializer`] hook.
+//! positions, the persisted hybrid logical clock, the device's public key, and the
+//! materialized state that domains keep through the [`Materializer`] hook. The device's
+//! secret key is in a key file beside it ([`key_path`], owner-only), and app SQL runs on
+//! connections whose SQLite authorizer refuses the hidden tables
+//! ([`SqliteReplica::with_app_reader`]).
 //!
 //! [`SqliteReplica`] implements the core sync traits ([`shoal_core::Replica`]), so the core
 //! drivers move entries between it and any other replica (another SQLite file, a folder, a
@@ -17,7 +20,8 @@
 //! ```
 //!
 //! What this crate never does: interpret op bodies (that is the materializer's job), talk
-//! to the network, or modify a file that is not a Shoal workspace.
+//! to the network, modify a file that is not a Shoal workspace, or put the secret key
+//! where SQL can read it.
 //!
 //! ```
 //! use shoal_core::{DeviceKey, Domain, Op, WorkspaceId};
@@ -33,11 +37,14 @@
 //! # Ok(()) }
 //! ```
 
+mod guard;
+mod keyfile;
 mod materialize;
 mod replica;
 mod schema;
 mod tables;
 
+pub use keyfile::{KeyFileError, key_path};
 pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};

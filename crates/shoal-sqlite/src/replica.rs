@@ -1,7 +1,9 @@
 //! [`SqliteReplica`]: a replica over one SQLite file.
 //!
 //! Owns: the oplog (keyed by origin, index; it is also the history), per-origin cursors and
-//! chain positions, the persisted HLC, the device key, local appends, applying received
+//! chain positions, the persisted HLC, the device key (loaded from the key file, see
+//! `keyfile`), the two pools of read connections (Shoal's own, and app SQL's behind the
+//! authorizer of `guard`), local appends, applying received
 //! entries, paging reads, and cursor notifications.
 //!
 //! Invariants:
@@ -45,6 +47,8 @@ use shoal_core::{
     UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
+use crate::guard::AppReader;
+use crate::keyfile;
 use crate::materialize::{DomainRouter, MaterializeError, Materializer};
 use crate::schema::{self, OpenError};
 
@@ -67,6 +71,8 @@ struct Inner {
     device: Option<DeviceKey>,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
+    /// Connections for app SQL, each with the authorizer installed (`guard`).
+    app_readers: Mutex<Vec<AppReader>>,
     cursors: CursorBroadcast,
     clock: Arc<dyn WallClock>,
     ingest: Ingest,
@@ -184,11 +190,27 @@ impl SqliteReplica {
         options: Options,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref();
-        let mut meta = vec![("workspace", workspace.as_bytes().to_vec())];
-        if let Some(key) = &device {
-            meta.push(("device_key", key.to_secret_bytes().to_vec()));
+        if path.exists() {
+            return Err(OpenError::AlreadyExists { path: path.to_owned() });
         }
-        let conn = schema::create(path, &meta)?;
+        let mut meta = vec![("workspace", workspace.as_bytes().to_vec())];
+        // The secret key goes to the key file, written durably before the workspace that
+        // names it; the workspace records only the public key it expects.
+        let key_file = keyfile::key_path(path);
+        if let Some(key) = &device {
+            keyfile::write_new(&key_file, &workspace, key)?;
+            meta.push(("device_public", key.public_key().as_bytes().to_vec()));
+        }
+        let conn = match schema::create(path, &meta) {
+            Ok(conn) => conn,
+            Err(e) => {
+                if device.is_some() {
+                    // Ours: written just above, for a workspace that does not exist.
+                    let _ = std::fs::remove_file(&key_file);
+                }
+                return Err(e);
+            }
+        };
         Self::finish_open(path, conn, options)
     }
 
@@ -207,14 +229,16 @@ impl SqliteReplica {
             .as_deref()
             .and_then(WorkspaceId::from_slice)
             .ok_or_else(|| damaged("the workspace id is missing or not 16 bytes".into()))?;
-        let device = match schema::meta(&conn, "device_key").map_err(sql)? {
+        let device = match schema::meta(&conn, "device_public").map_err(sql)? {
             None => None,
             Some(bytes) => {
-                let secret: [u8; 32] = bytes
+                let public: [u8; 32] = bytes
                     .as_slice()
                     .try_into()
-                    .map_err(|_| damaged("the device key is not 32 bytes".into()))?;
-                Some(DeviceKey::from_secret_bytes(&secret))
+                    .map_err(|_| damaged("the device public key is not 32 bytes".into()))?;
+                let public = PublicKey::from_bytes(&public)
+                    .map_err(|_| damaged("the device public key is not an Ed25519 key".into()))?;
+                Some(keyfile::read(&keyfile::key_path(path), &workspace, &public)?)
             }
         };
         let mut writer =
@@ -238,6 +262,7 @@ impl SqliteReplica {
                 device,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                app_readers: Mutex::new(Vec::new()),
                 cursors: CursorBroadcast::new(cursors),
                 ingest: Ingest::new(workspace).with_clock(options.clock.clone()),
                 clock: options.clock,
@@ -330,6 +355,35 @@ impl SqliteReplica {
         };
         let out = f(&conn);
         self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        out
+    }
+
+    /// Runs `f` on a read-only connection for app SQL: an SQLite authorizer refuses what
+    /// app SQL may not do (read Shoal's or SQLite's own tables other than through the views,
+    /// `ATTACH`, pragmas that change anything, transactions; see the `guard` module). The
+    /// connection's schema is current when `f` starts.
+    pub fn with_app_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let path = &self.inner.path;
+        let pooled = self.inner.app_readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => {
+                let conn =
+                    schema::open_existing(path, true).map_err(|e| SyncError::Unavailable {
+                        what: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                AppReader::new(conn).map_err(self.backend("install the SQL authorizer"))?
+            }
+        };
+        let out = match reader.prepare_for_app() {
+            Ok(conn) => f(conn),
+            Err(e) => Err(self.backend("read the schema")(e)),
+        };
+        self.inner.app_readers.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
         out
     }
 

@@ -8,6 +8,9 @@
 //! `PRAGMA user_version` = the format version it was written with. The file is in WAL mode
 //! so that readers never block the writer.
 //!
+//! The file and, through it, its WAL and shared-memory files are created owner-only (0600)
+//! on Unix. The device's secret key is not in the file (see `keyfile`).
+//!
 //! Never: modifies a file it does not recognise; opening an existing non-Shoal database or
 //! a newer format fails before anything is written.
 
@@ -15,11 +18,13 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::keyfile::KeyFileError;
+
 /// `PRAGMA application_id` of Shoal workspace files: ASCII "SHOL".
 pub const APPLICATION_ID: i32 = 0x5348_4f4c;
 
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: i32 = 2;
+pub const FORMAT_VERSION: i32 = 3;
 
 /// Why a workspace file could not be opened or created.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +61,7 @@ pub enum OpenError {
         supported: i32,
     },
     /// Written by an earlier Shoal in a format this version no longer reads.
-    #[error("{}: written by an earlier Shoal (format version {found}; this version reads format {supported}). Its entries are hashed and signed under entry format 1, which cannot be converted: keep the old file, open it with the Shoal that wrote it to sync everything out, then create or join the workspace anew with this version", path.display())]
+    #[error("{}: written by an earlier Shoal (format version {found}; this version reads format {supported}). {advice}", path.display())]
     OlderFormat {
         /// The path.
         path: PathBuf,
@@ -64,7 +69,12 @@ pub enum OpenError {
         found: i32,
         /// The format this build reads.
         supported: i32,
+        /// Why it cannot be converted, and what to do.
+        advice: &'static str,
     },
+    /// The device key file is missing, wrong or unusable.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
     /// The file is a Shoal workspace but its contents are inconsistent.
     #[error("{}: damaged workspace: {what}", path.display())]
     Damaged {
@@ -78,6 +88,17 @@ pub enum OpenError {
     AlreadyExists {
         /// The path.
         path: PathBuf,
+    },
+    /// The file system failed.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
     },
     /// SQLite failed.
     #[error("{}: {source}", path.display())]
@@ -102,6 +123,8 @@ impl OpenError {
 }
 
 const DDL: &str = "
+-- Workspace id, the device's public key (device_public: its secret key is in the key file
+-- beside the workspace file, never here), and bookkeeping such as the last folder sync.
 CREATE TABLE shoal_meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -187,11 +210,25 @@ fn check_identity(path: &Path, conn: &Connection) -> Result<(), OpenError> {
             supported: FORMAT_VERSION,
         });
     }
-    if version == 1 {
+    let advice = match version {
+        1 => Some(
+            "Its entries are hashed and signed under entry format 1, which cannot be \
+             converted: keep the old file, open it with the Shoal that wrote it to sync \
+             everything out, then create or join the workspace anew with this version",
+        ),
+        2 => Some(
+            "It keeps the device's secret key inside the workspace file, where SQL could read \
+             it; this version keeps it in a key file beside it. Sync everything out with the \
+             Shoal that wrote it, then create or join the workspace anew with this version",
+        ),
+        _ => None,
+    };
+    if let Some(advice) = advice {
         return Err(OpenError::OlderFormat {
             path: path.to_owned(),
             found: version,
             supported: FORMAT_VERSION,
+            advice,
         });
     }
     if version < 1 {
@@ -205,8 +242,21 @@ fn check_identity(path: &Path, conn: &Connection) -> Result<(), OpenError> {
 
 /// Creates a new workspace file with the given metadata. Fails if the path holds anything.
 pub(crate) fn create(path: &Path, meta: &[(&str, Vec<u8>)]) -> Result<Connection, OpenError> {
-    if path.exists() {
-        return Err(OpenError::AlreadyExists { path: path.to_owned() });
+    // Created here, empty (an empty file is an empty SQLite database), so that it is
+    // owner-only from its first byte: SQLite gives the WAL and shared-memory files the
+    // mode of the database file. `create_new` also refuses a path that holds anything.
+    match crate::keyfile::create_private(path) {
+        Ok(file) => drop(file),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(OpenError::AlreadyExists { path: path.to_owned() });
+        }
+        Err(e) => {
+            return Err(OpenError::Io {
+                path: path.to_owned(),
+                what: "create the file",
+                source: e,
+            });
+        }
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE

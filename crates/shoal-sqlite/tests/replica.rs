@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use proptest::prelude::*;
 use shoal_core::*;
-use shoal_sqlite::{LocalTx, OpenError, Options, SqliteReplica};
+use shoal_sqlite::{FORMAT_VERSION, LocalTx, OpenError, Options, SqliteReplica};
 use tempfile::TempDir;
 
 fn op(n: u64) -> Op {
@@ -227,7 +227,7 @@ fn a_newer_format_is_refused_before_anything_is_written() {
     conn.pragma_update(None, "user_version", shoal_sqlite::FORMAT_VERSION + 1).unwrap();
     drop(conn);
     let err = SqliteReplica::open(&path, Options::default()).unwrap_err();
-    assert!(matches!(err, OpenError::NewerFormat { found: 3, supported: 2, .. }), "{err:?}");
+    assert!(matches!(err, OpenError::NewerFormat { found: 4, supported: 3, .. }), "{err:?}");
     assert!(
         err.to_string().contains("a.shoal") && err.to_string().contains("newer Shoal"),
         "{err}"
@@ -247,11 +247,30 @@ fn a_format_1_file_is_refused_with_what_to_do() {
     drop(conn);
     let before = std::fs::read(&path).unwrap();
     let err = SqliteReplica::open(&path, Options::default()).unwrap_err();
-    assert!(matches!(err, OpenError::OlderFormat { found: 1, supported: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, OpenError::OlderFormat { found: 1, supported: FORMAT_VERSION, .. }),
+        "{err:?}"
+    );
     let text = err.to_string();
     assert!(text.contains("a.shoal") && text.contains("earlier Shoal"), "{text}");
     assert!(text.contains("create or join the workspace anew"), "{text}");
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
+}
+
+/// Format 2 kept the device key inside the workspace file: refused, saying why.
+#[test]
+fn a_format_2_file_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, _) = workspace();
+    let clock = ManualClock::new(1_000_000);
+    let path = device(&dir, "a", ws, 1, &clock).path().to_owned();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    drop(conn);
+    let err = SqliteReplica::open(&path, Options::default()).unwrap_err();
+    assert!(matches!(err, OpenError::OlderFormat { found: 2, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("a.shoal") && text.contains("key file"), "{text}");
 }
 
 #[tokio::test]

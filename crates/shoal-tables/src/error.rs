@@ -185,8 +185,12 @@ pub enum NameError {
         /// Its index in characters.
         position: usize,
     },
-    /// Names starting with `shoal_` (in any case) are reserved for Shoal's hidden tables.
-    #[error("name {name:?} is reserved: names starting with \"shoal_\" belong to Shoal")]
+    /// Names starting with `shoal_` or `sqlite_` (in any case) are reserved for Shoal's
+    /// hidden tables and SQLite's internal ones.
+    #[error(
+        "name {name:?} is reserved: names starting with \"shoal_\" or \"sqlite_\" (in any \
+         case) belong to Shoal and SQLite"
+    )]
     Reserved {
         /// The name.
         name: String,

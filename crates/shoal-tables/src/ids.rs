@@ -116,11 +116,11 @@ impl ColumnId {
 }
 
 /// Checks a name a local caller wants to declare (table or column, create or rename):
-/// 1 to 64 characters from `[A-Za-z_][A-Za-z0-9_]*`, not starting with `shoal_` in any
-/// case (reserved for Shoal's hidden tables).
+/// 1 to 64 characters from `[A-Za-z_][A-Za-z0-9_]*`, not a [reserved name](is_reserved_name).
 ///
-/// Only for local declarations: names received from other devices are never refused by
-/// this rule.
+/// Only for local declarations: names received from other devices are stored as they come;
+/// a received reserved name is a schema conflict (`ConflictKind::ReservedName`), never a
+/// view.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     let mut chars = name.chars();
     let Some(first) = chars.next() else { return Err(NameError::Empty) };
@@ -136,10 +136,23 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_CHARS {
         return Err(NameError::TooLong { name: name.to_owned(), len: name.len() });
     }
-    if name.len() >= 6 && name.as_bytes()[..6].eq_ignore_ascii_case(b"shoal_") {
+    if is_reserved_name(name) {
         return Err(NameError::Reserved { name: name.to_owned() });
     }
     Ok(())
+}
+
+/// The name prefixes (ASCII case-insensitive) reserved for Shoal's hidden tables and
+/// SQLite's internal ones.
+pub const RESERVED_NAME_PREFIXES: [&str; 2] = ["shoal_", "sqlite_"];
+
+/// True if `name` starts with a [reserved prefix](RESERVED_NAME_PREFIXES) in any case. No
+/// table or column may be shown under such a name: a view named `shoal_meta` could not be
+/// created, and a query of that name would read the hidden table instead.
+pub fn is_reserved_name(name: &str) -> bool {
+    RESERVED_NAME_PREFIXES.iter().any(|p| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    })
 }
 
 /// Checks the structural rules every replica enforces on a name carried by an op:
@@ -207,6 +220,15 @@ mod tests {
         assert!(matches!(validate_name(&"a".repeat(65)), Err(NameError::TooLong { len: 65, .. })));
         assert!(matches!(validate_name("shoal_x"), Err(NameError::Reserved { .. })));
         assert!(matches!(validate_name("SHOAL_"), Err(NameError::Reserved { .. })));
+        for reserved in ["sqlite_master", "SQLite_x", "sqlite_", "Shoal_Meta"] {
+            assert!(
+                matches!(validate_name(reserved), Err(NameError::Reserved { .. })),
+                "{reserved}"
+            );
+        }
+        for ok in ["sqlite", "sqlitex", "my_sqlite_t", "shoalmeta"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
     }
 
     #[test]

@@ -88,8 +88,8 @@ mod value;
 pub use budget::{MAX_CELLS_PER_PUT, MAX_COLUMNS_PER_TABLE, check_column_budget};
 pub use error::{NameError, TableOpError, ValidationError};
 pub use ids::{
-    ColumnId, MAX_NAME_CHARS, MAX_STORED_NAME_BYTES, ParseIdError, TableId, check_stored_name,
-    validate_name,
+    ColumnId, MAX_NAME_CHARS, MAX_STORED_NAME_BYTES, ParseIdError, RESERVED_NAME_PREFIXES, TableId,
+    check_stored_name, is_reserved_name, validate_name,
 };
 pub use key::{MAX_KEY_BYTES, MAX_KEY_VALUES, RowKey};
 pub use merge::{

@@ -27,7 +27,7 @@ use shoal_core::{Domain, Hlc, Payload};
 
 use crate::budget::MAX_COLUMNS_PER_TABLE;
 use crate::error::TableOpError;
-use crate::ids::{ColumnId, TableId};
+use crate::ids::{ColumnId, TableId, is_reserved_name};
 use crate::key::RowKey;
 use crate::merge::{ColumnDef, Definitions, NameState, RowState, TableDef, defined_after_drop};
 use crate::op::TableOp;
@@ -155,6 +155,11 @@ pub enum ConflictKind {
     ColumnName,
     /// A column declared by `AddColumn` is a key column of the winning primary key.
     KeyColumnRedeclared,
+    /// A table or column named with a reserved prefix (`shoal_`, `sqlite_`, any case; see
+    /// [`is_reserved_name`](crate::is_reserved_name)) by another device: a table so named
+    /// is not shown (no view, its data kept), a column so named is hidden, and a key
+    /// column so named is shown as `column_<id>`, until renamed.
+    ReservedName,
     /// Rows whose keys do not fit the winning primary key (so they are not shown).
     RowsNotShown,
     /// A table id declared with different primary keys.
@@ -318,6 +323,21 @@ impl TablesModel {
                 None => (None, format!("table_{id}")),
             };
             let view = table_view(*id, &name, t, def, self.column_budget, &mut conflicts);
+            if is_reserved_name(&name) {
+                // Never shown: its view would be (or shadow) a hidden table of Shoal or
+                // SQLite. It takes part in no name collision either.
+                conflicts.push(SchemaConflict {
+                    table: *id,
+                    column: None,
+                    kind: ConflictKind::ReservedName,
+                    message: format!(
+                        "table {id} is named {name:?}, a name reserved for Shoal and SQLite \
+                         (\"shoal_\", \"sqlite_\"); it is hidden (its data is kept) until \
+                         renamed"
+                    ),
+                });
+                continue;
+            }
             live.push((name_hlc, view));
         }
 
@@ -390,6 +410,21 @@ fn table_view(
             },
         );
         let shown = match beaten_by {
+            // A key column cannot be hidden: it is shown under a neutral name.
+            None if is_reserved_name(cname) => {
+                let fallback = format!("column_{column}");
+                conflicts.push(SchemaConflict {
+                    table: id,
+                    column: Some(*column),
+                    kind: ConflictKind::ReservedName,
+                    message: format!(
+                        "key column {column} of table {name:?} ({id}) is named {cname:?}, a \
+                         name reserved for Shoal and SQLite; it is shown as {fallback:?} \
+                         until renamed"
+                    ),
+                });
+                fallback
+            }
             None => cname.clone(),
             Some((_, ((other, _), _))) => {
                 let fallback = format!("{cname}_{column}");
@@ -470,6 +505,19 @@ fn table_view(
     let mut kept: Vec<&Candidate> = Vec::new();
     for c in &candidates {
         let folded = c.name.to_ascii_lowercase();
+        if is_reserved_name(&c.name) {
+            conflicts.push(SchemaConflict {
+                table: id,
+                column: Some(c.id),
+                kind: ConflictKind::ReservedName,
+                message: format!(
+                    "column {} of table {name:?} ({id}) is named {:?}, a name reserved for \
+                     Shoal and SQLite; it is hidden (its data is kept) until renamed",
+                    c.id, c.name
+                ),
+            });
+            continue;
+        }
         let holder = if key_folded.contains(&folded) {
             Some("a key column".to_owned())
         } else {

@@ -532,9 +532,11 @@ impl Workspace {
     }
 
     /// Runs read-only SQL with positional parameters (`?1`, `?2`, …). Tables are views
-    /// named after the tables; hidden bookkeeping lives in `shoal_*` tables.
+    /// named after the tables. Shoal's hidden `shoal_*` tables and SQLite's `sqlite_*` ones
+    /// cannot be read (an SQLite authorizer refuses them, as it refuses `ATTACH`, pragmas
+    /// that change anything and transactions): the statement fails with [`Error::Sql`].
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<QueryResult> {
-        self.replica.with_reader(|conn| Ok(run_query(conn, sql, params)))?
+        self.replica.with_app_reader(|conn| Ok(run_query(conn, sql, params)))?
     }
 
     /// The live row of `table` with primary key `key`, as `(column, value)` pairs.
@@ -613,13 +615,8 @@ fn free_column_id(existing: Option<&TableView>, table: TableId, name: &str) -> C
 
 fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<QueryResult> {
     let err = |source| Error::Sql { sql: sql.to_owned(), source };
-    // A pooled connection may hold the schema as it was at its last read. SQLite notices a
-    // newer schema only when a statement *runs*, while `SELECT *` is expanded and the column
-    // names are read when it is *prepared*: so first run a statement that reads a table,
-    // which makes the connection reload a changed schema.
-    conn.prepare_cached("SELECT gen FROM shoal_schema_gen WHERE id = 0")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .map_err(err)?;
+    // The connection comes from `with_app_reader`: its schema is current (so `SELECT *`
+    // expands to the current views) and its authorizer refuses Shoal's hidden tables.
     let mut stmt = match conn.prepare(sql) {
         Ok(stmt) => stmt,
         // Writing to a view fails while preparing, before `readonly()` can be asked.

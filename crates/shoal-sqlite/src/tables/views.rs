@@ -14,12 +14,13 @@
 //! the physical layout only decides where each value is read from. A view is recreated
 //! only when its SQL changes.
 //!
-//! Never: writes rows, or shows a column the model does not.
+//! Never: writes rows, shows a column the model does not, or creates a view whose name
+//! starts with `shoal_` or `sqlite_` (it would shadow or be shadowed by a hidden table).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::Connection;
-use shoal_tables::{ConflictKind, MergeKind, SchemaConflict};
+use shoal_tables::{MergeKind, is_reserved_name};
 
 use super::TablesMaterializer;
 use super::layout::{Part, col_name, phys_name, shard_name};
@@ -36,20 +37,10 @@ impl TablesMaterializer {
         let mut wanted: BTreeMap<String, String> = BTreeMap::new();
         let mut taken: BTreeSet<String> = BTreeSet::new();
         for table in &dump.tables {
-            let folded = table.name.to_ascii_lowercase();
-            if folded.starts_with("shoal_")
-                || folded.starts_with("sqlite_")
-                || !taken.insert(folded)
-            {
-                self.conflicts.push(SchemaConflict {
-                    table: table.id,
-                    column: None,
-                    kind: ConflictKind::TableName,
-                    message: format!(
-                        "table {:?} ({}) has a name reserved by Shoal or SQLite; it has no view until renamed",
-                        table.name, table.id
-                    ),
-                });
+            // The model shows no table under a reserved name (`ConflictKind::ReservedName`)
+            // and no two under one name; checked again here because a view of such a name
+            // would shadow, or be shadowed by, a hidden table.
+            if is_reserved_name(&table.name) || !taken.insert(table.name.to_ascii_lowercase()) {
                 continue;
             }
             let key_len = table.columns.iter().filter(|c| c.merge.is_none()).count();
