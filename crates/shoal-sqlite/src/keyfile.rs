@@ -77,9 +77,20 @@ pub enum KeyFileError {
     },
 }
 
-/// The key file of the workspace file `workspace_file`: its path with `.key` appended.
+/// The key file of the workspace file `workspace_file`: its path with `.key` appended,
+/// beside the real file when the path is a symbolic link (every path that reaches the file
+/// finds the same key, as SQLite finds the same WAL).
 pub fn key_path(workspace_file: &Path) -> PathBuf {
-    let mut name = workspace_file.as_os_str().to_owned();
+    // A file not created yet: resolve its directory, so creating and opening through a path
+    // with a symlinked directory (macOS's /tmp) agree.
+    let real = std::fs::canonicalize(workspace_file)
+        .or_else(|_| {
+            let dir = workspace_file.parent().filter(|p| !p.as_os_str().is_empty());
+            let name = workspace_file.file_name().ok_or(io::ErrorKind::InvalidInput)?;
+            std::fs::canonicalize(dir.unwrap_or(Path::new("."))).map(|d| d.join(name))
+        })
+        .unwrap_or_else(|_| workspace_file.to_owned());
+    let mut name = real.into_os_string();
     name.push(".key");
     PathBuf::from(name)
 }

@@ -8,7 +8,7 @@ use cli_util::Sandbox;
 
 fn copy(s: &Sandbox, from: &str, to: &str) {
     std::fs::copy(s.path(from), s.path(to)).unwrap();
-    for side in ["-wal", "-shm"] {
+    for side in ["-wal", "-shm", ".key"] {
         let (f, t) = (s.path(&format!("{from}{side}")), s.path(&format!("{to}{side}")));
         let _ = std::fs::remove_file(&t);
         if f.exists() {

@@ -57,7 +57,7 @@ impl Setup {
 /// the file and its write-ahead log.
 fn copy_closed(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
-    for side in ["-wal", "-shm"] {
+    for side in ["-wal", "-shm", ".key"] {
         let (f, t) = (format!("{}{side}", from.display()), format!("{}{side}", to.display()));
         let _ = std::fs::remove_file(&t);
         if Path::new(&f).exists() {
@@ -68,7 +68,7 @@ fn copy_closed(from: &Path, to: &Path) {
 
 fn remove_workspace(path: &Path) {
     std::fs::remove_file(path).unwrap();
-    for side in ["-wal", "-shm"] {
+    for side in ["-wal", "-shm", ".key"] {
         let _ = std::fs::remove_file(format!("{}{side}", path.display()));
     }
 }
