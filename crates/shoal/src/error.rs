@@ -124,6 +124,10 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// A query was stopped by its [`QueryInterrupt`](crate::QueryInterrupt).
+    #[error("the query was interrupted")]
+    Interrupted,
+
     /// A file or folder given by the caller is unusable.
     #[error("{}: {reason}", path.display())]
     Path {

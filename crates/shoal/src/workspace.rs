@@ -475,6 +475,44 @@ impl Workspace {
         self.replica.with_reader(|conn| Ok(run_query(conn, sql, params)))?
     }
 
+    /// Runs read-only SQL like [`Workspace::query`], but hands each row to `on_row` as
+    /// SQLite produces it, so memory does not grow with the result. `started` gets the
+    /// column names and a [`QueryInterrupt`] (to stop the query from another thread)
+    /// before the first row. An interrupted query ends with [`Error::Interrupted`]; an
+    /// error of `on_row` ends the query and is returned.
+    pub fn query_each<E: From<Error>>(
+        &self,
+        sql: &str,
+        params: &[Value],
+        started: impl FnOnce(&[String], QueryInterrupt) -> std::result::Result<(), E>,
+        mut on_row: impl FnMut(&[Value]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let run = |conn: &rusqlite::Connection| -> std::result::Result<(), E> {
+            let err = |source| Error::Sql { sql: sql.to_owned(), source };
+            let mut stmt = prepare_query(conn, sql)?;
+            let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+            started(&columns, QueryInterrupt(conn.get_interrupt_handle()))?;
+            let n = columns.len();
+            let args: Vec<rusqlite::types::Value> = params.iter().map(to_sql).collect();
+            let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
+            let mut values = Vec::with_capacity(n);
+            loop {
+                let row = match rows.next() {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return Ok(()),
+                    Err(e) if is_interrupt(&e) => return Err(Error::Interrupted.into()),
+                    Err(e) => return Err(err(e).into()),
+                };
+                values.clear();
+                for i in 0..n {
+                    values.push(from_sql(row.get_ref(i).map_err(err)?));
+                }
+                on_row(&values)?;
+            }
+        };
+        self.replica.with_reader(|conn| Ok(run(conn))).map_err(Error::from)?
+    }
+
     /// The live row of `table` with primary key `key`, as `(column, value)` pairs.
     pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Vec<(String, Value)>>> {
         let schema = self.schema()?;
@@ -550,24 +588,7 @@ fn free_column_id(existing: Option<&TableView>, table: TableId, name: &str) -> C
 
 fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<QueryResult> {
     let err = |source| Error::Sql { sql: sql.to_owned(), source };
-    // A pooled connection may hold the schema as it was at its last read. SQLite notices a
-    // newer schema only when a statement *runs*, while `SELECT *` is expanded and the column
-    // names are read when it is *prepared*: so first run a statement that reads a table,
-    // which makes the connection reload a changed schema.
-    conn.prepare_cached("SELECT gen FROM shoal_schema_gen WHERE id = 0")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .map_err(err)?;
-    let mut stmt = match conn.prepare(sql) {
-        Ok(stmt) => stmt,
-        // Writing to a view fails while preparing, before `readonly()` can be asked.
-        Err(_) if starts_with_write_verb(sql) => {
-            return Err(Error::NotReadOnly { sql: sql.to_owned() });
-        }
-        Err(e) => return Err(err(e)),
-    };
-    if !stmt.readonly() {
-        return Err(Error::NotReadOnly { sql: sql.to_owned() });
-    }
+    let mut stmt = prepare_query(conn, sql)?;
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let n = columns.len();
     let args: Vec<rusqlite::types::Value> = params.iter().map(to_sql).collect();
@@ -581,6 +602,51 @@ fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result
         rows_out.push(values);
     }
     Ok(QueryResult { columns, rows: rows_out })
+}
+
+/// Prepares app SQL on a reader connection, refusing any statement that writes.
+fn prepare_query<'c>(conn: &'c rusqlite::Connection, sql: &str) -> Result<rusqlite::Statement<'c>> {
+    let err = |source| Error::Sql { sql: sql.to_owned(), source };
+    // A pooled connection may hold the schema as it was at its last read. SQLite notices a
+    // newer schema only when a statement *runs*, while `SELECT *` is expanded and the column
+    // names are read when it is *prepared*: so first run a statement that reads a table,
+    // which makes the connection reload a changed schema.
+    conn.prepare_cached("SELECT gen FROM shoal_schema_gen WHERE id = 0")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map_err(err)?;
+    let stmt = match conn.prepare(sql) {
+        Ok(stmt) => stmt,
+        // Writing to a view fails while preparing, before `readonly()` can be asked.
+        Err(_) if starts_with_write_verb(sql) => {
+            return Err(Error::NotReadOnly { sql: sql.to_owned() });
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if !stmt.readonly() {
+        return Err(Error::NotReadOnly { sql: sql.to_owned() });
+    }
+    Ok(stmt)
+}
+
+fn is_interrupt(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
+}
+
+/// Stops a query of [`Workspace::query_each`] from another thread (for example on Ctrl-C):
+/// the query then ends with [`Error::Interrupted`].
+pub struct QueryInterrupt(rusqlite::InterruptHandle);
+
+impl QueryInterrupt {
+    /// Interrupts the running query (nothing happens if it already ended).
+    pub fn interrupt(&self) {
+        self.0.interrupt();
+    }
+}
+
+impl std::fmt::Debug for QueryInterrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryInterrupt").finish_non_exhaustive()
+    }
 }
 
 fn starts_with_write_verb(sql: &str) -> bool {

@@ -589,3 +589,86 @@ fn demo_converges_quickly() {
     let log = s.ok(&["log", "-w", "d/alice.shoal", "--table", "todo", "--row", "t1"]);
     assert!(log.contains("buy almond milk"), "{log}");
 }
+
+// ---- What the CLI says it does (issue #9, item 5). ----
+
+/// The peak resident memory of a running process, in kB (Linux).
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `shoal sql` prints rows as SQLite finds them, in bounded memory, and Ctrl-C stops a
+/// runaway query at once with exit code 130.
+#[test]
+fn sql_streams_rows_and_stops_on_ctrl_c() {
+    let s = Sandbox::new();
+    s.json(&["init", "-w", "a.shoal"]);
+    for json in [false, true] {
+        let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c";
+        let mut args = vec!["sql", "-w", "a.shoal", sql];
+        if json {
+            args.insert(0, "--json");
+        }
+        let mut child = s.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once the test stops listening, the rest is drained.
+                let _ = tx.send(line);
+            }
+        });
+        // The query never ends: rows can only be read here if they are printed as found.
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|e| {
+                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+                panic!("no row printed while the query runs: {e}")
+            })
+        };
+        let first: Vec<String> = (0..3).map(|_| next()).collect();
+        if json {
+            assert_eq!(first[0], r#"{"type":"row","data":{"values":{"x":1}}}"#);
+        } else {
+            assert_eq!(first, ["x", "1", "2"]);
+        }
+        // Read a good many rows; the process's peak memory stays small.
+        let mut last = String::new();
+        for _ in 0..300_000 {
+            last = next();
+        }
+        // 3 + 300,000 lines read, the first of them the header in a table.
+        let expected = if json { "{\"x\":300003}" } else { "300002" };
+        assert!(last.contains(expected), "{last}");
+        let peak = peak_rss_kb(pid);
+        assert!(peak.is_some_and(|kb| kb < 64 * 1024), "peak RSS {peak:?} kB");
+        // Ctrl-C: the rest of the output is drained while the process stops.
+        let started = Instant::now();
+        let pid_text = pid.to_string();
+        let killed = std::process::Command::new("kill").args(["-INT", &pid_text]).status();
+        assert!(killed.unwrap().success());
+        let drain = std::thread::spawn(move || rx.iter().count());
+        let mut status = None;
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(st) = child.try_wait().unwrap() {
+                status = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shoal sql did not stop on SIGINT");
+        };
+        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+        drain.join().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(err.starts_with("shoal: interrupted (Ctrl-C) after "), "{err}");
+    }
+}

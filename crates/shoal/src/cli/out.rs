@@ -26,6 +26,11 @@ impl Out {
         Out { json, stdout: io::stdout() }
     }
 
+    /// Whether output is JSON Lines.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Writes one envelope (JSON mode only; ignored otherwise).
     pub fn emit(&mut self, kind: &str, data: Json) -> io::Result<()> {
         if !self.json {
@@ -152,6 +157,12 @@ fn real_text(f: f64) -> String {
         // Debug keeps a fraction (`1.0`), so a REAL never reads as an INTEGER.
         format!("{f:?}")
     }
+}
+
+/// A name (of a table, a column, a device's choosing) for people: control characters
+/// escaped as in values, so that a name from another device cannot drive the terminal.
+pub fn name_text(s: &str) -> String {
+    escape_controls(s)
 }
 
 fn escape_controls(s: &str) -> String {
