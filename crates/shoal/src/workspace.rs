@@ -163,9 +163,7 @@ impl Workspace {
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
         // The genesis entry: anyone can check that the id derives from this key and salt.
         let genesis = ControlOp::genesis(key.public_key(), salt);
-        let ws = Self::create_file(path.as_ref(), genesis.workspace(), key, options)?;
-        ws.replica.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }])?;
-        Ok(ws)
+        Self::create_file(path.as_ref(), genesis.workspace(), key, options, Some(genesis))
     }
 
     /// Creates a file for a new device of the existing workspace `id`; it fills by syncing.
@@ -176,16 +174,22 @@ impl Workspace {
     ) -> Result<Workspace> {
         let key = DeviceKey::generate()
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
-        Self::create_file(path.as_ref(), id, key, options)
+        Self::create_file(path.as_ref(), id, key, options, None)
     }
 
+    /// Creates the file atomically: it is built and closed under a hidden temporary name
+    /// in the same directory (`.<name>.init-<random>`), synced, then linked into place
+    /// (never replacing a file there) and the directory synced. A process killed on the way
+    /// leaves no file at `path`, or a complete workspace; only the temporary may be left.
     fn create_file(
         path: &Path,
         id: WorkspaceId,
         key: DeviceKey,
         options: WorkspaceOptions,
+        genesis: Option<ControlOp>,
     ) -> Result<Workspace> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent
             && !parent.is_dir()
         {
             return Err(Error::Path {
@@ -193,15 +197,72 @@ impl Workspace {
                 reason: "no such directory".into(),
             });
         }
-        let m = TablesMaterializer::new();
-        let tables = m.handle();
-        let replica = SqliteReplica::create(
-            path,
-            id,
-            Some(key),
-            Options { clock: options.clock, domains: vec![Box::new(m)] },
-        )?;
-        Ok(Workspace { replica, tables, schema: Arc::default() })
+        if path.symlink_metadata().is_ok() {
+            return Err(shoal_sqlite::OpenError::AlreadyExists { path: path.to_owned() }.into());
+        }
+        let path_err = |reason: String| Error::Path { path: path.to_owned(), reason };
+        let name = path.file_name().ok_or_else(|| path_err("not a file name".into()))?;
+        let suffix = random_bytes::<6>().map_err(|e| path_err(e.to_string()))?;
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_file_name(format!(".{}.init-{suffix}", name.to_string_lossy()));
+        let built = (|| -> Result<()> {
+            let m = TablesMaterializer::new();
+            let replica = SqliteReplica::create(
+                &tmp,
+                id,
+                Some(key),
+                Options { clock: options.clock.clone(), domains: vec![Box::new(m)] },
+            )?;
+            if let Some(genesis) = genesis {
+                replica.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }])?;
+            }
+            drop(replica);
+            // The replica's last connections to close are read-only ones, which cannot merge
+            // the WAL: one read-write connection, closed last, merges it into the file and
+            // deletes it (the file stays in WAL mode).
+            let sql_err = |e: rusqlite::Error| path_err(format!("{}: {e}", tmp.display()));
+            let conn = rusqlite::Connection::open(&tmp).map_err(sql_err)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql_err)?;
+            conn.close().map_err(|(_, e)| sql_err(e))?;
+            let wal = side_file(&tmp, "-wal");
+            if wal.exists() {
+                return Err(path_err(format!(
+                    "the new file's write-ahead log {} was not merged on close",
+                    wal.display()
+                )));
+            }
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| path_err(format!("cannot sync {}: {e}", tmp.display())))?;
+            // A hard link never replaces what is there; where links are not supported,
+            // check and rename.
+            match std::fs::hard_link(&tmp, path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(
+                        shoal_sqlite::OpenError::AlreadyExists { path: path.to_owned() }.into()
+                    );
+                }
+                Err(_) if path.symlink_metadata().is_err() => std::fs::rename(&tmp, path)
+                    .map_err(|e| path_err(format!("cannot move the new file into place: {e}")))?,
+                Err(_) => {
+                    return Err(
+                        shoal_sqlite::OpenError::AlreadyExists { path: path.to_owned() }.into()
+                    );
+                }
+            }
+            Ok(())
+        })();
+        for leftover in [tmp.clone(), side_file(&tmp, "-wal"), side_file(&tmp, "-shm")] {
+            let _ = std::fs::remove_file(leftover);
+        }
+        built?;
+        #[cfg(unix)]
+        if let Ok(dir) = std::fs::File::open(parent.unwrap_or(Path::new("."))) {
+            // The new name is durable once the directory is synced.
+            dir.sync_all().map_err(|e| path_err(format!("cannot sync the directory: {e}")))?;
+        }
+        Self::open(path, options)
     }
 
     /// Opens an existing workspace file.
@@ -556,6 +617,13 @@ impl Workspace {
             conflicts: self.schema()?.conflicts.clone(),
         })
     }
+}
+
+/// `<path><suffix>`: SQLite's side files (`-wal`, `-shm`).
+fn side_file(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// The smallest free id for a new table named `name`: derived from the name, unless a

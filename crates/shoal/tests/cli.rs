@@ -672,3 +672,42 @@ fn sql_streams_rows_and_stops_on_ctrl_c() {
         assert!(err.starts_with("shoal: interrupted (Ctrl-C) after "), "{err}");
     }
 }
+
+/// `kill -9` at any moment of `shoal init` leaves no file at the path, or a workspace that
+/// `status` opens; `init` of a fresh path works afterwards, beside the leftovers.
+#[test]
+fn a_killed_init_leaves_no_file_or_a_working_one() {
+    let s = Sandbox::new();
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+            as u64
+            | 1;
+    let mut random_delay = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_micros(seed % 100_000)
+    };
+    let started = Instant::now();
+    let (mut tries, mut complete, mut absent) = (0, 0, 0);
+    while tries < 30 && started.elapsed() < Duration::from_secs(20) {
+        tries += 1;
+        let name = format!("w{tries}.shoal");
+        let mut child = s.cmd(&["init", "-w", &name]).stdout(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(random_delay());
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        if s.path(&name).exists() {
+            let (out, err) = s.exits(0, &["status", "-w", &name]);
+            assert!(out.starts_with("workspace "), "{name}: {out}{err}");
+            complete += 1;
+        } else {
+            absent += 1;
+        }
+    }
+    assert!(tries >= 10, "only {tries} tries in 20 s");
+    eprintln!("{tries} killed inits: {complete} complete, {absent} absent");
+    let out = s.ok(&["init", "-w", "fresh.shoal"]);
+    assert!(out.starts_with("created workspace "), "{out}");
+    s.ok(&["status", "-w", "fresh.shoal"]);
+}
