@@ -333,6 +333,14 @@ impl Workspace {
                 what: "a table needs at least one key column".into(),
             });
         }
+        let invalid = |reason: String| Error::InvalidTable { table: spec.name.clone(), reason };
+        if spec.key.len() > shoal_tables::MAX_KEY_VALUES {
+            return Err(invalid(format!(
+                "{} key columns (at most {})",
+                spec.key.len(),
+                shoal_tables::MAX_KEY_VALUES
+            )));
+        }
         for (name, _) in &spec.key {
             validate_name(name)?;
         }
@@ -345,6 +353,25 @@ impl Workspace {
                 });
             }
         }
+        // Every name once, as `add_column` and `rename_column` require (ASCII
+        // case-insensitive, as SQL compares names), key columns included.
+        let names: Vec<&str> = spec
+            .key
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(spec.columns.iter().map(|(n, _, _)| n.as_str()))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(first) = names[..i].iter().find(|n| n.eq_ignore_ascii_case(name)) {
+                return Err(invalid(format!(
+                    "column {name:?} is given twice (as {first:?} and {name:?}; names are \
+                     compared ignoring ASCII case)"
+                )));
+            }
+        }
+        // The column budget, checked before anything else is read.
+        shoal_tables::check_column_budget(&spec.name, 0, names.len())
+            .map_err(|e| invalid(e.to_string()))?;
         let schema = self.schema()?;
         let mut ops = Vec::new();
         let (table, existing) = match schema.table(&spec.name) {
@@ -407,7 +434,7 @@ impl Workspace {
         let adding = ops.iter().filter(|o| matches!(o, TableOp::AddColumn { .. })).count();
         let have = existing.map_or(spec.key.len(), |t| t.columns.len());
         shoal_tables::check_column_budget(&spec.name, have, adding)
-            .map_err(|e| Error::SchemaMismatch { table: spec.name.clone(), what: e.to_string() })?;
+            .map_err(|e| invalid(e.to_string()))?;
         self.commit_ops(ops).map(Some)
     }
 

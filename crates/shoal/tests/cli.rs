@@ -711,3 +711,47 @@ fn a_killed_init_leaves_no_file_or_a_working_one() {
     assert!(out.starts_with("created workspace "), "{out}");
     s.ok(&["status", "-w", "fresh.shoal"]);
 }
+
+/// `table create` makes every check `table alter` makes, up front: a name given twice
+/// (ASCII case-insensitive, key columns included), the column budget, the key size.
+#[test]
+fn table_create_checks_names_and_budgets_up_front() {
+    let s = Sandbox::new();
+    s.json(&["init", "-w", "a.shoal"]);
+    let create = |args: &[&str]| {
+        let mut all = vec!["table", "create", "-w", "a.shoal", "t"];
+        all.extend_from_slice(args);
+        s.exits(2, &all).1
+    };
+    let err = create(&["--key", "id:text", "--counter", "c", "--counter", "C"]);
+    assert_eq!(
+        err,
+        "shoal: cannot declare table \"t\": column \"C\" is given twice (as \"c\" and \"C\"; \
+         names are compared ignoring ASCII case)\n"
+    );
+    let err = create(&["--key", "id:text", "--column", "id:text"]);
+    assert!(err.contains("column \"id\" is given twice"), "{err}");
+    let err = create(&["--key", "id:text", "--key", "ID:integer"]);
+    assert!(err.contains("column \"ID\" is given twice (as \"id\""), "{err}");
+    let keys: Vec<String> = (0..17).map(|i| format!("k{i}:integer")).collect();
+    let mut args = Vec::new();
+    for k in &keys {
+        args.extend(["--key", k.as_str()]);
+    }
+    assert_eq!(create(&args), "shoal: cannot declare table \"t\": 17 key columns (at most 16)\n");
+    let columns: Vec<String> = (0..2100).map(|i| format!("c{i}:text")).collect();
+    let mut args = vec!["--key", "id:text"];
+    for c in &columns {
+        args.extend(["--column", c.as_str()]);
+    }
+    let err = create(&args);
+    assert!(err.starts_with("shoal: cannot declare table \"t\": "), "{err}");
+    assert!(err.contains("2101 columns; at most 1000"), "{err}");
+    // Nothing was written; a valid table of 16 key columns is fine.
+    assert!(s.ok(&["table", "list", "-w", "a.shoal"]).starts_with("no tables"));
+    let mut args = vec!["table", "create", "-w", "a.shoal", "t"];
+    for k in &keys[..16] {
+        args.extend(["--key", k.as_str()]);
+    }
+    s.ok(&args);
+}
