@@ -755,3 +755,58 @@ fn table_create_checks_names_and_budgets_up_front() {
     }
     s.ok(&args);
 }
+
+/// Table and column names from other devices are printed with control characters
+/// escaped, in `table list`, `log` and SQL headers; JSON keeps them exact.
+#[test]
+fn names_from_other_devices_are_escaped() {
+    use shoal::tables::{ColumnId, PkColumn, TableId, TableOp};
+    use shoal::{ColumnType, MergeKind, Value, Workspace, WorkspaceOptions};
+    let s = Sandbox::new();
+    s.json(&["init", "-w", "a.shoal"]);
+    let table = "t\u{1b}[2J\u{7}\r\nx\u{8}";
+    let column = "c\u{1b}]0;pwned\u{7}\r\n\u{8}";
+    {
+        let ws = Workspace::open(s.path("a.shoal"), WorkspaceOptions::default()).unwrap();
+        let id = TableId::from_name(table);
+        let ops = [
+            TableOp::CreateTable {
+                table: id,
+                name: table.into(),
+                primary_key: vec![PkColumn::new(id, "id", ColumnType::Text)],
+            },
+            TableOp::AddColumn {
+                table: id,
+                column: ColumnId::from_name(id, column),
+                name: column.into(),
+                ty: ColumnType::Text,
+                merge: MergeKind::Lww,
+            },
+        ];
+        let ops = ops.iter().map(|o| o.to_op().unwrap()).collect();
+        ws.replica().append_local(vec![shoal::sqlite::LocalTx { ops, author: None }]).unwrap();
+        let mut tx = ws.transaction().unwrap();
+        tx.put(table, &[("id", Value::text("r1").unwrap()), (column, Value::text("v").unwrap())])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let quoted = format!("SELECT * FROM \"{table}\"");
+    for args in [
+        vec!["table", "list", "-w", "a.shoal"],
+        vec!["log", "-w", "a.shoal"],
+        vec!["sql", "-w", "a.shoal", quoted.as_str()],
+    ] {
+        let out = s.ok(&args);
+        let raw: Vec<char> = out.chars().filter(|c| c.is_control() && *c != '\n').collect();
+        assert!(raw.is_empty(), "{args:?} printed raw control characters {raw:?}:\n{out}");
+        assert!(out.contains("\\u{1b}"), "{args:?}: {out}");
+        // Every name stays on its line.
+        assert!(!out.lines().any(|l| l.starts_with("x")), "{args:?}: {out}");
+    }
+    let json = s.json(&["table", "list", "-w", "a.shoal"]);
+    let t = &of_type(&json, "table")[0];
+    assert_eq!(t["name"], table);
+    assert_eq!(t["columns"][1]["name"], column);
+    let rows = s.json(&["sql", "-w", "a.shoal", &quoted]);
+    assert_eq!(rows[0].1["values"][column], "v");
+}

@@ -42,11 +42,14 @@ impl Out {
         lock.flush()
     }
 
-    /// Writes one line of human output (human mode only; ignored in JSON mode).
+    /// Writes one line of human output (human mode only; ignored in JSON mode). Control
+    /// characters are escaped as in values ([`name_text`]): names and messages from other
+    /// devices cannot drive the terminal.
     pub fn line(&mut self, text: impl std::fmt::Display) -> io::Result<()> {
         if self.json {
             return Ok(());
         }
+        let text = escape_controls(&text.to_string());
         let mut lock = self.stdout.lock();
         writeln!(lock, "{text}")?;
         lock.flush()
@@ -66,7 +69,10 @@ impl Out {
 
 /// A message on stderr, prefixed with the program name. Failing to write it is ignored:
 /// there is nowhere left to report that.
+/// Control characters other than line breaks (usage help spans lines) are escaped.
 pub fn warn(message: impl std::fmt::Display) {
+    let message: String =
+        message.to_string().split('\n').map(escape_controls).collect::<Vec<_>>().join("\n");
     let _ = writeln!(io::stderr().lock(), "shoal: {message}");
 }
 
