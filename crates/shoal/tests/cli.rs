@@ -810,3 +810,36 @@ fn names_from_other_devices_are_escaped() {
     let rows = s.json(&["sql", "-w", "a.shoal", &quoted]);
     assert_eq!(rows[0].1["values"][column], "v");
 }
+
+/// `watch --count 0` prints nothing and ends at once; a message says each cause once.
+#[test]
+fn watch_count_zero_ends_and_messages_do_not_repeat() {
+    let s = Sandbox::new();
+    s.workspace_with_todo("a.shoal");
+    let started = Instant::now();
+    let mut child = s.cmd(&["watch", "-w", "a.shoal", "todo", "--count", "0"]).spawn().unwrap();
+    let mut status = None;
+    while started.elapsed() < Duration::from_secs(10) && status.is_none() {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(status.and_then(|st| st.code()), Some(0), "watch --count 0 did not end");
+    assert_eq!(s.ok(&["watch", "-w", "a.shoal", "--json", "todo", "--count", "0"]), "");
+    // SQLite's message comes once, without its bare error code repeated after it.
+    let (_, err) = s.exits(2, &["sql", "-w", "a.shoal", "SELECT * FROM todos"]);
+    assert_eq!(err, "shoal: SQL error in \"SELECT * FROM todos\": no such table: todos\n");
+    let keys: Vec<String> = (0..17).map(|i| format!("k{i}")).collect();
+    let mut args = vec!["get", "-w", "a.shoal", "todo"];
+    args.extend(keys.iter().map(String::as_str));
+    let (_, err) = s.exits(2, &args);
+    for line in err.lines() {
+        let parts: Vec<&str> = line.split(": ").collect();
+        for w in parts.windows(2) {
+            assert_ne!(w[0], w[1], "repeated: {line}");
+        }
+    }
+}

@@ -121,7 +121,7 @@ pub fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            out::warn(format!("{e:#}"));
+            out::warn(error_text(&e));
             ExitCode::from(2)
         }
     }
@@ -194,6 +194,24 @@ fn clap_exit(e: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// An error with its causes, `outer: cause: cause`, each said once: a cause whose text
+/// the message already holds (an error that shows its source in its own text) is left
+/// out, and so is SQLite's bare `Error code N: …` under rusqlite's message.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        if cause.downcast_ref::<rusqlite::ffi::Error>().is_some() {
+            continue;
+        }
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

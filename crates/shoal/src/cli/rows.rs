@@ -371,6 +371,10 @@ fn snapshot(ws: &Workspace, id: TableId) -> Result<(Option<String>, Snapshot)> {
 pub async fn watch(ctx: &mut Ctx, a: WatchArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let id = ws.schema()?.table_or_err(&a.table)?.id;
+    if a.count == Some(0) {
+        // Zero changes asked for: nothing to print.
+        return Ok(Outcome::Ok);
+    }
     // Subscribe before the first read: a commit in between is then seen as a change.
     let mut events = ws.replica().watch_cursors();
     let (mut name, mut rows) = snapshot(&ws, id)?;
