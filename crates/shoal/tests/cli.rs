@@ -825,8 +825,8 @@ fn watch_count_zero_ends_and_messages_do_not_repeat() {
     }
     if status.is_none() {
         let _ = child.kill();
-        let _ = child.wait();
     }
+    let _ = child.wait();
     assert_eq!(status.and_then(|st| st.code()), Some(0), "watch --count 0 did not end");
     assert_eq!(s.ok(&["watch", "-w", "a.shoal", "--json", "todo", "--count", "0"]), "");
     // SQLite's message comes once, without its bare error code repeated after it.
