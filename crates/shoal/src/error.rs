@@ -107,6 +107,16 @@ pub enum Error {
         what: String,
     },
 
+    /// A table declaration that is not valid in itself (a name given twice, too many
+    /// columns or key columns).
+    #[error("cannot declare table {table:?}: {reason}")]
+    InvalidTable {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A schema change that the table as it exists does not allow (a name already taken,
     /// a primary-key column to drop).
     #[error("cannot change table {table:?}: {reason}")]
@@ -141,6 +151,10 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+
+    /// A query was stopped by its [`QueryInterrupt`](crate::QueryInterrupt).
+    #[error("the query was interrupted")]
+    Interrupted,
 
     /// A file or folder given by the caller is unusable.
     #[error("{}: {reason}", path.display())]

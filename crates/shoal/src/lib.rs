@@ -38,8 +38,8 @@ pub use shoal_sqlite as sqlite;
 pub use shoal_tables as tables;
 pub use shoal_tables::{ColumnType, MergeKind, Value};
 pub use workspace::{
-    Commit, QueryResult, Schema, Status, TableSpec, TableWatch, Transaction, WatchEvent, Workspace,
-    WorkspaceOptions,
+    Commit, QueryInterrupt, QueryResult, Schema, Status, TableSpec, TableWatch, Transaction,
+    WatchEvent, Workspace, WorkspaceOptions,
 };
 
 /// The README's Rust example, compiled by `cargo test --doc` so that it stays true.

@@ -174,9 +174,7 @@ impl Workspace {
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
         // The genesis entry: anyone can check that the id derives from this key and salt.
         let genesis = ControlOp::genesis(key.public_key(), salt);
-        let ws = Self::create_file(path.as_ref(), genesis.workspace(), key, options)?;
-        ws.replica.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }])?;
-        Ok(ws)
+        Self::create_file(path.as_ref(), genesis.workspace(), key, options, Some(genesis))
     }
 
     /// Creates a file for a new device of the existing workspace `id`; it fills by syncing.
@@ -187,16 +185,22 @@ impl Workspace {
     ) -> Result<Workspace> {
         let key = DeviceKey::generate()
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
-        Self::create_file(path.as_ref(), id, key, options)
+        Self::create_file(path.as_ref(), id, key, options, None)
     }
 
+    /// Creates the file atomically: it is built and closed under a hidden temporary name
+    /// in the same directory (`.<name>.init-<random>`), synced, then linked into place
+    /// (never replacing a file there) and the directory synced. A process killed on the way
+    /// leaves no file at `path`, or a complete workspace; only the temporary may be left.
     fn create_file(
         path: &Path,
         id: WorkspaceId,
         key: DeviceKey,
         options: WorkspaceOptions,
+        genesis: Option<ControlOp>,
     ) -> Result<Workspace> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent
             && !parent.is_dir()
         {
             return Err(Error::Path {
@@ -204,15 +208,90 @@ impl Workspace {
                 reason: "no such directory".into(),
             });
         }
-        let m = TablesMaterializer::new();
-        let tables = m.handle();
-        let replica = SqliteReplica::create(
-            path,
-            id,
-            Some(key),
-            Options { clock: options.clock, domains: vec![Box::new(m)] },
-        )?;
-        Ok(Workspace::wrap(replica, tables))
+        if path.symlink_metadata().is_ok() {
+            return Err(shoal_sqlite::OpenError::AlreadyExists { path: path.to_owned() }.into());
+        }
+        let path_err = |reason: String| Error::Path { path: path.to_owned(), reason };
+        let name = path.file_name().ok_or_else(|| path_err("not a file name".into()))?;
+        let suffix = random_bytes::<6>().map_err(|e| path_err(e.to_string()))?;
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_file_name(format!(".{}.init-{suffix}", name.to_string_lossy()));
+        let built = (|| -> Result<()> {
+            let m = TablesMaterializer::new();
+            let replica = SqliteReplica::create(
+                &tmp,
+                id,
+                Some(key),
+                Options { clock: options.clock.clone(), domains: vec![Box::new(m)] },
+            )?;
+            if let Some(genesis) = genesis {
+                replica.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }])?;
+            }
+            drop(replica);
+            // The replica's last connections to close are read-only ones, which cannot merge
+            // the WAL: one read-write connection, closed last, merges it into the file and
+            // deletes it (the file stays in WAL mode).
+            let sql_err = |e: rusqlite::Error| path_err(format!("{}: {e}", tmp.display()));
+            let conn = rusqlite::Connection::open(&tmp).map_err(sql_err)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql_err)?;
+            conn.close().map_err(|(_, e)| sql_err(e))?;
+            let wal = side_file(&tmp, "-wal");
+            if wal.exists() {
+                return Err(path_err(format!(
+                    "the new file's write-ahead log {} was not merged on close",
+                    wal.display()
+                )));
+            }
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| path_err(format!("cannot sync {}: {e}", tmp.display())))?;
+            // The device key goes first: a workspace file never appears without its key file.
+            // A hard link never replaces what is there; where links are not supported,
+            // check and rename.
+            let (tmp_key, key) = (shoal_sqlite::key_path(&tmp), shoal_sqlite::key_path(path));
+            match std::fs::hard_link(&tmp_key, &key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(path_err(format!(
+                        "a key file {} is already there (from an interrupted init?); \
+                         remove it if no workspace uses it",
+                        key.display()
+                    )));
+                }
+                Err(_) => std::fs::rename(&tmp_key, &key)
+                    .map_err(|e| path_err(format!("cannot move the key file into place: {e}")))?,
+            }
+            let placed = match std::fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(Error::from(shoal_sqlite::OpenError::AlreadyExists {
+                        path: path.to_owned(),
+                    }))
+                }
+                Err(_) if path.symlink_metadata().is_err() => std::fs::rename(&tmp, path)
+                    .map_err(|e| path_err(format!("cannot move the new file into place: {e}"))),
+                Err(_) => {
+                    Err(shoal_sqlite::OpenError::AlreadyExists { path: path.to_owned() }.into())
+                }
+            };
+            if placed.is_err() {
+                // The key placed above belongs to no workspace now.
+                let _ = std::fs::remove_file(&key);
+            }
+            placed?;
+            Ok(())
+        })();
+        let tmp_key = shoal_sqlite::key_path(&tmp);
+        for leftover in [tmp.clone(), side_file(&tmp, "-wal"), side_file(&tmp, "-shm"), tmp_key] {
+            let _ = std::fs::remove_file(leftover);
+        }
+        built?;
+        #[cfg(unix)]
+        if let Ok(dir) = std::fs::File::open(parent.unwrap_or(Path::new("."))) {
+            // The new name is durable once the directory is synced.
+            dir.sync_all().map_err(|e| path_err(format!("cannot sync the directory: {e}")))?;
+        }
+        Self::open(path, options)
     }
 
     fn wrap(replica: SqliteReplica, tables: TablesHandle) -> Workspace {
@@ -332,6 +411,14 @@ impl Workspace {
                 what: "a table needs at least one key column".into(),
             });
         }
+        let invalid = |reason: String| Error::InvalidTable { table: spec.name.clone(), reason };
+        if spec.key.len() > shoal_tables::MAX_KEY_VALUES {
+            return Err(invalid(format!(
+                "{} key columns (at most {})",
+                spec.key.len(),
+                shoal_tables::MAX_KEY_VALUES
+            )));
+        }
         for (name, _) in &spec.key {
             validate_name(name)?;
         }
@@ -344,6 +431,25 @@ impl Workspace {
                 });
             }
         }
+        // Every name once, as `add_column` and `rename_column` require (ASCII
+        // case-insensitive, as SQL compares names), key columns included.
+        let names: Vec<&str> = spec
+            .key
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(spec.columns.iter().map(|(n, _, _)| n.as_str()))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(first) = names[..i].iter().find(|n| n.eq_ignore_ascii_case(name)) {
+                return Err(invalid(format!(
+                    "column {name:?} is given twice (as {first:?} and {name:?}; names are \
+                     compared ignoring ASCII case)"
+                )));
+            }
+        }
+        // The column budget, checked before anything else is read.
+        shoal_tables::check_column_budget(&spec.name, 0, names.len())
+            .map_err(|e| invalid(e.to_string()))?;
         let schema = self.schema()?;
         let mut ops = Vec::new();
         let (table, existing) = match schema.table(&spec.name) {
@@ -406,7 +512,7 @@ impl Workspace {
         let adding = ops.iter().filter(|o| matches!(o, TableOp::AddColumn { .. })).count();
         let have = existing.map_or(spec.key.len(), |t| t.columns.len());
         shoal_tables::check_column_budget(&spec.name, have, adding)
-            .map_err(|e| Error::SchemaMismatch { table: spec.name.clone(), what: e.to_string() })?;
+            .map_err(|e| invalid(e.to_string()))?;
         self.commit_ops(ops).map(Some)
     }
 
@@ -539,6 +645,45 @@ impl Workspace {
         self.replica.with_app_reader(|conn| Ok(run_query(conn, sql, params)))?
     }
 
+    /// Runs read-only SQL like [`Workspace::query`], but hands each row to `on_row` as
+    /// SQLite produces it, so memory does not grow with the result. `started` gets the
+    /// column names and a [`QueryInterrupt`] (to stop the query from another thread)
+    /// before the first row. An interrupted query ends with [`Error::Interrupted`]; an
+    /// error of `on_row` ends the query and is returned.
+    pub fn query_each<E: From<Error>>(
+        &self,
+        sql: &str,
+        params: &[Value],
+        started: impl FnOnce(&[String], QueryInterrupt) -> std::result::Result<(), E>,
+        mut on_row: impl FnMut(&[Value]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let run = |conn: &rusqlite::Connection| -> std::result::Result<(), E> {
+            let err = |source| Error::Sql { sql: sql.to_owned(), source };
+            let mut stmt = prepare_query(conn, sql)?;
+            let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+            started(&columns, QueryInterrupt(conn.get_interrupt_handle()))?;
+            let n = columns.len();
+            let args: Vec<rusqlite::types::Value> = params.iter().map(to_sql).collect();
+            let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(err)?;
+            let mut values = Vec::with_capacity(n);
+            loop {
+                let row = match rows.next() {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return Ok(()),
+                    Err(e) if is_interrupt(&e) => return Err(Error::Interrupted.into()),
+                    Err(e) => return Err(err(e).into()),
+                };
+                values.clear();
+                for i in 0..n {
+                    values.push(from_sql(row.get_ref(i).map_err(err)?));
+                }
+                on_row(&values)?;
+            }
+        };
+        // The guarded pool: app SQL never runs on a connection without the authorizer.
+        self.replica.with_app_reader(|conn| Ok(run(conn))).map_err(Error::from)?
+    }
+
     /// The live row of `table` with primary key `key`, as `(column, value)` pairs.
     pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Vec<(String, Value)>>> {
         let schema = self.schema()?;
@@ -585,6 +730,13 @@ impl Workspace {
     }
 }
 
+/// `<path><suffix>`: SQLite's side files (`-wal`, `-shm`).
+fn side_file(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 /// The smallest free id for a new table named `name`: derived from the name, unless a
 /// visible table (renamed since) already holds it; then from `name` and a counter, which
 /// every device computes alike.
@@ -615,19 +767,7 @@ fn free_column_id(existing: Option<&TableView>, table: TableId, name: &str) -> C
 
 fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<QueryResult> {
     let err = |source| Error::Sql { sql: sql.to_owned(), source };
-    // The connection comes from `with_app_reader`: its schema is current (so `SELECT *`
-    // expands to the current views) and its authorizer refuses Shoal's hidden tables.
-    let mut stmt = match conn.prepare(sql) {
-        Ok(stmt) => stmt,
-        // Writing to a view fails while preparing, before `readonly()` can be asked.
-        Err(_) if starts_with_write_verb(sql) => {
-            return Err(Error::NotReadOnly { sql: sql.to_owned() });
-        }
-        Err(e) => return Err(err(e)),
-    };
-    if !stmt.readonly() {
-        return Err(Error::NotReadOnly { sql: sql.to_owned() });
-    }
+    let mut stmt = prepare_query(conn, sql)?;
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let n = columns.len();
     let args: Vec<rusqlite::types::Value> = params.iter().map(to_sql).collect();
@@ -641,6 +781,46 @@ fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result
         rows_out.push(values);
     }
     Ok(QueryResult { columns, rows: rows_out })
+}
+
+/// Prepares app SQL on a reader connection, refusing any statement that writes.
+fn prepare_query<'c>(conn: &'c rusqlite::Connection, sql: &str) -> Result<rusqlite::Statement<'c>> {
+    let err = |source| Error::Sql { sql: sql.to_owned(), source };
+    // The connection comes from `with_app_reader`: its schema is current (so `SELECT *`
+    // expands to the current views) and its authorizer refuses Shoal's hidden tables.
+    let stmt = match conn.prepare(sql) {
+        Ok(stmt) => stmt,
+        // Writing to a view fails while preparing, before `readonly()` can be asked.
+        Err(_) if starts_with_write_verb(sql) => {
+            return Err(Error::NotReadOnly { sql: sql.to_owned() });
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if !stmt.readonly() {
+        return Err(Error::NotReadOnly { sql: sql.to_owned() });
+    }
+    Ok(stmt)
+}
+
+fn is_interrupt(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
+}
+
+/// Stops a query of [`Workspace::query_each`] from another thread (for example on Ctrl-C):
+/// the query then ends with [`Error::Interrupted`].
+pub struct QueryInterrupt(rusqlite::InterruptHandle);
+
+impl QueryInterrupt {
+    /// Interrupts the running query (nothing happens if it already ended).
+    pub fn interrupt(&self) {
+        self.0.interrupt();
+    }
+}
+
+impl std::fmt::Debug for QueryInterrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryInterrupt").finish_non_exhaustive()
+    }
 }
 
 fn starts_with_write_verb(sql: &str) -> bool {

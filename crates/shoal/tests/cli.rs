@@ -589,3 +589,257 @@ fn demo_converges_quickly() {
     let log = s.ok(&["log", "-w", "d/alice.shoal", "--table", "todo", "--row", "t1"]);
     assert!(log.contains("buy almond milk"), "{log}");
 }
+
+// ---- What the CLI says it does (issue #9, item 5). ----
+
+/// The peak resident memory of a running process, in kB (Linux).
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `shoal sql` prints rows as SQLite finds them, in bounded memory, and Ctrl-C stops a
+/// runaway query at once with exit code 130.
+#[test]
+fn sql_streams_rows_and_stops_on_ctrl_c() {
+    let s = Sandbox::new();
+    s.json(&["init", "-w", "a.shoal"]);
+    for json in [false, true] {
+        let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c";
+        let mut args = vec!["sql", "-w", "a.shoal", sql];
+        if json {
+            args.insert(0, "--json");
+        }
+        let mut child = s.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Once the test stops listening, the rest is drained.
+                let _ = tx.send(line);
+            }
+        });
+        // The query never ends: rows can only be read here if they are printed as found.
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|e| {
+                let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+                panic!("no row printed while the query runs: {e}")
+            })
+        };
+        let first: Vec<String> = (0..3).map(|_| next()).collect();
+        if json {
+            assert_eq!(first[0], r#"{"type":"row","data":{"values":{"x":1}}}"#);
+        } else {
+            assert_eq!(first, ["x", "1", "2"]);
+        }
+        // Read a good many rows; the process's peak memory stays small.
+        let mut last = String::new();
+        for _ in 0..300_000 {
+            last = next();
+        }
+        // 3 + 300,000 lines read, the first of them the header in a table.
+        let expected = if json { "{\"x\":300003}" } else { "300002" };
+        assert!(last.contains(expected), "{last}");
+        let peak = peak_rss_kb(pid);
+        assert!(peak.is_some_and(|kb| kb < 64 * 1024), "peak RSS {peak:?} kB");
+        // Ctrl-C: the rest of the output is drained while the process stops.
+        let started = Instant::now();
+        let pid_text = pid.to_string();
+        let killed = std::process::Command::new("kill").args(["-INT", &pid_text]).status();
+        assert!(killed.unwrap().success());
+        let drain = std::thread::spawn(move || rx.iter().count());
+        let mut status = None;
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(st) = child.try_wait().unwrap() {
+                status = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shoal sql did not stop on SIGINT");
+        };
+        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+        drain.join().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(err.starts_with("shoal: interrupted (Ctrl-C) after "), "{err}");
+    }
+}
+
+/// `kill -9` at any moment of `shoal init` leaves no file at the path, or a workspace that
+/// `status` opens; `init` of a fresh path works afterwards, beside the leftovers.
+#[test]
+fn a_killed_init_leaves_no_file_or_a_working_one() {
+    let s = Sandbox::new();
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+            as u64
+            | 1;
+    let mut random_delay = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_micros(seed % 100_000)
+    };
+    let started = Instant::now();
+    let (mut tries, mut complete, mut absent) = (0, 0, 0);
+    while tries < 30 && started.elapsed() < Duration::from_secs(20) {
+        tries += 1;
+        let name = format!("w{tries}.shoal");
+        let mut child = s.cmd(&["init", "-w", &name]).stdout(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(random_delay());
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        if s.path(&name).exists() {
+            let (out, err) = s.exits(0, &["status", "-w", &name]);
+            assert!(out.starts_with("workspace "), "{name}: {out}{err}");
+            complete += 1;
+        } else {
+            absent += 1;
+        }
+    }
+    assert!(tries >= 10, "only {tries} tries in 20 s");
+    eprintln!("{tries} killed inits: {complete} complete, {absent} absent");
+    let out = s.ok(&["init", "-w", "fresh.shoal"]);
+    assert!(out.starts_with("created workspace "), "{out}");
+    s.ok(&["status", "-w", "fresh.shoal"]);
+}
+
+/// `table create` makes every check `table alter` makes, up front: a name given twice
+/// (ASCII case-insensitive, key columns included), the column budget, the key size.
+#[test]
+fn table_create_checks_names_and_budgets_up_front() {
+    let s = Sandbox::new();
+    s.json(&["init", "-w", "a.shoal"]);
+    let create = |args: &[&str]| {
+        let mut all = vec!["table", "create", "-w", "a.shoal", "t"];
+        all.extend_from_slice(args);
+        s.exits(2, &all).1
+    };
+    let err = create(&["--key", "id:text", "--counter", "c", "--counter", "C"]);
+    assert_eq!(
+        err,
+        "shoal: cannot declare table \"t\": column \"C\" is given twice (as \"c\" and \"C\"; \
+         names are compared ignoring ASCII case)\n"
+    );
+    let err = create(&["--key", "id:text", "--column", "id:text"]);
+    assert!(err.contains("column \"id\" is given twice"), "{err}");
+    let err = create(&["--key", "id:text", "--key", "ID:integer"]);
+    assert!(err.contains("column \"ID\" is given twice (as \"id\""), "{err}");
+    let keys: Vec<String> = (0..17).map(|i| format!("k{i}:integer")).collect();
+    let mut args = Vec::new();
+    for k in &keys {
+        args.extend(["--key", k.as_str()]);
+    }
+    assert_eq!(create(&args), "shoal: cannot declare table \"t\": 17 key columns (at most 16)\n");
+    let columns: Vec<String> = (0..2100).map(|i| format!("c{i}:text")).collect();
+    let mut args = vec!["--key", "id:text"];
+    for c in &columns {
+        args.extend(["--column", c.as_str()]);
+    }
+    let err = create(&args);
+    assert!(err.starts_with("shoal: cannot declare table \"t\": "), "{err}");
+    assert!(err.contains("2101 columns; at most 1000"), "{err}");
+    // Nothing was written; a valid table of 16 key columns is fine.
+    assert!(s.ok(&["table", "list", "-w", "a.shoal"]).starts_with("no tables"));
+    let mut args = vec!["table", "create", "-w", "a.shoal", "t"];
+    for k in &keys[..16] {
+        args.extend(["--key", k.as_str()]);
+    }
+    s.ok(&args);
+}
+
+/// Table and column names from other devices are printed with control characters
+/// escaped, in `table list`, `log` and SQL headers; JSON keeps them exact.
+#[test]
+fn names_from_other_devices_are_escaped() {
+    use shoal::tables::{ColumnId, PkColumn, TableId, TableOp};
+    use shoal::{ColumnType, MergeKind, Value, Workspace, WorkspaceOptions};
+    let s = Sandbox::new();
+    s.json(&["init", "-w", "a.shoal"]);
+    let table = "t\u{1b}[2J\u{7}\r\nx\u{8}";
+    let column = "c\u{1b}]0;pwned\u{7}\r\n\u{8}";
+    {
+        let ws = Workspace::open(s.path("a.shoal"), WorkspaceOptions::default()).unwrap();
+        let id = TableId::from_name(table);
+        let ops = [
+            TableOp::CreateTable {
+                table: id,
+                name: table.into(),
+                primary_key: vec![PkColumn::new(id, "id", ColumnType::Text)],
+            },
+            TableOp::AddColumn {
+                table: id,
+                column: ColumnId::from_name(id, column),
+                name: column.into(),
+                ty: ColumnType::Text,
+                merge: MergeKind::Lww,
+            },
+        ];
+        let ops = ops.iter().map(|o| o.to_op().unwrap()).collect();
+        ws.replica().append_local(vec![shoal::sqlite::LocalTx { ops, author: None }]).unwrap();
+        let mut tx = ws.transaction().unwrap();
+        tx.put(table, &[("id", Value::text("r1").unwrap()), (column, Value::text("v").unwrap())])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let quoted = format!("SELECT * FROM \"{table}\"");
+    for args in [
+        vec!["table", "list", "-w", "a.shoal"],
+        vec!["log", "-w", "a.shoal"],
+        vec!["sql", "-w", "a.shoal", quoted.as_str()],
+    ] {
+        let out = s.ok(&args);
+        let raw: Vec<char> = out.chars().filter(|c| c.is_control() && *c != '\n').collect();
+        assert!(raw.is_empty(), "{args:?} printed raw control characters {raw:?}:\n{out}");
+        assert!(out.contains("\\u{1b}"), "{args:?}: {out}");
+        // Every name stays on its line.
+        assert!(!out.lines().any(|l| l.starts_with("x")), "{args:?}: {out}");
+    }
+    let json = s.json(&["table", "list", "-w", "a.shoal"]);
+    let t = &of_type(&json, "table")[0];
+    assert_eq!(t["name"], table);
+    assert_eq!(t["columns"][1]["name"], column);
+    let rows = s.json(&["sql", "-w", "a.shoal", &quoted]);
+    assert_eq!(rows[0].1["values"][column], "v");
+}
+
+/// `watch --count 0` prints nothing and ends at once; a message says each cause once.
+#[test]
+fn watch_count_zero_ends_and_messages_do_not_repeat() {
+    let s = Sandbox::new();
+    s.workspace_with_todo("a.shoal");
+    let started = Instant::now();
+    let mut child = s.cmd(&["watch", "-w", "a.shoal", "todo", "--count", "0"]).spawn().unwrap();
+    let mut status = None;
+    while started.elapsed() < Duration::from_secs(10) && status.is_none() {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    assert_eq!(status.and_then(|st| st.code()), Some(0), "watch --count 0 did not end");
+    assert_eq!(s.ok(&["watch", "-w", "a.shoal", "--json", "todo", "--count", "0"]), "");
+    // SQLite's message comes once, without its bare error code repeated after it.
+    let (_, err) = s.exits(2, &["sql", "-w", "a.shoal", "SELECT * FROM todos"]);
+    assert_eq!(err, "shoal: SQL error in \"SELECT * FROM todos\": no such table: todos\n");
+    let keys: Vec<String> = (0..17).map(|i| format!("k{i}")).collect();
+    let mut args = vec!["get", "-w", "a.shoal", "todo"];
+    args.extend(keys.iter().map(String::as_str));
+    let (_, err) = s.exits(2, &args);
+    for line in err.lines() {
+        let parts: Vec<&str> = line.split(": ").collect();
+        for w in parts.windows(2) {
+            assert_ne!(w[0], w[1], "repeated: {line}");
+        }
+    }
+}

@@ -249,7 +249,7 @@ async fn a_table_at_the_column_budget_works_and_one_past_is_refused_or_a_conflic
     assert!(matches!(err, Error::SchemaChange { .. }), "{err}");
     assert!(err.to_string().contains("1001 columns; at most 1000"), "{err}");
     let err = a.declare(&spec("t", "c", n + 1)).unwrap_err();
-    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+    assert!(matches!(err, Error::InvalidTable { .. }), "{err}");
     let err = a.declare(&spec("u", "c", n + 1)).unwrap_err();
     assert!(err.to_string().contains("at most 1000"), "{err}");
     assert!(a.schema().unwrap().table("u").is_none());

@@ -49,8 +49,12 @@ fn declare_is_idempotent() {
     assert!(ws.declare(&more).unwrap().is_some(), "a new column is added");
     let err = ws.declare(&TableSpec::new("todo").key("id", ColumnType::Integer)).unwrap_err();
     assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
-    let err = ws.declare(&todo().max("title", ColumnType::Text)).unwrap_err();
+    let as_max = TableSpec::new("todo").key("id", ColumnType::Text).max("title", ColumnType::Text);
+    let err = ws.declare(&as_max).unwrap_err();
     assert!(err.to_string().contains("column \"title\" is TEXT lww"), "{err}");
+    // A declaration that names a column twice is refused as such, before anything else.
+    let err = ws.declare(&todo().max("Title", ColumnType::Text)).unwrap_err();
+    assert!(matches!(err, Error::InvalidTable { .. }), "{err}");
     let cols = ws.query("SELECT * FROM todo", &[]).unwrap().columns;
     assert_eq!(cols, ["id", "title", "votes", "best", "notes"]);
 }

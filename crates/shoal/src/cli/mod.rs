@@ -41,6 +41,20 @@ pub enum Outcome {
     NothingFound,
     /// Some part failed and was reported on stderr, the rest was done; exit code 2.
     Failed,
+    /// Stopped by Ctrl-C (`sql`); exit code 130, as a shell reports a SIGINT.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::NothingFound => 1,
+            Outcome::Failed => 2,
+            Outcome::Interrupted => 130,
+        }
+    }
 }
 
 /// What every command gets: the global flags, the output, and the raw matches (for the
@@ -104,12 +118,10 @@ pub fn main() -> ExitCode {
         .map_err(|e| anyhow!("cannot start the async runtime: {e}"))
         .and_then(|rt| rt.block_on(run(cli.command, &mut ctx)));
     match result {
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::NothingFound) => ExitCode::from(1),
-        Ok(Outcome::Failed) => ExitCode::from(2),
+        Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            out::warn(format!("{e:#}"));
+            out::warn(error_text(&e));
             ExitCode::from(2)
         }
     }
@@ -182,6 +194,24 @@ fn clap_exit(e: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// An error with its causes, `outer: cause: cause`, each said once: a cause whose text
+/// the message already holds (an error that shows its source in its own text) is left
+/// out, and so is SQLite's bare `Error code N: …` under rusqlite's message.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        if cause.downcast_ref::<rusqlite::ffi::Error>().is_some() {
+            continue;
+        }
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

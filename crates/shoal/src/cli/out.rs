@@ -26,6 +26,11 @@ impl Out {
         Out { json, stdout: io::stdout() }
     }
 
+    /// Whether output is JSON Lines.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Writes one envelope (JSON mode only; ignored otherwise).
     pub fn emit(&mut self, kind: &str, data: Json) -> io::Result<()> {
         if !self.json {
@@ -37,11 +42,14 @@ impl Out {
         lock.flush()
     }
 
-    /// Writes one line of human output (human mode only; ignored in JSON mode).
+    /// Writes one line of human output (human mode only; ignored in JSON mode). Control
+    /// characters are escaped as in values ([`name_text`]): names and messages from other
+    /// devices cannot drive the terminal.
     pub fn line(&mut self, text: impl std::fmt::Display) -> io::Result<()> {
         if self.json {
             return Ok(());
         }
+        let text = escape_controls(&text.to_string());
         let mut lock = self.stdout.lock();
         writeln!(lock, "{text}")?;
         lock.flush()
@@ -61,7 +69,10 @@ impl Out {
 
 /// A message on stderr, prefixed with the program name. Failing to write it is ignored:
 /// there is nowhere left to report that.
+/// Control characters other than line breaks (usage help spans lines) are escaped.
 pub fn warn(message: impl std::fmt::Display) {
+    let message: String =
+        message.to_string().split('\n').map(escape_controls).collect::<Vec<_>>().join("\n");
     let _ = writeln!(io::stderr().lock(), "shoal: {message}");
 }
 
@@ -152,6 +163,12 @@ fn real_text(f: f64) -> String {
         // Debug keeps a fraction (`1.0`), so a REAL never reads as an INTEGER.
         format!("{f:?}")
     }
+}
+
+/// A name (of a table, a column, a device's choosing) for people: control characters
+/// escaped as in values, so that a name from another device cannot drive the terminal.
+pub fn name_text(s: &str) -> String {
+    escape_controls(s)
 }
 
 fn escape_controls(s: &str) -> String {

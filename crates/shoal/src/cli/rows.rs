@@ -140,23 +140,210 @@ pub fn delete(ctx: &mut Ctx, a: KeyArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// `shoal sql`.
+/// How many rows `shoal sql` reads before it fixes the column widths of its table: later
+/// rows are printed as they come, a wider cell pushing the cells after it to the right.
+const SQL_WIDTH_ROWS: usize = 100;
+
+/// `shoal sql`: rows are printed as SQLite produces them (memory does not grow with the
+/// result); Ctrl-C interrupts the query (exit code 130).
 pub fn sql(ctx: &mut Ctx, a: SqlArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let params = a.params.iter().map(|p| parse_any(p)).collect::<Result<Vec<_>>>()?;
-    let result = ws.query(&a.sql, &params)?;
-    for row in &result.rows {
-        ctx.out.emit("row", json!({ "values": row_json(&result.columns, row) }))?;
+    let stop = Interrupter::install();
+    let json = ctx.out.is_json();
+    let sink = std::cell::RefCell::new(SqlSink::new(json));
+    let result = ws.query_each(
+        &a.sql,
+        &params,
+        |columns, handle| -> Result<()> {
+            sink.borrow_mut().columns = columns.to_vec();
+            stop.arm(handle);
+            Ok(())
+        },
+        |row| sink.borrow_mut().row(row),
+    );
+    stop.disarm();
+    let mut sink = sink.into_inner();
+    match result {
+        Ok(()) => {
+            sink.finish()?;
+            Ok(Outcome::Ok)
+        }
+        Err(e) if stop.fired() || matches!(e.downcast_ref(), Some(shoal::Error::Interrupted)) => {
+            // What was read is printed; then say why it ends here.
+            let _ = sink.finish_partial();
+            out::warn(format!("interrupted (Ctrl-C) after {} rows", sink.count));
+            Ok(Outcome::Interrupted)
+        }
+        Err(e) => {
+            let _ = sink.finish_partial();
+            Err(e)
+        }
     }
-    if result.rows.is_empty() {
-        ctx.out.line("(no rows)")?;
-    } else {
-        let header: Vec<&str> = result.columns.iter().map(String::as_str).collect();
-        let rows: Vec<Vec<String>> =
-            result.rows.iter().map(|r| r.iter().map(value_text).collect()).collect();
-        ctx.out.table(&header, &rows)?;
+}
+
+/// Stops a running `shoal sql` on SIGINT: interrupts the SQLite query, and if the command
+/// still has not ended two seconds later (stuck writing to a full pipe), exits with 130.
+struct Interrupter {
+    state: std::sync::Arc<InterruptState>,
+}
+
+#[derive(Default)]
+struct InterruptState {
+    fired: std::sync::atomic::AtomicBool,
+    handle: std::sync::Mutex<Option<shoal::QueryInterrupt>>,
+}
+
+impl Interrupter {
+    fn install() -> Interrupter {
+        let state = std::sync::Arc::new(InterruptState::default());
+        let task_state = state.clone();
+        // The handler is registered here, before the query starts (a signal that came
+        // before registration would kill the process without a message).
+        #[cfg(unix)]
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            task_state.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(h) = task_state.handle.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                h.interrupt();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            out::warn("interrupted (Ctrl-C)");
+            std::process::exit(i32::from(Outcome::Interrupted.code()));
+        });
+        Interrupter { state }
     }
-    Ok(Outcome::Ok)
+
+    fn arm(&self, handle: shoal::QueryInterrupt) {
+        let mut slot = self.state.handle.lock().unwrap_or_else(|p| p.into_inner());
+        if self.fired() {
+            handle.interrupt();
+        }
+        *slot = Some(handle);
+    }
+
+    fn disarm(&self) {
+        *self.state.handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn fired(&self) -> bool {
+        self.state.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Where `shoal sql` prints rows: JSON envelopes, or a table whose column widths come
+/// from the first [`SQL_WIDTH_ROWS`] rows. Output is buffered, and flushed at least every
+/// 50 ms while rows come, so a slow query shows its rows as they are found.
+struct SqlSink {
+    json: bool,
+    columns: Vec<String>,
+    /// Rows held back until the widths are known (human output only).
+    pending: Vec<Vec<String>>,
+    widths: Option<Vec<usize>>,
+    count: u64,
+    writer: std::io::BufWriter<std::io::Stdout>,
+    flushed: std::time::Instant,
+}
+
+impl SqlSink {
+    fn new(json: bool) -> SqlSink {
+        SqlSink {
+            json,
+            columns: Vec::new(),
+            pending: Vec::new(),
+            widths: None,
+            count: 0,
+            writer: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            flushed: std::time::Instant::now(),
+        }
+    }
+
+    fn row(&mut self, row: &[Value]) -> Result<()> {
+        use std::io::Write as _;
+        self.count += 1;
+        if self.json {
+            let line = json!({ "type": "row", "data": { "values": row_json(&self.columns, row) } });
+            writeln!(self.writer, "{line}")?;
+        } else {
+            let cells: Vec<String> = row.iter().map(value_text).collect();
+            if self.widths.is_none() {
+                self.pending.push(cells);
+                if self.pending.len() >= SQL_WIDTH_ROWS {
+                    self.print_pending()?;
+                }
+                return Ok(());
+            }
+            self.print_cells(&cells)?;
+        }
+        if self.flushed.elapsed() >= std::time::Duration::from_millis(50) {
+            self.writer.flush()?;
+            self.flushed = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Fixes the widths from the header and the rows held back, and prints them.
+    fn print_pending(&mut self) -> Result<()> {
+        let header: Vec<String> = self.columns.iter().map(|c| out::name_text(c)).collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.pending {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        self.widths = Some(widths);
+        self.print_cells(&header)?;
+        for row in std::mem::take(&mut self.pending) {
+            self.print_cells(&row)?;
+        }
+        Ok(())
+    }
+
+    fn print_cells(&mut self, cells: &[String]) -> Result<()> {
+        use std::io::Write as _;
+        let widths = self.widths.as_deref().unwrap_or_default();
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        writeln!(self.writer, "{}", line.trim_end())?;
+        Ok(())
+    }
+
+    /// The end of a complete result: rows held back, or `(no rows)`.
+    fn finish(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        if !self.json && self.count == 0 {
+            writeln!(self.writer, "(no rows)")?;
+        }
+        self.finish_partial()
+    }
+
+    /// Prints what is held back and flushes.
+    fn finish_partial(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        if !self.json && self.widths.is_none() && self.count > 0 {
+            self.print_pending()?;
+        }
+        self.writer.flush()?;
+        Ok(())
+    }
 }
 
 /// A table's visible rows by key bytes: key values and `(column, value)` pairs.
@@ -184,6 +371,10 @@ fn snapshot(ws: &Workspace, id: TableId) -> Result<(Option<String>, Snapshot)> {
 pub async fn watch(ctx: &mut Ctx, a: WatchArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let id = ws.schema()?.table_or_err(&a.table)?.id;
+    if a.count == Some(0) {
+        // Zero changes asked for: nothing to print.
+        return Ok(Outcome::Ok);
+    }
     // Subscribe before the first read: a commit in between is then seen as a change.
     let mut events = ws.replica().watch_cursors();
     let (mut name, mut rows) = snapshot(&ws, id)?;

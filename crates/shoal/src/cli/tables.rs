@@ -7,7 +7,7 @@ use shoal::tables::TableView;
 use shoal::{ColumnType, MergeKind, Schema, TableSpec};
 
 use super::args::{ColumnArgs, TableAlterArgs, TableCreateArgs};
-use super::out::Out;
+use super::out::{Out, name_text};
 use super::values::{parse_column_spec, parse_type};
 use super::{Ctx, Outcome};
 
@@ -150,7 +150,7 @@ pub fn show_table(out: &mut Out, t: &TableView) -> Result<()> {
                 Some(MergeKind::Counter) => "counter (increments add up)".to_owned(),
                 Some(MergeKind::Max) => "max (greatest value wins)".to_owned(),
             };
-            vec![format!("  {}", c.name), c.ty.sql_name().to_owned(), merge]
+            vec![format!("  {}", name_text(&c.name)), c.ty.sql_name().to_owned(), merge]
         })
         .collect();
     out.table(&["  column", "type", "merge"], &rows)?;
