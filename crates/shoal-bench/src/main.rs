@@ -6,7 +6,7 @@
 
 mod folder;
 // The same allocator cap as the `shoal` binary: one file, two binaries.
-#[path = "../../shoal/src/malloc.rs"]
+#[path = "../../shoal-cli/src/malloc.rs"]
 mod malloc;
 mod oplog;
 mod rows;
