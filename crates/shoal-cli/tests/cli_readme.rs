@@ -14,7 +14,8 @@ use cli_util::{BIN, Sandbox, text};
 
 const TUTORIAL: &str = "## Five-minute tutorial";
 /// The tutorial's build step; here the binary under test stands in for it.
-const BUILD: &str = r#"cargo build --release -p shoal-cli && export PATH="$PWD/target/release:$PATH""#;
+const BUILD: &str =
+    r#"cargo build --release -p shoal-cli && export PATH="$PWD/target/release:$PATH""#;
 const DEMO: &str = "cargo run --release -p shoal-cli -- demo";
 const TESTS: &str = "bash scripts/test";
 
