@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `layout` | hidden side tables (DDL), the per-table row tables split into shards of at most [`SHARD_COLUMNS`] part columns, reclaiming dropped columns' storage |
 //! | `rows` | row merge: put, delete, pruning below floors, reading back the hidden state |
-//! | `views` | the views named after tables (column budget from the model, shards joined) |
+//! | `views` | the views named after tables (column budget from the model, shards joined), [`live_row`] |
 //! | `changes` | [`TableChange`], [`TablesHandle`], [`CHANGE_BUFFER`] |
 //! | `sql` | [`to_sql`], [`from_sql`], [`quote_ident`] |
 //!
@@ -59,6 +59,7 @@ use shoal_tables::{
 pub use changes::{CHANGE_BUFFER, TableChange, TablesHandle};
 pub use layout::SHARD_COLUMNS;
 pub use sql::{from_sql, quote_ident, to_sql};
+pub use views::live_row;
 
 use crate::materialize::{MaterializeError, Materializer};
 use changes::Changes;
