@@ -71,7 +71,8 @@ type CachedSchema = (i64, Arc<Schema>);
 pub struct Schema {
     /// Visible tables (no rows).
     pub tables: Vec<TableView>,
-    /// Conflicts between definitions made offline on different devices.
+    /// Conflicts between definitions made offline on different devices (not
+    /// `RowsNotShown`, which needs the rows counted: see [`Status::conflicts`]).
     pub conflicts: Vec<SchemaConflict>,
 }
 
@@ -159,7 +160,9 @@ pub struct Status {
     pub device: Option<PeerId>,
     /// Every origin known, with its cursor, materialization progress and stall reason.
     pub origins: Vec<OriginStatus>,
-    /// Schema conflicts.
+    /// Schema conflicts, including `RowsNotShown`: how many live rows of a table are kept
+    /// but not shown because their key does not fit the winning primary key
+    /// (`docs/TABLES.md` §5.3), the same on every replica holding the same entries.
     pub conflicts: Vec<SchemaConflict>,
     /// Why this device's own log is known to be forked, if it is.
     pub fork: Option<String>,
@@ -735,13 +738,29 @@ impl Workspace {
         Ok(self.replica.cursors().await?)
     }
 
-    /// Per-origin status and schema conflicts.
+    /// Schema conflicts, with `RowsNotShown` (rows written under a losing table definition,
+    /// kept but not shown) counted over the stored rows: one scan of each table that has
+    /// rows. [`Schema::conflicts`] leaves those out.
+    fn conflicts_with_rows(&self) -> Result<Vec<SchemaConflict>> {
+        let path = self.path().to_owned();
+        Ok(self.replica.with_reader(|conn| {
+            TablesMaterializer::new().conflicts_with_rows(conn).map_err(|e| {
+                shoal_core::SyncError::backend(
+                    format!("{}: count the rows that do not fit their table's key", path.display()),
+                    e,
+                )
+            })
+        })?)
+    }
+
+    /// Per-origin status and schema conflicts (`RowsNotShown` included: see
+    /// [`Status::conflicts`]).
     pub fn status(&self) -> Result<Status> {
         Ok(Status {
             workspace: self.id(),
             device: self.device(),
             origins: self.replica.origin_status()?,
-            conflicts: self.schema()?.conflicts.clone(),
+            conflicts: self.conflicts_with_rows()?,
             fork: self.fork()?,
         })
     }
