@@ -50,5 +50,5 @@ pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, Sql
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};
 pub use tables::{
     CHANGE_BUFFER, SHARD_COLUMNS, TableChange, TablesHandle, TablesMaterializer, from_sql,
-    quote_ident, to_sql,
+    live_row, quote_ident, to_sql,
 };

@@ -98,7 +98,7 @@ pub use merge::{
 };
 pub use model::{
     ColumnState, ColumnView, ConflictKind, HiddenDump, RowView, SchemaConflict, TableState,
-    TableView, TablesDump, TablesModel,
+    TableView, TablesDump, TablesModel, rows_not_shown,
 };
 pub use op::{CellWrite, PkColumn, TableOp, kind};
 pub use value::{CANONICAL_NAN_BITS, ColumnType, MAX_VALUE_BYTES, MergeKind, Value, canonical_f64};

@@ -307,6 +307,27 @@ impl TablesModel {
         self.resolve().1
     }
 
+    /// Every live table (shown or not: shadowed by another's name, or under a reserved
+    /// name) with its current name and the number of columns of its winning primary key:
+    /// the tables whose rows that do not fit the key are reported as `RowsNotShown`
+    /// (see [`rows_not_shown`]). In table id order.
+    pub fn live_table_keys(&self) -> Vec<(TableId, String, usize)> {
+        self.tables
+            .iter()
+            .filter_map(|(id, t)| {
+                let (def, _) = t.definitions.winner()?;
+                if !defined_after_drop(t.definitions.latest(), t.dropped) {
+                    return None;
+                }
+                let name = match &t.name {
+                    Some(n) => n.name.clone(),
+                    None => format!("table_{id}"),
+                };
+                Some((*id, name, def.primary_key.len()))
+            })
+            .collect()
+    }
+
     /// Computes the view and the conflicts from the hidden state.
     fn resolve(&self) -> (TablesDump, Vec<SchemaConflict>) {
         let mut conflicts = Vec::new();
@@ -623,19 +644,26 @@ fn table_view(
         });
     }
     if not_fitting > 0 {
-        conflicts.push(SchemaConflict {
-            table: id,
-            column: None,
-            kind: ConflictKind::RowsNotShown,
-            message: format!(
-                "{not_fitting} live rows of table {name:?} ({id}) have keys that do not fit its \
-                 primary key of {} columns; they are kept but not shown",
-                def.primary_key.len()
-            ),
-        });
+        conflicts.push(rows_not_shown(id, name, not_fitting as u64, def.primary_key.len()));
     }
 
     TableView { id, name: name.to_owned(), columns, rows }
+}
+
+/// The `RowsNotShown` conflict of table `id` (named `name`, with a winning primary key of
+/// `key_columns` columns) when `count` of its live rows have keys that do not fit. One
+/// function builds it, so materializers that count rows their own way (in SQL) report the
+/// same conflict as the model.
+pub fn rows_not_shown(id: TableId, name: &str, count: u64, key_columns: usize) -> SchemaConflict {
+    SchemaConflict {
+        table: id,
+        column: None,
+        kind: ConflictKind::RowsNotShown,
+        message: format!(
+            "{count} live rows of table {name:?} ({id}) have keys that do not fit its \
+             primary key of {key_columns} columns; they are kept but not shown"
+        ),
+    }
 }
 
 /// The column drop lookup used by row pruning.

@@ -18,7 +18,7 @@ use shoal_core::{
 };
 use shoal_sqlite::{
     LocalTx, Options, OriginStatus, SqliteReplica, TableChange, TablesHandle, TablesMaterializer,
-    from_sql, quote_ident, to_sql,
+    from_sql, to_sql,
 };
 use shoal_tables::{
     CellWrite, ColumnId, ColumnType, ColumnView, MergeKind, PkColumn, RowKey, SchemaConflict,
@@ -71,7 +71,8 @@ type CachedSchema = (i64, Arc<Schema>);
 pub struct Schema {
     /// Visible tables (no rows).
     pub tables: Vec<TableView>,
-    /// Conflicts between definitions made offline on different devices.
+    /// Conflicts between definitions made offline on different devices (not
+    /// `RowsNotShown`, which needs the rows counted: see [`Status::conflicts`]).
     pub conflicts: Vec<SchemaConflict>,
 }
 
@@ -159,7 +160,9 @@ pub struct Status {
     pub device: Option<PeerId>,
     /// Every origin known, with its cursor, materialization progress and stall reason.
     pub origins: Vec<OriginStatus>,
-    /// Schema conflicts.
+    /// Schema conflicts, including `RowsNotShown`: how many live rows of a table are kept
+    /// but not shown because their key does not fit the winning primary key
+    /// (`docs/TABLES.md` §5.3), the same on every replica holding the same entries.
     pub conflicts: Vec<SchemaConflict>,
     /// Why this device's own log is known to be forked, if it is.
     pub fork: Option<String>,
@@ -685,24 +688,41 @@ impl Workspace {
     }
 
     /// The live row of `table` with primary key `key`, as `(column, value)` pairs.
+    ///
+    /// The row is found by its canonical key bytes (`docs/TABLES.md` §2), as the table
+    /// domain identifies rows: a NaN key finds its row (SQL stores NaN as NULL), and `-0.0`
+    /// and `0.0`, or `1` and `1.0`, are different keys. Key values are returned as given.
     pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Vec<(String, Value)>>> {
         let schema = self.schema()?;
         let t = schema.table_or_err(table)?;
         let wanted = row_key(t, key)?;
-        let keys: Vec<&ColumnView> = t.columns.iter().filter(|c| c.merge.is_none()).collect();
-        let cond: Vec<String> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} IS ?{}", quote_ident(&c.name), i + 1))
-            .collect();
-        let sql = format!("SELECT * FROM {} WHERE {}", quote_ident(&t.name), cond.join(" AND "));
-        let result = self.query(&sql, key)?;
-        // SQL equality treats 1 and 1.0 (and -0.0 and 0.0) as equal; keys do not.
-        let row = result
-            .rows
-            .into_iter()
-            .find(|row| RowKey::from_values(&row[..keys.len()]).is_ok_and(|k| k == wanted));
-        Ok(row.map(|values| result.columns.iter().cloned().zip(values).collect()))
+        let path = self.path().to_owned();
+        let view = t.name.clone();
+        // A trusted reader: the lookup reads the view's definition and the hidden row table
+        // behind it (by key bytes), which app SQL's authorizer refuses.
+        let row = self.replica.with_reader(|conn| {
+            shoal_sqlite::live_row(conn, &view, &wanted).map_err(|e| {
+                shoal_core::SyncError::backend(
+                    format!("{}: read a row of table {view:?}", path.display()),
+                    e,
+                )
+            })
+        })?;
+        let Some(mut values) = row else { return Ok(None) };
+        if values.len() != t.columns.len() {
+            // The file's schema changed since `schema()` read it: read it again.
+            return Err(shoal_core::SyncError::Unavailable {
+                what: format!("table {:?} of {}", t.name, path.display()),
+                reason: "its definition changed while it was read; try again".into(),
+            }
+            .into());
+        }
+        // Key columns come first in view order; SQL cannot hold a NaN or always tell -0.0
+        // from 0.0, the key bytes can.
+        for (slot, v) in values.iter_mut().zip(key) {
+            *slot = v.clone();
+        }
+        Ok(Some(t.columns.iter().map(|c| c.name.clone()).zip(values).collect()))
     }
 
     /// Change events of `table` committed by this process from now on (local writes and
@@ -718,13 +738,29 @@ impl Workspace {
         Ok(self.replica.cursors().await?)
     }
 
-    /// Per-origin status and schema conflicts.
+    /// Schema conflicts, with `RowsNotShown` (rows written under a losing table definition,
+    /// kept but not shown) counted over the stored rows: one scan of each table that has
+    /// rows. [`Schema::conflicts`] leaves those out.
+    fn conflicts_with_rows(&self) -> Result<Vec<SchemaConflict>> {
+        let path = self.path().to_owned();
+        Ok(self.replica.with_reader(|conn| {
+            TablesMaterializer::new().conflicts_with_rows(conn).map_err(|e| {
+                shoal_core::SyncError::backend(
+                    format!("{}: count the rows that do not fit their table's key", path.display()),
+                    e,
+                )
+            })
+        })?)
+    }
+
+    /// Per-origin status and schema conflicts (`RowsNotShown` included: see
+    /// [`Status::conflicts`]).
     pub fn status(&self) -> Result<Status> {
         Ok(Status {
             workspace: self.id(),
             device: self.device(),
             origins: self.replica.origin_status()?,
-            conflicts: self.schema()?.conflicts.clone(),
+            conflicts: self.conflicts_with_rows()?,
             fork: self.fork()?,
         })
     }

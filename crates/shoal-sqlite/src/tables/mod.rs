@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `layout` | hidden side tables (DDL), the per-table row tables split into shards of at most [`SHARD_COLUMNS`] part columns, reclaiming dropped columns' storage |
 //! | `rows` | row merge: put, delete, pruning below floors, reading back the hidden state |
-//! | `views` | the views named after tables (column budget from the model, shards joined) |
+//! | `views` | the views named after tables (column budget from the model, shards joined), [`live_row`] |
 //! | `changes` | [`TableChange`], [`TablesHandle`], [`CHANGE_BUFFER`] |
 //! | `sql` | [`to_sql`], [`from_sql`], [`quote_ident`] |
 //!
@@ -53,12 +53,13 @@ use shoal_core::codec::Encode;
 use shoal_core::{Domain, Hlc, Payload, PeerId};
 use shoal_tables::{
     ColumnId, HiddenDump, MAX_COLUMNS_PER_TABLE, SchemaConflict, TableId, TableOp, TablesDump,
-    TablesModel,
+    TablesModel, rows_not_shown,
 };
 
 pub use changes::{CHANGE_BUFFER, TableChange, TablesHandle};
 pub use layout::SHARD_COLUMNS;
 pub use sql::{from_sql, quote_ident, to_sql};
+pub use views::live_row;
 
 use crate::materialize::{MaterializeError, Materializer};
 use changes::Changes;
@@ -215,9 +216,41 @@ impl TablesMaterializer {
         }
     }
 
-    /// The schema conflicts of the visible tables (as of the last schema change).
+    /// The schema conflicts of the visible tables (as of the last schema change), except
+    /// `RowsNotShown`, which needs the rows counted ([`TablesMaterializer::conflicts_with_rows`]).
     pub fn conflicts(&self) -> &[SchemaConflict] {
         &self.conflicts
+    }
+
+    /// Every schema conflict, as `TablesModel::conflicts` reports it for the same ops,
+    /// `RowsNotShown` included: the live rows whose key does not fit the winning primary
+    /// key (written under a losing definition) are counted in SQL, the way the views leave
+    /// them out (`written IS NOT NULL AND kn <> <key columns>`), in each live table — shown
+    /// or not — that has rows. Costs one scan of each such table's main shard, so it is for
+    /// `status`, not for every schema read ([`TablesMaterializer::conflicts`] leaves these
+    /// conflicts out).
+    pub fn conflicts_with_rows(
+        &mut self,
+        conn: &Connection,
+    ) -> rusqlite::Result<Vec<SchemaConflict>> {
+        self.refresh(conn)?;
+        let mut out = self.conflicts.clone();
+        for (id, name, key_columns) in self.schema.live_table_keys() {
+            if !self.layouts.contains_key(&id) {
+                continue; // no row stored yet
+            }
+            let sql = format!(
+                "SELECT count(*) FROM \"{}\" WHERE written IS NOT NULL AND kn <> ?1",
+                layout::phys_name(id)
+            );
+            let count: i64 =
+                conn.prepare_cached(&sql)?.query_row([key_columns as i64], |r| r.get(0))?;
+            if count > 0 {
+                out.push(rows_not_shown(id, &name, count as u64, key_columns));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The visible schema: tables with their columns, no rows.

@@ -1,6 +1,7 @@
 //! The SQL views apps read, one per shown table.
 //!
-//! Owns: the `rebuild_views` method of `TablesMaterializer`.
+//! Owns: the `rebuild_views` method of `TablesMaterializer`, and [`live_row`] (one row of
+//! a view found by its key bytes).
 //!
 //! A view is named after its table and selects, from the main shard (`t0`), the live rows
 //! whose key fits (`written IS NOT NULL AND kn = <key columns>`): key columns from `k0..`,
@@ -19,15 +20,52 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::Connection;
-use shoal_tables::{MergeKind, is_reserved_name};
+use rusqlite::{Connection, OptionalExtension};
+use shoal_tables::{MergeKind, RowKey, Value, is_reserved_name};
 
 use super::TablesMaterializer;
 use super::layout::{Part, col_name, phys_name, shard_name};
-use super::sql::quote_ident;
+use super::sql::{from_sql, quote_ident};
 
 /// The most shard tables a view joins besides the main one.
 pub(super) const MAX_JOINED_SHARDS: usize = 60;
+
+/// How every view over a table with rows ends, before the number of key columns: the live
+/// rows whose key fits. [`live_row`] relies on it.
+const LIVE_ROWS_WHERE: &str = " WHERE t0.written IS NOT NULL AND t0.kn = ";
+
+/// The live row with key bytes `key` of the view named `view`, one value per view column
+/// (`None` if there is none or the view is not one of Shoal's table views). The row is found
+/// by its canonical key bytes, not by SQL equality on key values: SQL cannot find a NaN key
+/// (stored as NULL, like a NULL key) and finds `-0.0` for `0.0` and `1` for `1.0`, while
+/// the table domain keeps all of them apart. Reads `sqlite_master` and the hidden row
+/// tables: run it on a trusted connection, not one of app SQL's.
+pub fn live_row(
+    conn: &Connection,
+    view: &str,
+    key: &RowKey,
+) -> rusqlite::Result<Option<Vec<Value>>> {
+    let sql: Option<String> = conn
+        .prepare_cached("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?1")?
+        .query_row([view], |r| r.get(0))
+        .optional()?;
+    let prefix = format!("CREATE VIEW {} AS ", quote_ident(view));
+    let Some(select) = sql.as_deref().and_then(|s| s.strip_prefix(&prefix)) else {
+        return Ok(None);
+    };
+    // An empty view (no data yet) reads no row table: it has no rows.
+    let Some(at) = select.rfind(LIVE_ROWS_WHERE) else { return Ok(None) };
+    let tail = &select[at + LIVE_ROWS_WHERE.len()..];
+    if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(&format!("{select} AND t0.key = ?1"))?;
+    let n = stmt.column_count();
+    stmt.query_row([key.as_bytes()], |row| {
+        (0..n).map(|i| row.get_ref(i).map(from_sql)).collect::<rusqlite::Result<Vec<Value>>>()
+    })
+    .optional()
+}
 
 impl TablesMaterializer {
     /// Recreates the views whose definition changed.
@@ -114,7 +152,7 @@ impl TablesMaterializer {
                 ));
             }
             let sql = format!(
-                "CREATE VIEW {} AS SELECT {} FROM {from} WHERE t0.written IS NOT NULL AND t0.kn = {key_len}",
+                "CREATE VIEW {} AS SELECT {} FROM {from}{LIVE_ROWS_WHERE}{key_len}",
                 quote_ident(&table.name),
                 select.join(", ")
             );
