@@ -200,6 +200,7 @@ fn error_corrupted_segment_met_during_sync() {
     let (out, err) = s.exits(2, &["sync", "-w", "c.shoal", "--folder", "shared"]);
     let named = format!("{id}/{a_device}/{file_name}");
     assert!(err.contains("shoal: bad file ") && err.contains(&named), "{err}");
+    assert_eq!(err.matches(&named).count(), 1, "the bad file is named once: {err}");
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(out.contains("pulled 2"), "B's two entries arrived: {out}");
     assert_eq!(

@@ -197,7 +197,9 @@ fn now_millis() -> u64 {
 /// Stalled origins and bad files on stderr (and as envelopes); `Failed` if there are any.
 fn report_problems(out: &mut Out, status: &MirrorStatus) -> Result<Outcome> {
     for s in &status.stalled {
-        out::warn(format!("device {} is stalled at entry {}: {}", s.origin, s.at, s.reason));
+        if !stalled_by_a_listed_bad_file(status, &s.reason) {
+            out::warn(format!("device {} is stalled at entry {}: {}", s.origin, s.at, s.reason));
+        }
         out.emit(
             "stalled",
             json!({ "origin": s.origin.to_hex(), "at": s.at, "reason": s.reason }),
@@ -212,6 +214,12 @@ fn report_problems(out: &mut Out, status: &MirrorStatus) -> Result<Outcome> {
         out::warn("the other devices were synced; the problems above remain");
     }
     Ok(if problems { Outcome::Failed } else { Outcome::Ok })
+}
+
+/// Whether a stall's reason is a bad file that the same report lists on its own line: the
+/// human output names each bad file once (the JSON envelopes keep both records).
+fn stalled_by_a_listed_bad_file(status: &MirrorStatus, reason: &str) -> bool {
+    status.bad_files.iter().any(|b| reason.contains(&b.path.display().to_string()))
 }
 
 fn bad_file_json(b: &shoal::filelog::BadFile) -> serde_json::Value {
@@ -357,7 +365,9 @@ impl PassWatcher {
         for s in &status.stalled {
             let text = format!("device {} is stalled at entry {}: {}", s.origin, s.at, s.reason);
             if !self.problems.contains(&text) {
-                out::warn(&text);
+                if !stalled_by_a_listed_bad_file(&status, &s.reason) {
+                    out::warn(&text);
+                }
                 out.emit(
                     "stalled",
                     json!({ "origin": s.origin.to_hex(), "at": s.at, "reason": s.reason }),
