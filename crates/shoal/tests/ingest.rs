@@ -33,9 +33,17 @@ struct RawDevice {
 
 impl RawDevice {
     fn new(path: &Path, ws: &Workspace) -> RawDevice {
+        Self::with_clock(path, ws, Arc::new(shoal::core::SystemClock))
+    }
+
+    fn with_clock(
+        path: &Path,
+        ws: &Workspace,
+        clock: Arc<dyn shoal::core::WallClock>,
+    ) -> RawDevice {
         let key = DeviceKey::generate().unwrap();
-        let replica =
-            SqliteReplica::create(path, ws.id(), Some(key.clone()), Options::default()).unwrap();
+        let options = Options { clock, ..Options::default() };
+        let replica = SqliteReplica::create(path, ws.id(), Some(key.clone()), options).unwrap();
         RawDevice { replica, key }
     }
 
@@ -229,4 +237,30 @@ async fn a_forged_genesis_is_rejected_and_others_keep_syncing() {
         let next = st.origins.iter().find(|o| o.origin == bad).map_or(0, |o| o.next);
         assert_eq!(next, 0, "nothing of the forger is stored");
     }
+}
+
+/// A stall on an entry that cannot be applied is not hidden by a lesser reason found later
+/// (an entry of the same origin stamped too far ahead): `status` keeps saying that entries
+/// are not applied, and why.
+#[tokio::test]
+async fn a_later_lesser_stop_does_not_hide_that_entries_are_not_applied() {
+    let mut d = devices();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let clock = shoal::core::ManualClock::new(now);
+    d.bad = RawDevice::with_clock(&d._dir.path().join("bad2.shoal"), &d.a, Arc::new(clock.clone()));
+    d.bad.write(vec![Op { domain: Domain::TABLES, kind: 200, body: vec![] }]);
+    d.bad.sync(&d.folder).await;
+    d.a.sync_folder(&d.folder).await.unwrap();
+    let bad = d.bad.origin();
+    let first = stall_of(&d.a, bad).unwrap();
+    assert!(first.contains("needs a newer Shoal"), "{first}");
+    // Ten minutes ahead of every wall clock: refused by receivers as skewed.
+    clock.set(now + 600_000);
+    d.bad.write(vec![put_op("todo", "9", "from the future")]);
+    d.bad.sync(&d.folder).await;
+    d.a.sync_folder(&d.folder).await.unwrap();
+    let after = stall_of(&d.a, bad).unwrap();
+    assert!(after.contains("needs a newer Shoal"), "still the first reason: {after}");
 }
