@@ -76,6 +76,8 @@ struct Inner {
     cursors: CursorBroadcast,
     clock: Arc<dyn WallClock>,
     ingest: Ingest,
+    /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
+    read_only: bool,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -211,17 +213,50 @@ impl SqliteReplica {
                 return Err(e);
             }
         };
-        Self::finish_open(path, conn, options)
+        Self::finish_open(path, conn, options, false)
     }
 
     /// Opens an existing workspace file.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Self, OpenError> {
         let path = path.as_ref();
         let conn = schema::open_existing(path, false)?;
-        Self::finish_open(path, conn, options)
+        Self::finish_open(path, conn, options, false)
     }
 
-    fn finish_open(path: &Path, conn: Connection, options: Options) -> Result<Self, OpenError> {
+    /// Opens an existing workspace file for reading only (a file this process cannot write,
+    /// a backup being inspected): nothing is written to it, not even the materializer's
+    /// upkeep, so the views are the ones the file holds; every write — a local commit, an
+    /// apply, a sync — fails with an error saying the file is open read-only.
+    pub fn open_read_only(path: impl AsRef<Path>, options: Options) -> Result<Self, OpenError> {
+        let path = path.as_ref();
+        let conn = schema::open_existing(path, true)?;
+        Self::finish_open(path, conn, options, true)
+    }
+
+    /// Whether this replica was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// Fails, naming the file, if the replica was opened read-only.
+    pub fn check_writable(&self) -> Result<(), SyncError> {
+        if self.inner.read_only {
+            return Err(SyncError::Unavailable {
+                what: self.inner.path.display().to_string(),
+                reason: "the workspace is open read-only (this process cannot write the file): \
+                         nothing can be written or synced"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish_open(
+        path: &Path,
+        conn: Connection,
+        options: Options,
+        read_only: bool,
+    ) -> Result<Self, OpenError> {
         let damaged = |what: String| OpenError::Damaged { path: path.to_owned(), what };
         let sql = |e| OpenError::sqlite(path, e);
         let ws = schema::meta(&conn, "workspace").map_err(sql)?;
@@ -238,12 +273,18 @@ impl SqliteReplica {
                     .map_err(|_| damaged("the device public key is not 32 bytes".into()))?;
                 let public = PublicKey::from_bytes(&public)
                     .map_err(|_| damaged("the device public key is not an Ed25519 key".into()))?;
-                Some(keyfile::read(&keyfile::key_path(path), &workspace, &public)?)
+                match keyfile::read(&keyfile::key_path(path), &workspace, &public) {
+                    Ok(key) => Some(key),
+                    // Reading needs no key: a read-only look at a file whose key is not
+                    // readable here still works.
+                    Err(_) if read_only => None,
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         let mut writer =
             Writer { conn, materializer: DomainRouter::new(options.domains), durability: None };
-        {
+        if !read_only {
             // IMMEDIATE: another process may be writing this file; taking the write lock up
             // front lets the busy timeout wait for it (a deferred transaction that reads and
             // then writes fails at once with SQLITE_BUSY instead).
@@ -266,10 +307,13 @@ impl SqliteReplica {
                 cursors: CursorBroadcast::new(cursors),
                 ingest: Ingest::new(workspace).with_clock(options.clock.clone()),
                 clock: options.clock,
+                read_only,
                 poller: Mutex::new(None),
             }),
         };
-        replica.resume_materialization().map_err(|e| damaged(e.to_string()))?;
+        if !read_only {
+            replica.resume_materialization().map_err(|e| damaged(e.to_string()))?;
+        }
         Ok(replica)
     }
 
@@ -307,6 +351,7 @@ impl SqliteReplica {
     /// Stores a bookkeeping value beside the log. Keys starting with `workspace` or
     /// `device` are the replica's own and refused.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), SyncError> {
+        self.check_writable()?;
         if key.starts_with("workspace") || key.starts_with("device") {
             return Err(SyncError::Misuse(format!("metadata key {key:?} is reserved")));
         }
@@ -390,6 +435,7 @@ impl SqliteReplica {
     /// Appends local transactions to this device's log, all in one SQLite transaction,
     /// materializes them, and returns once that transaction is durable.
     pub fn append_local(&self, txs: Vec<LocalTx>) -> Result<Vec<LocalCommit>, SyncError> {
+        self.check_writable()?;
         let key = self.inner.device.clone().ok_or_else(|| {
             SyncError::Misuse("this replica holds no device key; it cannot write".into())
         })?;
@@ -504,6 +550,7 @@ impl SqliteReplica {
         origin: PeerId,
         entries: Vec<Entry>,
     ) -> Result<BatchApplied, SyncError> {
+        self.check_writable()?;
         let mut entries = entries;
         loop {
             let position = self.position(origin)?;

@@ -150,6 +150,7 @@ impl Workspace {
 
     /// Publishes this device's new entries to `folder` and pulls everyone else's, once.
     pub async fn sync_folder(&self, folder: impl AsRef<Path>) -> Result<FolderSync> {
+        self.replica().check_writable()?;
         let lock = self.try_lock_sync()?.ok_or_else(|| Error::SyncBusy {
             path: self.path().to_owned(),
             lock: self.sync_lock_path(),

@@ -347,10 +347,34 @@ impl Workspace {
     }
 
     /// Opens an existing workspace file.
+    /// A file this process cannot write (its permissions, a read-only filesystem) is opened
+    /// read-only, as [`Workspace::open_read_only`] does: reads work, writes fail naming it.
     pub fn open(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
+        let path = path.as_ref();
         let m = TablesMaterializer::new();
         let tables = m.handle();
-        let replica = SqliteReplica::open(
+        let opened = SqliteReplica::open(
+            path,
+            Options { clock: options.clock.clone(), domains: vec![Box::new(m)] },
+        );
+        match opened {
+            Ok(replica) => Ok(Workspace::wrap(replica, tables)),
+            Err(shoal_sqlite::OpenError::Sqlite { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) =>
+            {
+                Self::open_read_only(path, options)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens an existing workspace file for reading only: queries, `get`, `status` and the
+    /// schema work; every write (a transaction, a declaration, a sync) fails with an error
+    /// naming the file. Nothing is written to the file, not even upkeep.
+    pub fn open_read_only(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
+        let m = TablesMaterializer::new();
+        let tables = m.handle();
+        let replica = SqliteReplica::open_read_only(
             path,
             Options { clock: options.clock, domains: vec![Box::new(m)] },
         )?;
@@ -631,6 +655,7 @@ impl Workspace {
 
     fn commit_ops(&self, ops: Vec<TableOp>) -> Result<Commit> {
         let ops = ops.iter().map(|o| o.to_op()).collect::<Result<Vec<_>, _>>()?;
+        self.replica.check_writable()?;
         self.refuse_if_forked()?;
         self.own_log_first()?;
         let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;

@@ -128,3 +128,71 @@ async fn status_counts_rows_written_under_a_losing_definition() {
     assert!(messages[0].starts_with("2 live rows"), "{messages:?}");
     assert_eq!(a.query("SELECT id FROM t", &[]).unwrap().rows.len(), 2);
 }
+
+mod read_only {
+    use shoal::*;
+
+    fn workspace_with_rows(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("a.shoal");
+        let ws = Workspace::create(&path, WorkspaceOptions::default()).unwrap();
+        ws.declare(
+            &TableSpec::new("todo").key("id", ColumnType::Text).column("title", ColumnType::Text),
+        )
+        .unwrap();
+        let mut tx = ws.transaction().unwrap();
+        tx.put(
+            "todo",
+            &[("id", Value::text("1").unwrap()), ("title", Value::text("one").unwrap())],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        path
+    }
+
+    fn reads_work_and_writes_fail(ws: &Workspace, path: &std::path::Path) {
+        let rows = ws.query("SELECT title FROM todo", &[]).unwrap().rows;
+        assert_eq!(rows, vec![vec![Value::text("one").unwrap()]]);
+        assert!(ws.get("todo", &[Value::text("1").unwrap()]).unwrap().is_some());
+        assert_eq!(ws.status().unwrap().origins.len(), 1);
+        assert!(ws.schema().unwrap().table("todo").is_some());
+        let mut tx = ws.transaction().unwrap();
+        tx.put("todo", &[("id", Value::text("2").unwrap())]).unwrap();
+        let err = tx.commit().unwrap_err().to_string();
+        assert!(err.contains("read-only") && err.contains(&path.display().to_string()), "{err}");
+        let err = ws.declare(&TableSpec::new("x").key("id", ColumnType::Text)).unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+
+    /// A read-only open writes nothing and reads everything (works as root too).
+    #[tokio::test]
+    async fn a_workspace_opened_read_only_reads_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = workspace_with_rows(dir.path());
+        let before = std::fs::read(&path).unwrap();
+        let ws = Workspace::open_read_only(&path, WorkspaceOptions::default()).unwrap();
+        reads_work_and_writes_fail(&ws, &path);
+        let folder = dir.path().join("shared");
+        std::fs::create_dir(&folder).unwrap();
+        let err = ws.sync_folder(&folder).await.unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+        drop(ws);
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written to the file");
+    }
+
+    /// A file this process cannot write opens read-only by itself (skipped as root, whom
+    /// permission bits do not stop).
+    #[cfg(unix)]
+    #[test]
+    fn a_file_without_write_permission_opens_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = workspace_with_rows(dir.path());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
+            eprintln!("skipped: this process can write a 0400 file (root)");
+            return;
+        }
+        let ws = Workspace::open(&path, WorkspaceOptions::default()).unwrap();
+        reads_work_and_writes_fail(&ws, &path);
+    }
+}
