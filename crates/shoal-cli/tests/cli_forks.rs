@@ -35,6 +35,11 @@ fn a_copied_device_is_refused_loudly_and_status_exits_2() {
     assert!(err.contains("forked"), "{err}");
     let (_, err) = s.exits(2, &["put", "-w", "copy.shoal", "todo", "id=4", "title=x"]);
     assert!(err.contains("copied from another device"), "{err}");
+    // Every other device learns of it, with the evidence, instead of "ok".
+    let id = s.json(&["status", "-w", "a.shoal"])[0].1["workspace"].as_str().unwrap().to_owned();
+    s.json(&["init", "-w", "b.shoal", "--join", &id]);
+    let (_, err) = s.exits(2, &["sync", "-w", "b.shoal", "--folder", "shared"]);
+    assert!(err.contains("is forked") && err.contains(".evidence"), "{err}");
 }
 
 #[test]

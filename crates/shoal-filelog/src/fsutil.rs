@@ -21,6 +21,17 @@ use crate::segment::{HEADER_LEN, declared_len};
 /// Writes `bytes` as `dir/<name>` so that the name appears only once the whole file is on
 /// disk, and is itself on disk before this returns.
 pub fn write_atomically(dir: &Path, name: &SegmentName, bytes: &[u8]) -> io::Result<PathBuf> {
+    write_file_atomically(dir, &name.file_name(), |random| temp_name(name, random), bytes)
+}
+
+/// Writes `bytes` to `dir/final_name` as [`write_atomically`] does, under the temporary name
+/// `temp(random)` (which readers must ignore).
+pub fn write_file_atomically(
+    dir: &Path,
+    final_name: &str,
+    temp: impl FnOnce([u8; 8]) -> String,
+    bytes: &[u8],
+) -> io::Result<PathBuf> {
     // Random bytes in the temporary name: a leftover from a crash never collides with the
     // next attempt. If the OS has no randomness the clock is good enough for that purpose.
     let random = shoal_core::random_bytes::<8>().unwrap_or_else(|_| {
@@ -33,8 +44,8 @@ pub fn write_atomically(dir: &Path, name: &SegmentName, bytes: &[u8]) -> io::Res
     // 1. A temporary name in the *same* directory: rename is atomic only within one
     //    filesystem, and readers ignore the name (it is not canonical), so a partial file is
     //    never seen as a segment.
-    let tmp = dir.join(temp_name(name, random));
-    let target = dir.join(name.file_name());
+    let tmp = dir.join(temp(random));
+    let target = dir.join(final_name);
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         // 2. Write the whole file.

@@ -61,6 +61,7 @@
 //! ```
 
 mod config;
+pub mod fork;
 mod fsutil;
 pub mod layout;
 mod mirror;
@@ -71,7 +72,7 @@ mod sink;
 mod watch;
 
 pub use config::Config;
-pub use mirror::{Mirror, MirrorStatus, OriginStatus, StalledOrigin, SyncReport};
+pub use mirror::{ForkedOrigin, Mirror, MirrorStatus, OriginStatus, StalledOrigin, SyncReport};
 pub use puller::{BadFile, FolderPuller};
 pub use replica::FolderReplica;
 pub use sink::FolderSink;

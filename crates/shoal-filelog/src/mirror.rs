@@ -65,6 +65,17 @@ pub struct StalledOrigin {
     pub since: SystemTime,
 }
 
+/// An origin proven forked by evidence in the folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkedOrigin {
+    /// The origin.
+    pub origin: PeerId,
+    /// The index at which two signed versions of its log disagree.
+    pub next: u64,
+    /// The evidence file.
+    pub evidence: PathBuf,
+}
+
 /// What a mirror has done and what it is stuck on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorStatus {
@@ -82,6 +93,9 @@ pub struct MirrorStatus {
     pub last_success: Option<SystemTime>,
     /// The error of the last pass, if it failed.
     pub last_error: Option<String>,
+    /// Origins whose directory holds verified fork evidence (two heads signed by the origin
+    /// over different chains at one index): their log forked, and no pass is in sync.
+    pub forked: Vec<ForkedOrigin>,
     /// Set once a pass found this device's own log forked (a copied file, or a restored
     /// backup that had written): why. The mirror publishes nothing while it is.
     pub fork: Option<String>,
@@ -95,6 +109,7 @@ impl MirrorStatus {
     pub fn in_sync(&self) -> bool {
         self.last_error.is_none()
             && self.fork.is_none()
+            && self.forked.is_empty()
             && self.last_success.is_some()
             && self.stalled.is_empty()
             && self.bad_files.is_empty()
@@ -142,6 +157,7 @@ impl Mirror {
             last_error: None,
             passes: 0,
             fork: None,
+            forked: Vec::new(),
         };
         Mirror { folder, local, status: Mutex::new(status), pass: tokio::sync::Mutex::new(()) }
     }
@@ -244,7 +260,21 @@ impl Mirror {
             });
         }
         let bad_files = self.folder.bad_files();
+        let layout = Layout::new(self.folder.folder().to_owned(), self.folder.workspace());
+        let forked: Vec<ForkedOrigin> = origins
+            .keys()
+            .flat_map(|o| {
+                let (good, _) =
+                    crate::fork::read_evidence(&layout.origin_dir(o), &layout.workspace(), o);
+                good.into_iter().map(|(path, ev)| ForkedOrigin {
+                    origin: ev.origin,
+                    next: ev.next,
+                    evidence: path,
+                })
+            })
+            .collect();
         let mut st = self.lock_status();
+        st.forked = forked;
         let stalled = report
             .stalled
             .iter()

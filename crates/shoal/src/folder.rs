@@ -78,6 +78,7 @@ impl Workspace {
                     Err(SyncError::Rejected { .. }) => {
                         let e = forked(have);
                         self.note_sync_error(&e)?;
+                        self.publish_fork_evidence(&folder)?;
                         return Err(e.into());
                     }
                     Err(e) => return Err(e.into()),
@@ -88,12 +89,72 @@ impl Workspace {
             if let Err(index) = own_log_continues(&ws, &own, at, page) {
                 let e = forked(index);
                 self.note_sync_error(&e)?;
+                self.publish_fork_evidence(&folder)?;
                 return Err(e.into());
             }
         }
         self.set_own_log_checked();
         Ok(())
     }
+}
+
+impl Workspace {
+    /// After this device found its own log forked against `folder`: writes the proof into
+    /// its own directory there — its log's head and the folder's head at the first index both
+    /// hold, over different chains, each signed with this device's key (which signed both
+    /// logs) — so that every device learns the origin forked (`MirrorStatus::forked`).
+    /// Best effort: a folder that cannot be written now gets it at the next detection.
+    pub fn publish_fork_evidence(&self, folder: &Path) -> Result<Option<PathBuf>> {
+        let Some(key) = self.replica().device_key().cloned() else { return Ok(None) };
+        let (ws, own) = (self.id(), key.peer_id(&self.id()));
+        let sink = match shoal_filelog::FolderSink::open(folder, ws, &key, Config::default()) {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        };
+        let at = FileLogSink::position(&sink);
+        let have = self.replica().durable_cursors()?.get(&own);
+        let n = have.min(at.next);
+        if n == 0 {
+            return Ok(None);
+        }
+        let start = shoal_core::ChainPosition::start(&ws, &own);
+        let local = chain_at(n, start, |from| Ok(self.replica().read_page(own, from)?))?;
+        let theirs = if n == at.next {
+            at.chain
+        } else {
+            let puller = shoal_filelog::FolderPuller::new(folder, ws, Config::default());
+            chain_at(n, start, |from| Ok(FileLogPuller::read_entries(&puller, own, from, 4096)?))?
+        };
+        if local == theirs {
+            return Ok(None);
+        }
+        let evidence = shoal_filelog::fork::ForkEvidence::sign(&key, ws, n, theirs, local);
+        Ok(evidence.write(sink.dir()).ok())
+    }
+}
+
+/// The chain of one origin's log after its first `n` entries, reading pages from `read`.
+fn chain_at(
+    n: u64,
+    start: shoal_core::ChainPosition,
+    mut read: impl FnMut(u64) -> Result<Vec<shoal_core::Entry>>,
+) -> Result<shoal_core::ChainHash> {
+    let mut at = start;
+    while at.next < n {
+        let mut page = read(at.next)?;
+        page.retain(|e| e.index >= at.next && e.index < n);
+        if page.is_empty() {
+            return Err(Error::Sync(SyncError::Bug(format!(
+                "the log ends at {} before entry {n}",
+                at.next
+            ))));
+        }
+        let chain = shoal_core::chain_through(at, &page).map_err(|(expected, got)| {
+            Error::Sync(SyncError::Bug(format!("a page of the log skips from {expected} to {got}")))
+        })?;
+        at = shoal_core::ChainPosition { next: at.next + page.len() as u64, chain };
+    }
+    Ok(at.chain)
 }
 
 /// A workspace's sync lock, held until dropped: only one sync of a workspace file runs at a
@@ -160,6 +221,9 @@ impl Workspace {
             Ok(r) => r,
             Err(e) => {
                 self.note_sync_error(&e)?;
+                if let SyncError::Forked { .. } = e {
+                    self.publish_fork_evidence(folder.as_ref())?;
+                }
                 return Err(e.into());
             }
         };

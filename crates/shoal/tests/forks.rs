@@ -109,11 +109,21 @@ async fn a_cloned_device_that_wrote_is_refused_loudly_whichever_syncs_first() {
             let again = s.open(name);
             assert!(again.status().unwrap().fork.is_some());
             assert!(matches!(put(&again, "later").unwrap_err(), Error::Forked(_)));
-            // The first one's writes reached the folder and a third device.
+            // The first one's writes reached the folder and a third device, which also learns
+            // that the origin forked: the evidence in the folder proves it.
             let b = Workspace::join(s.path("b.shoal"), first.id(), WorkspaceOptions::default())
                 .unwrap();
-            b.sync_folder(&s.folder).await.unwrap();
+            let out = b.sync_folder(&s.folder).await.unwrap();
             assert_eq!(ids(&b), ids(first));
+            let origin = first.device().unwrap();
+            assert!(
+                out.status.forked.iter().any(|f| f.origin == origin),
+                "{clone_first} {clone_writes}: {:?}",
+                out.status
+            );
+            assert!(!out.status.in_sync());
+            let seen_by_first = first.sync_folder(&s.folder).await.unwrap();
+            assert!(seen_by_first.status.forked.iter().any(|f| f.origin == origin));
         }
     }
 }

@@ -148,6 +148,9 @@ pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<O
     ws.add_local_stalls(&mut status)?;
     if let Err(e) = result {
         ws.note_sync_error(&e)?;
+        if let shoal::core::SyncError::Forked { .. } = e {
+            ws.publish_fork_evidence(folder)?;
+        }
         return Err(anyhow!(e).context(format!("sync with {}", folder.display())));
     }
     ws.record_sync(&status.folder)?;
@@ -209,7 +212,20 @@ fn report_problems(out: &mut Out, status: &MirrorStatus) -> Result<Outcome> {
         out::warn(format!("bad file {}: {}", b.path.display(), b.reason));
         out.emit("bad_file", bad_file_json(b))?;
     }
-    let problems = !status.stalled.is_empty() || !status.bad_files.is_empty();
+    for f in &status.forked {
+        out::warn(format!(
+            "device {} is forked: two versions of its log disagree at entry {} (evidence {})",
+            f.origin,
+            f.next.saturating_sub(1),
+            f.evidence.display()
+        ));
+        out.emit(
+            "forked",
+            json!({ "origin": f.origin.to_hex(), "next": f.next, "evidence": f.evidence.display().to_string() }),
+        )?;
+    }
+    let problems =
+        !status.stalled.is_empty() || !status.bad_files.is_empty() || !status.forked.is_empty();
     if problems {
         out::warn("the other devices were synced; the problems above remain");
     }
