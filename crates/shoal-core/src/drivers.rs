@@ -12,14 +12,11 @@
 //! Never: holds more than two pages of one origin in memory (the one being applied and the
 //! one being read ahead), whatever the log's length.
 
-use std::sync::Arc;
-
 use futures::{FutureExt, StreamExt};
 
 use crate::cursors::PeerCursors;
 use crate::entry::{ChainPosition, Entry, check_seal};
 use crate::error::SyncError;
-use crate::hlc::ManualClock;
 use crate::ids::{PeerId, WorkspaceId};
 use crate::ingest::Ingest;
 use crate::sync::{FileLogSink, LogPosition, LogProcessor, LogSource};
@@ -209,8 +206,7 @@ pub fn own_log_continues(
     }
     // The local log is ahead: its next run must continue the chain. Its own stamps are not
     // judged here (a clock set back since must not stop a publication).
-    let verifier =
-        Ingest::new(*workspace).with_clock(Arc::new(ManualClock::new(crate::hlc::Hlc::MAX_MILLIS)));
+    let verifier = Ingest::ignoring_skew(*workspace);
     let run = verifier.verify(*origin, at, page.into_iter().skip(1).collect());
     match run.stop() {
         Some(SyncError::Rejected { .. }) if run.entries().is_empty() => Err(tip),

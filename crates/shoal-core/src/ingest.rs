@@ -136,6 +136,15 @@ impl Ingest {
         Ingest { workspace, clock: Arc::new(SystemClock), membership: Arc::new(OpenMembership) }
     }
 
+    /// The pipeline for entries whose stamps are not to be judged against today's clock:
+    /// a log re-verified where it is stored (they passed the skew check when they arrived),
+    /// or a device's own entries on their way out (a clock set back since must not stop a
+    /// publication; receivers judge the skew).
+    pub fn ignoring_skew(workspace: WorkspaceId) -> Self {
+        Ingest::new(workspace)
+            .with_clock(Arc::new(crate::hlc::ManualClock::new(crate::hlc::Hlc::MAX_MILLIS)))
+    }
+
     /// The same pipeline reading another wall clock (tests inject one).
     pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
         self.clock = clock;

@@ -30,11 +30,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
 use shoal_core::{
-    BatchApplied, ChainPosition, DeviceKey, Entry, FileLogSink, Hlc, Ingest, ManualClock, PeerId,
-    SyncError, WorkspaceId,
+    BatchApplied, ChainPosition, DeviceKey, Entry, FileLogSink, Ingest, PeerId, SyncError,
+    WorkspaceId,
 };
 
 use crate::config::Config;
@@ -92,7 +90,7 @@ impl FolderSink {
             position: ChainPosition::start(&workspace, &origin),
             // The device's own entries carry its own clock's stamps: a clock that was set back
             // since must not keep them from being published (receivers judge the skew).
-            ingest: Ingest::new(workspace).with_clock(Arc::new(ManualClock::new(Hlc::MAX_MILLIS))),
+            ingest: Ingest::ignoring_skew(workspace),
             layout,
             origin,
             config,

@@ -42,9 +42,9 @@ use shoal_core::SignedHead;
 use shoal_core::codec::DecodeError;
 use shoal_core::{
     BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey, Entry,
-    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource, ManualClock,
-    Op, OwnLog, PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock,
-    UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
+    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource, Op, OwnLog,
+    PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId,
+    VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
 use crate::guard::AppReader;
@@ -847,7 +847,7 @@ impl SqliteReplica {
         let ws = self.inner.workspace;
         // Stored entries passed the skew check when they arrived; verifying them again must
         // not depend on today's clock.
-        let verifier = Ingest::new(ws).with_clock(Arc::new(ManualClock::new(Hlc::MAX_MILLIS)));
+        let verifier = Ingest::ignoring_skew(ws);
         let mut checked = 0;
         for (origin, next) in self.durable_cursors()?.iter() {
             let mut position = ChainPosition::start(&ws, &origin);
