@@ -89,6 +89,16 @@ pub enum OpenError {
         /// The path.
         path: PathBuf,
     },
+    /// The file has more than one hard link. SQLite keeps its write-ahead log and lock
+    /// file beside the *name* it was opened by, so two names of one file would each get a
+    /// log of their own and corrupt it; Shoal refuses to open such a file at all.
+    #[error("{}: the workspace file has {links} hard links; SQLite keeps a separate write-ahead log per name, which would corrupt it. Remove the other names (`find / -samefile` finds them); to have two devices, join a second workspace instead of linking or copying the file", path.display())]
+    HardLinked {
+        /// The path.
+        path: PathBuf,
+        /// How many names the file has.
+        links: u64,
+    },
     /// The file system failed.
     #[error("{}: {what}: {source}", path.display())]
     Io {
@@ -180,6 +190,18 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
 pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Connection, OpenError> {
     if !path.exists() {
         return Err(OpenError::Missing { path: path.to_owned() });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|source| OpenError::Io {
+            path: path.to_owned(),
+            what: "read the file's metadata",
+            source,
+        })?;
+        if meta.nlink() > 1 {
+            return Err(OpenError::HardLinked { path: path.to_owned(), links: meta.nlink() });
+        }
     }
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX

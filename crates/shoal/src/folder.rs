@@ -169,7 +169,7 @@ pub struct SyncLock {
 impl Workspace {
     /// The lock file of this workspace's syncs: beside the file, named after its canonical
     /// path, so every path that reaches the same file (through symbolic links too) takes the
-    /// same lock.
+    /// same lock. (Hard links cannot reach it: a file with two names is never opened.)
     pub fn sync_lock_path(&self) -> PathBuf {
         let file = std::fs::canonicalize(self.path()).unwrap_or_else(|_| self.path().to_owned());
         let mut path = file.into_os_string();

@@ -351,6 +351,7 @@ impl Workspace {
     /// read-only, as [`Workspace::open_read_only`] does: reads work, writes fail naming it.
     pub fn open(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
         let path = path.as_ref();
+        remove_init_leftovers(path);
         let m = TablesMaterializer::new();
         let tables = m.handle();
         let opened = SqliteReplica::open(
@@ -372,6 +373,7 @@ impl Workspace {
     /// schema work; every write (a transaction, a declaration, a sync) fails with an error
     /// naming the file. Nothing is written to the file, not even upkeep.
     pub fn open_read_only(path: impl AsRef<Path>, options: WorkspaceOptions) -> Result<Workspace> {
+        remove_init_leftovers(path.as_ref());
         let m = TablesMaterializer::new();
         let tables = m.handle();
         let replica = SqliteReplica::open_read_only(
@@ -792,6 +794,40 @@ impl Workspace {
 }
 
 /// `<path><suffix>`: SQLite's side files (`-wal`, `-shm`).
+/// Removes what an `init` killed after placing the file left beside it: its temporary name
+/// `.NAME.init-*` (and that name's key file), but only when it is a second name of this
+/// very file, so the file has one name again (SQLite must not see two; see
+/// `OpenError::HardLinked`). Anything else is left alone; failures are ignored (the open
+/// that follows reports what is wrong).
+fn remove_init_leftovers(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        if meta.nlink() < 2 {
+            return;
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let prefix = format!(".{}.init-", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if !file_name.starts_with(&prefix) || file_name.ends_with(".key") {
+                continue;
+            }
+            let leftover = entry.path();
+            let same = std::fs::symlink_metadata(&leftover)
+                .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+            if same {
+                let _ = std::fs::remove_file(shoal_sqlite::key_path(&leftover));
+                let _ = std::fs::remove_file(&leftover);
+            }
+        }
+    }
+}
+
 fn side_file(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
