@@ -14,9 +14,12 @@
 //!   `shoal_meta`, `shoal_oplog`, `shoal_origins`, `sqlite_master`, `dbstat` — is refused,
 //!   however it is named (subquery alias, CTE, join).
 //! - A CTE may take a view's name, and SQLite then reports its reads with that name as the
-//!   accessor: so app SQL can read the hidden row tables *behind that view* (the same rows,
-//!   plus merge metadata such as write timestamps). Never bookkeeping, the log or keys; and
-//!   the device key is not in the file at all (see `keyfile`).
+//!   accessor, exactly as for the view. So the authorizer alone would let
+//!   `WITH todo AS (SELECT * FROM shoal_t_…) …` read a view's hidden row table; what closes
+//!   it is [`check_app_sql`], run on app SQL before it is prepared: no table or column an
+//!   app can see starts with `shoal_` (the prefix is reserved), so a statement that names
+//!   any identifier with that prefix is refused. (The device key is not in the file at all;
+//!   see `keyfile`.)
 //! - `ATTACH`, `DETACH`, transactions, savepoints, every write and DDL action, and pragmas
 //!   other than a few informational ones are refused.
 //!
@@ -24,13 +27,101 @@
 //! never removed; Shoal's own statements on it run in trusted mode, which is switched off
 //! again when they end (also on error or panic).
 //!
-//! Never: lets app SQL read a `shoal_*`/`sqlite_*` table no view reads.
+//! Never: lets app SQL read a `shoal_*`/`sqlite_*` table no view reads, or (with
+//! [`check_app_sql`]) name a `shoal_*` table at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+
+/// Refuses app SQL that names an identifier starting with `shoal_` (any case, quoted or
+/// not): only Shoal's hidden tables and their columns have such names, since no visible
+/// table or column may (`shoal_tables::is_reserved_name`). String literals and comments are
+/// skipped; so a string value `'shoal_x'` is fine, while `"shoal_x"` (an identifier in
+/// SQL, even where SQLite would fall back to reading it as a string) is refused. The error
+/// is the identifier found.
+///
+/// This is what stops a CTE that takes a view's name from reading the hidden table behind
+/// the view (see the module doc); the authorizer covers everything else.
+pub fn check_app_sql(sql: &str) -> Result<(), String> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let reserved_ident = |name: &str| -> Result<(), String> {
+        if name.len() >= 6 && name.as_bytes()[..6].eq_ignore_ascii_case(b"shoal_") {
+            Err(name.to_owned())
+        } else {
+            Ok(())
+        }
+    };
+    // Returns the end of a quoted run starting at `start` (after the closing quote), where a
+    // doubled closing quote is an escaped one; the text runs to the end if unclosed.
+    let quoted = |start: usize, close: u8, doubles: bool| -> (usize, String) {
+        let mut j = start + 1;
+        let mut text = Vec::new();
+        while j < b.len() {
+            if b[j] == close {
+                if doubles && b.get(j + 1) == Some(&close) {
+                    text.push(close);
+                    j += 2;
+                    continue;
+                }
+                return (j + 1, String::from_utf8_lossy(&text).into_owned());
+            }
+            text.push(b[j]);
+            j += 1;
+        }
+        (j, String::from_utf8_lossy(&text).into_owned())
+    };
+    while i < b.len() {
+        match b[i] {
+            b'\'' => i = quoted(i, b'\'', true).0,
+            b'"' | b'`' => {
+                let (end, name) = quoted(i, b[i], true);
+                reserved_ident(&name)?;
+                i = end;
+            }
+            b'[' => {
+                let (end, name) = quoted(i, b']', false);
+                reserved_ident(&name)?;
+                i = end;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 2;
+            }
+            c if c == b'_' || c.is_ascii_alphabetic() || c >= 0x80 => {
+                let start = i;
+                while i < b.len()
+                    && (b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i].is_ascii_alphanumeric()
+                        || b[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                reserved_ident(&String::from_utf8_lossy(&b[start..i]))?;
+            }
+            c if c.is_ascii_digit() => {
+                // A number (possibly `1e5` or `0x1f`): its letters are not an identifier.
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
 
 /// A read-only connection for app SQL, with the authorizer installed.
 pub(crate) struct AppReader {
@@ -195,5 +286,59 @@ impl AppReader {
         }
         lock(&self.state).schema_version = Some(version);
         Ok(&self.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_app_sql;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_with_the_reserved_prefix_are_refused_however_quoted() {
+        for sql in [
+            "SELECT * FROM shoal_meta",
+            "select * from SHOAL_T_01",
+            "SELECT * FROM \"Shoal_t\"",
+            "SELECT * FROM \"a\"\"b\", \"shoal_x\"",
+            "SELECT * FROM [shoal_x]",
+            "SELECT * FROM `shoal_x`",
+            "SELECT * FROM main.shoal_x",
+            "SELECT 1 /* unclosed comment */ FROM shoal_x",
+            "SELECT :shoal_p",
+            "SELECT * FROM \"shoal_unclosed",
+        ] {
+            assert!(check_app_sql(sql).is_err(), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM todo WHERE t = 'shoal_x'",
+            "SELECT 'it''s shoal_x' -- shoal_meta",
+            "SELECT 1 /* shoal_meta */",
+            "SELECT x'00', 1e5, 0x1f, sqlite_version(), my_shoal_col FROM todo",
+            "SELECT * FROM \"todo\" AS [t]",
+        ] {
+            assert_eq!(check_app_sql(sql), Ok(()), "{sql}");
+        }
+    }
+
+    proptest! {
+        /// Whatever a string literal holds, it never makes a statement refused.
+        #[test]
+        fn string_literals_never_refuse(content in ".*") {
+            let sql = format!("SELECT * FROM todo WHERE t = '{}'", content.replace('\'', "''"));
+            prop_assert_eq!(check_app_sql(&sql), Ok(()));
+        }
+
+        /// A `shoal_` identifier is found after any prefix of literals and comments.
+        #[test]
+        fn a_reserved_identifier_is_found_after_anything(content in "[^*]*", quote in 0..4usize) {
+            let name = ["shoal_t", "\"shoal_t\"", "[shoal_t]", "`shoal_t`"][quote];
+            let sql = format!(
+                "SELECT '{}' /* {} */ FROM {name}",
+                content.replace('\'', "''"),
+                content.replace('/', " ")
+            );
+            prop_assert!(check_app_sql(&sql).is_err());
+        }
     }
 }

@@ -44,6 +44,7 @@ mod replica;
 mod schema;
 mod tables;
 
+pub use guard::check_app_sql;
 pub use keyfile::{KeyFileError, key_path};
 pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};

@@ -142,6 +142,18 @@ pub enum Error {
         sql: String,
     },
 
+    /// SQL given to `query` names one of Shoal's hidden tables or columns (a `shoal_*`
+    /// name; no table or column an app can see has one).
+    #[error(
+        "SQL may not name Shoal's hidden tables or columns ({name:?} starts with the reserved prefix shoal_); query the tables by their own names: {sql:?}"
+    )]
+    HiddenName {
+        /// The statement.
+        sql: String,
+        /// The reserved name it uses.
+        name: String,
+    },
+
     /// SQLite refused a query.
     #[error("SQL error in {sql:?}: {source}")]
     Sql {

@@ -884,7 +884,12 @@ fn run_query(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result
 fn prepare_query<'c>(conn: &'c rusqlite::Connection, sql: &str) -> Result<rusqlite::Statement<'c>> {
     let err = |source| Error::Sql { sql: sql.to_owned(), source };
     // The connection comes from `with_app_reader`: its schema is current (so `SELECT *`
-    // expands to the current views) and its authorizer refuses Shoal's hidden tables.
+    // expands to the current views) and its authorizer refuses Shoal's hidden tables; a
+    // `shoal_*` name is refused before that, so a CTE taking a view's name cannot read the
+    // hidden table behind it.
+    if let Err(name) = shoal_sqlite::check_app_sql(sql) {
+        return Err(Error::HiddenName { sql: sql.to_owned(), name });
+    }
     let stmt = match conn.prepare(sql) {
         Ok(stmt) => stmt,
         // Writing to a view fails while preparing, before `readonly()` can be asked.

@@ -129,6 +129,35 @@ fn hidden_tables_are_refused_to_app_sql() {
         refused(&ws, sql);
         never_shows_key(&ws, sql);
     }
+    // A CTE that takes a view's name is reported to the authorizer exactly like the view;
+    // naming the hidden row table behind it, however quoted, is refused before that.
+    let conn = rusqlite::Connection::open(dir.path().join("a.shoal")).unwrap();
+    let hidden: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'shoal_t%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!hidden.is_empty());
+    for table in &hidden {
+        let upper = table.to_ascii_uppercase();
+        for sql in [
+            format!("WITH todo AS (SELECT * FROM {table}) SELECT * FROM todo"),
+            format!("WITH todo AS (SELECT * FROM \"{upper}\") SELECT * FROM todo"),
+            format!("WITH todo AS (SELECT * FROM [{table}]) SELECT * FROM todo"),
+            format!("WITH todo AS (SELECT * FROM main.`{table}`) SELECT * FROM todo"),
+            format!(
+                "WITH todo(a) AS MATERIALIZED (SELECT 1 FROM /* c */ {table}) SELECT * FROM todo"
+            ),
+        ] {
+            let err = ws.query(&sql, &[]).unwrap_err();
+            assert!(matches!(err, Error::HiddenName { .. }), "{sql}: {err}");
+        }
+    }
+    // A value that merely contains the prefix (a string, a comment) is fine.
+    let r = ws.query("SELECT count(*) FROM todo WHERE title <> 'shoal_x' -- shoal_meta", &[]);
+    assert_eq!(r.unwrap().rows, vec![vec![Value::Integer(1)]]);
     // Informational pragmas over the views are fine.
     assert!(ws.query("PRAGMA table_info(todo)", &[]).is_ok());
     // The views still work after all of that (no transaction left open, nothing broken).
