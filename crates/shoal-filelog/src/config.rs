@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::faults::Faults;
 use crate::segment::Compression;
 
 /// Tunables of a folder replica, its sink and puller, and the mirror.
@@ -53,6 +54,9 @@ pub struct Config {
     /// Failures of an unchanged file after which it appears in the status (before that,
     /// or while it keeps changing, it is presumed to be an upload in progress). Default 3.
     pub report_after: u32,
+    /// Faults injected at the folder's file-system steps (simulations only; none by
+    /// default). See [`crate::faults`].
+    pub faults: Faults,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             retry_initial: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
             report_after: 3,
+            faults: Faults::default(),
         }
     }
 }

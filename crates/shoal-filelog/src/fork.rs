@@ -135,6 +135,7 @@ impl ForkEvidence {
                 )
             },
             &self.encode(),
+            &crate::faults::Faults::default(),
         )
     }
 }

@@ -15,13 +15,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::faults::{Faults, FolderStep, crash, is_simulated_crash};
 use crate::layout::{FileStamp, SegmentName, temp_name};
 use crate::segment::{HEADER_LEN, declared_len};
 
 /// Writes `bytes` as `dir/<name>` so that the name appears only once the whole file is on
 /// disk, and is itself on disk before this returns.
-pub fn write_atomically(dir: &Path, name: &SegmentName, bytes: &[u8]) -> io::Result<PathBuf> {
-    write_file_atomically(dir, &name.file_name(), |random| temp_name(name, random), bytes)
+pub fn write_atomically(
+    dir: &Path,
+    name: &SegmentName,
+    bytes: &[u8],
+    faults: &Faults,
+) -> io::Result<PathBuf> {
+    write_file_atomically(dir, &name.file_name(), |random| temp_name(name, random), bytes, faults)
 }
 
 /// Writes `bytes` to `dir/final_name` as [`write_atomically`] does, under the temporary name
@@ -31,6 +37,7 @@ pub fn write_file_atomically(
     final_name: &str,
     temp: impl FnOnce([u8; 8]) -> String,
     bytes: &[u8],
+    faults: &Faults,
 ) -> io::Result<PathBuf> {
     // Random bytes in the temporary name: a leftover from a crash never collides with the
     // next attempt. If the OS has no randomness the clock is good enough for that purpose.
@@ -47,31 +54,49 @@ pub fn write_file_atomically(
     let tmp = dir.join(temp(random));
     let target = dir.join(final_name);
     let result = (|| {
+        faults.check(FolderStep::CreateTemp, &tmp, 0)?;
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         // 2. Write the whole file.
+        if let Some(torn) = faults.check(FolderStep::WriteTemp, &tmp, bytes.len())? {
+            file.write_all(&bytes[..torn])?;
+            return Err(crash());
+        }
         file.write_all(bytes)?;
         // 3. fsync the file before renaming: otherwise a crash after the rename could leave
         //    the canonical name pointing at an empty or partial file (the rename may reach
         //    the disk before the data does).
+        faults.check(FolderStep::SyncTemp, &tmp, 0)?;
         file.sync_all()?;
         drop(file);
         // 4. Rename onto the canonical name: atomic, so a reader sees either no file (or
         //    the previous one of that name) or the complete new one.
+        faults.check(FolderStep::Rename, &target, 0)?;
         fs::rename(&tmp, &target)?;
         // 5. fsync the directory: the rename is a change of the directory, and until that
         //    is on disk a crash can undo it — we would have acknowledged a publication that
         //    is lost.
-        sync_dir(dir)
+        sync_dir(dir, faults)
     })();
-    if result.is_err() {
-        // Best effort: a leftover is also removed by the sink's next start.
+    if let Err(e) = &result
+        && !is_simulated_crash(e)
+    {
+        // Best effort: a leftover is also removed by the sink's next start. (A crashed
+        // process removes nothing.)
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| target)
 }
 
+/// Removes a file of the folder. The removal is not synced: a removal undone by a crash
+/// leaves a file that is covered by another (or a stale temporary), removed again later.
+pub fn remove_file(path: &Path, faults: &Faults) -> io::Result<()> {
+    faults.check(FolderStep::Remove, path, 0)?;
+    fs::remove_file(path)
+}
+
 /// Makes a directory's entries (creations, renames, deletions) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
+    faults.check(FolderStep::SyncDir, dir, 0)?;
     #[cfg(unix)]
     {
         File::open(dir)?.sync_all()
@@ -86,11 +111,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates `dir` (one level) if missing, and makes its creation durable. Fails with
 /// `NotFound` when the parent is missing: parents are never created implicitly.
-pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub fn ensure_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => {
             if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
+                sync_dir(parent, faults)?;
             }
             Ok(())
         }
@@ -103,7 +128,8 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 /// (so a longer file fails as "trailing bytes" without being read whole). A file whose
 /// header is not acceptable is returned as its first [`HEADER_LEN`] bytes, for the decoder
 /// to name the problem. Returns the stamp of the version read.
-pub fn read_segment_file(path: &Path) -> io::Result<(Vec<u8>, FileStamp)> {
+pub fn read_segment_file(path: &Path, faults: &Faults) -> io::Result<(Vec<u8>, FileStamp)> {
+    faults.check(FolderStep::Read, path, 0)?;
     let mut file = File::open(path)?;
     let stamp = FileStamp::of(&file.metadata()?);
     let mut bytes = Vec::with_capacity(HEADER_LEN);

@@ -61,6 +61,7 @@
 //! ```
 
 mod config;
+pub mod faults;
 pub mod fork;
 mod fsutil;
 pub mod layout;

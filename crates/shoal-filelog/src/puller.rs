@@ -307,7 +307,7 @@ impl FolderPuller {
     }
 
     fn read(&self, origin: PeerId, file: &SegmentFile) -> Result<(Vec<u8>, FileStamp), Load> {
-        match read_segment_file(&file.path) {
+        match read_segment_file(&file.path, &self.config.faults) {
             Ok(r) => Ok(r),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Load::Vanished),
             Err(e) => {

@@ -36,7 +36,7 @@ use shoal_core::{
 };
 
 use crate::config::Config;
-use crate::fsutil::{ensure_dir, read_segment_file, write_atomically};
+use crate::fsutil::{ensure_dir, read_segment_file, remove_file, write_atomically};
 use crate::layout::{
     FileStamp, Layout, SegmentFile, SegmentName, coverage_path, is_temp_name, list_segments,
 };
@@ -147,9 +147,9 @@ impl FolderSink {
     pub fn refresh(&mut self) -> Result<(), SyncError> {
         self.layout.check_root().map_err(|r| self.unavailable(r))?;
         let ws_dir = self.layout.workspace_dir();
-        ensure_dir(&ws_dir).map_err(|e| self.io_error("creating", &ws_dir, e))?;
+        ensure_dir(&ws_dir, &self.config.faults).map_err(|e| self.io_error("creating", &ws_dir, e))?;
         let dir = self.dir.clone();
-        ensure_dir(&dir).map_err(|e| self.io_error("creating", &dir, e))?;
+        ensure_dir(&dir, &self.config.faults).map_err(|e| self.io_error("creating", &dir, e))?;
         // One rule for readers and the writer: a device directory is a real directory.
         // Readers skip symbolic links (a link could point anywhere, even into another
         // device's directory), so nothing written through one would ever reach anyone.
@@ -219,7 +219,7 @@ impl FolderSink {
                 // Only this sink writes temporary files in this directory, and it is not
                 // writing one now (it holds `&mut self`): this one is left from a crash.
                 let path = entry.path();
-                match fs::remove_file(&path) {
+                match remove_file(&path, &self.config.faults) {
                     Ok(()) => {
                         tracing::info!(path = %path.display(), "removed a stale temporary file")
                     }
@@ -244,7 +244,7 @@ impl FolderSink {
         {
             return Ok((*stamp, *tip));
         }
-        let (bytes, stamp) = match read_segment_file(&file.path) {
+        let (bytes, stamp) = match read_segment_file(&file.path, &self.config.faults) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(None),
             Err(e) => return Err(Some(FileProblem::Io(e.to_string()))),
@@ -336,7 +336,7 @@ impl FolderSink {
     fn write_segment(&mut self, seg: &Segment) -> Result<(), SyncError> {
         let bytes = seg.encode(self.config.compression);
         let name = seg.name();
-        let path = write_atomically(&self.dir, &name, &bytes)
+        let path = write_atomically(&self.dir, &name, &bytes, &self.config.faults)
             .map_err(|e| self.io_error("publishing", &self.dir.join(name.file_name()), e))?;
         if let Ok(meta) = fs::metadata(&path) {
             let tip = SegmentTip {
@@ -371,7 +371,7 @@ impl FolderSink {
             if file.name.last >= published {
                 return true;
             }
-            match fs::remove_file(&file.path) {
+            match remove_file(&file.path, &self.config.faults) {
                 Ok(()) => {
                     tracing::info!(path = %file.path.display(), "removed a damaged own segment (republished)");
                     false
@@ -415,7 +415,7 @@ impl FolderSink {
         let mut reach: Option<u64> = None;
         for s in order {
             if reach.is_some_and(|r| r >= s.name.last) {
-                match fs::remove_file(&s.path) {
+                match remove_file(&s.path, &self.config.faults) {
                     Ok(()) => {
                         self.tips.remove(&s.path);
                         continue;
@@ -440,7 +440,7 @@ impl FolderSink {
         let mut parts = Vec::with_capacity(group.len());
         for s in group {
             let (bytes, _) =
-                read_segment_file(&s.path).map_err(|e| self.io_error("reading", &s.path, e))?;
+                read_segment_file(&s.path, &self.config.faults).map_err(|e| self.io_error("reading", &s.path, e))?;
             // Own files were verified when written; re-checking the chain and head is
             // enough to know the bytes are still the same entries.
             let seg = Segment::decode(&bytes, &self.expected(s.name))

@@ -211,12 +211,22 @@ impl Workspace {
 
     /// Publishes this device's new entries to `folder` and pulls everyone else's, once.
     pub async fn sync_folder(&self, folder: impl AsRef<Path>) -> Result<FolderSync> {
+        self.sync_folder_with(folder, Config::default()).await
+    }
+
+    /// [`Workspace::sync_folder`] with the folder log's tunables (segment sizes,
+    /// compaction, retries; a simulation's fault injector).
+    pub async fn sync_folder_with(
+        &self,
+        folder: impl AsRef<Path>,
+        config: Config,
+    ) -> Result<FolderSync> {
         self.replica().check_writable()?;
         let lock = self.try_lock_sync()?.ok_or_else(|| Error::SyncBusy {
             path: self.path().to_owned(),
             lock: self.sync_lock_path(),
         })?;
-        let mirror = self.folder_mirror(folder.as_ref(), Config::default(), &lock)?;
+        let mirror = self.folder_mirror(folder.as_ref(), config, &lock)?;
         let report = match mirror.sync_once().await {
             Ok(r) => r,
             Err(e) => {

@@ -175,6 +175,18 @@ impl Workspace {
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
         let salt = random_bytes::<16>()
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
+        Self::create_with_key(path, key, salt, options)
+    }
+
+    /// [`Workspace::create`] with a device key and workspace salt of the caller's (an app
+    /// that keeps keys in a keychain; a reproducible simulation). The key must be used by
+    /// this one file only: two files with one key are one device forked.
+    pub fn create_with_key(
+        path: impl AsRef<Path>,
+        key: DeviceKey,
+        salt: [u8; 16],
+        options: WorkspaceOptions,
+    ) -> Result<Workspace> {
         // The genesis entry: anyone can check that the id derives from this key and salt.
         let genesis = ControlOp::genesis(key.public_key(), salt);
         Self::create_file(path.as_ref(), genesis.workspace(), key, options, Some(genesis))
@@ -188,6 +200,17 @@ impl Workspace {
     ) -> Result<Workspace> {
         let key = DeviceKey::generate()
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
+        Self::join_with_key(path, id, key, options)
+    }
+
+    /// [`Workspace::join`] with a device key of the caller's (see
+    /// [`Workspace::create_with_key`]).
+    pub fn join_with_key(
+        path: impl AsRef<Path>,
+        id: WorkspaceId,
+        key: DeviceKey,
+        options: WorkspaceOptions,
+    ) -> Result<Workspace> {
         Self::create_file(path.as_ref(), id, key, options, None)
     }
 
