@@ -1,0 +1,77 @@
+//! `shoal-sim`: runs the deterministic simulation for one seed or a range of seeds and
+//! prints a summary; a failing seed prints the command that replays it.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use shoal_sim::{SimOptions, run};
+
+/// Deterministic simulation of Shoal devices syncing through faulty cloud folders.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Run this one seed (prints its report).
+    #[arg(long, conflicts_with_all = ["from", "count"])]
+    seed: Option<u64>,
+    /// First seed of a range.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// How many seeds from `--from`.
+    #[arg(long, default_value_t = 200)]
+    count: u64,
+    /// Devices per run (default: 3 to 8, drawn from the seed).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=16))]
+    devices: Option<u64>,
+    /// Steps per run before healing.
+    #[arg(long, default_value_t = SimOptions::default().steps)]
+    steps: usize,
+    /// Stop at the first failing seed.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let options = SimOptions { devices: args.devices.map(|d| d as usize), steps: args.steps };
+    if let Some(seed) = args.seed {
+        return match run(seed, &options) {
+            Ok(report) => {
+                println!("{report:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(failure) => {
+                eprintln!("{failure}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let started = Instant::now();
+    let (mut failed, mut acknowledged, mut crashes, mut faults) = (Vec::new(), 0, 0, 0);
+    for seed in args.from..args.from.saturating_add(args.count) {
+        match run(seed, &options) {
+            Ok(r) => {
+                acknowledged += r.acknowledged;
+                crashes += r.crashes;
+                faults += r.faults;
+            }
+            Err(failure) => {
+                eprintln!("{failure}");
+                failed.push(seed);
+                if args.fail_fast {
+                    break;
+                }
+            }
+        }
+    }
+    println!(
+        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults",
+        args.count,
+        args.from,
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+        failed
+    );
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
