@@ -148,9 +148,8 @@ impl Cloud {
 
     /// Delivers one transfer in flight, chosen at random, possibly misbehaving.
     pub(crate) fn deliver_one(&mut self, rng: &mut StdRng) -> Result<(), String> {
-        let ready: Vec<usize> = (0..self.in_flight.len())
-            .filter(|&i| self.present(self.in_flight[i].to))
-            .collect();
+        let ready: Vec<usize> =
+            (0..self.in_flight.len()).filter(|&i| self.present(self.in_flight[i].to)).collect();
         if ready.is_empty() {
             return Ok(());
         }

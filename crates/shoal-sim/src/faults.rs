@@ -87,14 +87,12 @@ impl FaultInjector for DeviceFaults {
         }
         let Some(rates) = s.armed else { return Fault::Proceed };
         let roll: f64 = s.rng.random();
-        let write = matches!(
-            step,
-            FolderStep::CreateTemp | FolderStep::WriteTemp | FolderStep::SyncTemp
-        );
-        let fault = if step != FolderStep::Read && roll < rates.crash {
+        let write =
+            matches!(step, FolderStep::CreateTemp | FolderStep::WriteTemp | FolderStep::SyncTemp);
+        let fault = if roll < rates.crash {
             s.dead = true;
-            let torn_at = (step == FolderStep::WriteTemp && len > 0)
-                .then(|| s.rng.random_range(0..len));
+            let torn_at =
+                (step == FolderStep::WriteTemp && len > 0).then(|| s.rng.random_range(0..len));
             Fault::Crash { torn_at }
         } else if write && roll < rates.crash + rates.full {
             Fault::Fail(ErrorKind::StorageFull)

@@ -129,7 +129,13 @@ pub fn run(seed: u64, options: &SimOptions) -> Result<Report, Failure> {
         seed,
         what,
         replay: replay_command(seed, options),
-        trace: trace.iter().rev().take(std::env::var("SHOAL_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(25)).rev().map(|t| format!("    {t}\n")).collect(),
+        trace: trace
+            .iter()
+            .rev()
+            .take(std::env::var("SHOAL_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(25))
+            .rev()
+            .map(|t| format!("    {t}\n"))
+            .collect(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,7 +202,9 @@ impl Sim {
             };
             let key = DeviceKey::from_secret_bytes(&rng.random::<[u8; 32]>());
             let ws = match workspace {
-                None => Workspace::create_with_key(&device.path, key, rng.random(), device.options()),
+                None => {
+                    Workspace::create_with_key(&device.path, key, rng.random(), device.options())
+                }
                 Some(id) => Workspace::join_with_key(&device.path, id, key, device.options()),
             }
             .map_err(|e| format!("creating device {slot}: {e}"))?;
@@ -319,7 +327,12 @@ impl Sim {
             Written::Committed(c) => {
                 self.note(format!("device {d} commits entry {}", c.index));
                 self.report.acknowledged += 1;
-                if wide && self.devices[d].ws()?.schema().is_ok_and(|s| s.tables.iter().any(|t| t.columns.len() > 100)) {
+                if wide
+                    && self.devices[d]
+                        .ws()?
+                        .schema()
+                        .is_ok_and(|s| s.tables.iter().any(|t| t.columns.len() > 100))
+                {
                     self.wide_left = false;
                 }
                 self.record(d, c.index)
@@ -379,7 +392,9 @@ impl Sim {
         let device = &mut self.devices[d];
         match self.rng.random_range(0..4) {
             0 => device.offset += self.rng.random_range(-300_000..300_000),
-            1 if device.frozen.is_none() => device.frozen = Some(shoal_core::WallClock::now_millis(&device.clock)),
+            1 if device.frozen.is_none() => {
+                device.frozen = Some(shoal_core::WallClock::now_millis(&device.clock))
+            }
             1 => device.frozen = None,
             _ => device.offset += self.rng.random_range(-3_000..3_000),
         }
@@ -469,7 +484,10 @@ impl Sim {
             }
             for o in &status.origins {
                 if let Some(why) = &o.stalled {
-                    return Err(format!("device {}: origin {} stalled: {why}", device.slot, o.origin));
+                    return Err(format!(
+                        "device {}: origin {} stalled: {why}",
+                        device.slot, o.origin
+                    ));
                 }
                 if o.materialized != o.next {
                     return Err(format!(

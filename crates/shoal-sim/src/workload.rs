@@ -34,15 +34,18 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
 }
 
+fn name(rng: &mut StdRng, names: &[&'static str]) -> &'static str {
+    names[rng.random_range(0..names.len())]
+}
+
 fn value_of(rng: &mut StdRng, ty: ColumnType) -> Value {
     if rng.random_bool(0.08) {
         return Value::Null;
     }
     let ty = match ty {
-        ColumnType::Any => *pick(
-            rng,
-            &[ColumnType::Integer, ColumnType::Real, ColumnType::Text, ColumnType::Blob],
-        ),
+        ColumnType::Any => {
+            *pick(rng, &[ColumnType::Integer, ColumnType::Real, ColumnType::Text, ColumnType::Blob])
+        }
         other => other,
     };
     match ty {
@@ -108,11 +111,15 @@ fn outcome(r: shoal::Result<Option<Commit>>) -> Result<Written, String> {
 }
 
 fn key_cells(rng: &mut StdRng, t: &TableView) -> Vec<(String, Value)> {
-    t.columns.iter().filter(|c| c.merge.is_none()).map(|c| (c.name.clone(), key_of(rng, c.ty))).collect()
+    t.columns
+        .iter()
+        .filter(|c| c.merge.is_none())
+        .map(|c| (c.name.clone(), key_of(rng, c.ty)))
+        .collect()
 }
 
 fn declare_spec(rng: &mut StdRng, wide: bool) -> TableSpec {
-    let mut spec = TableSpec::new(*pick(rng, TABLES)).key("id", *pick(rng, KEY_TYPES));
+    let mut spec = TableSpec::new(name(rng, TABLES)).key("id", *pick(rng, KEY_TYPES));
     if rng.random_bool(0.15) {
         spec = spec.key("k2", ColumnType::Integer);
     }
@@ -125,7 +132,7 @@ fn declare_spec(rng: &mut StdRng, wide: bool) -> TableSpec {
         return spec;
     }
     for _ in 0..rng.random_range(1..4) {
-        let name = *pick(rng, COLUMNS);
+        let name = name(rng, COLUMNS);
         if spec.columns.iter().any(|c| c.0.eq_ignore_ascii_case(name)) {
             continue;
         }
@@ -141,7 +148,11 @@ fn declare_spec(rng: &mut StdRng, wide: bool) -> TableSpec {
 
 /// Makes one random write on `ws` (see the module doc). `wide` allows a declaration near
 /// the width budget.
-pub(crate) fn random_write(rng: &mut StdRng, ws: &Workspace, wide: bool) -> Result<Written, String> {
+pub(crate) fn random_write(
+    rng: &mut StdRng,
+    ws: &Workspace,
+    wide: bool,
+) -> Result<Written, String> {
     let schema = ws.schema().map_err(|e| format!("reading the schema: {e}"))?;
     let tables: Vec<&TableView> = schema.tables.iter().collect();
     if tables.is_empty() || rng.random_bool(0.08) {
@@ -153,17 +164,17 @@ pub(crate) fn random_write(rng: &mut StdRng, ws: &Workspace, wide: bool) -> Resu
     match rng.random_range(0..100) {
         0..=5 => {
             let (ty, merge) = merge_and_type(rng);
-            outcome(ws.add_column(&t.name, *pick(rng, COLUMNS), ty, merge).map(Some))
+            outcome(ws.add_column(&t.name, name(rng, COLUMNS), ty, merge).map(Some))
         }
         6..=8 if !others.is_empty() => {
             let c = pick(rng, &others);
-            outcome(ws.rename_column(&t.name, &c.name, *pick(rng, COLUMNS)).map(Some))
+            outcome(ws.rename_column(&t.name, &c.name, name(rng, COLUMNS)).map(Some))
         }
         9..=11 if !others.is_empty() => {
             let c = pick(rng, &others);
             outcome(ws.drop_column(&t.name, &c.name).map(Some))
         }
-        12..=13 => outcome(ws.rename_table(&t.name, *pick(rng, TABLES)).map(Some)),
+        12..=13 => outcome(ws.rename_table(&t.name, name(rng, TABLES)).map(Some)),
         14..=16 => outcome(ws.drop_table(&t.name).map(Some)),
         _ => {
             let mut tx = ws.transaction().map_err(|e| format!("a transaction: {e}"))?;
@@ -187,11 +198,13 @@ pub(crate) fn random_write(rng: &mut StdRng, ws: &Workspace, wide: bool) -> Resu
                             continue;
                         }
                         let c = pick(rng, &counters);
-                        let key: Vec<Value> = key_cells(rng, t).into_iter().map(|(_, v)| v).collect();
+                        let key: Vec<Value> =
+                            key_cells(rng, t).into_iter().map(|(_, v)| v).collect();
                         tx.increment(&t.name, &key, &c.name, rng.random_range(-5..10)).map(|_| ())
                     }
                     _ => {
-                        let key: Vec<Value> = key_cells(rng, t).into_iter().map(|(_, v)| v).collect();
+                        let key: Vec<Value> =
+                            key_cells(rng, t).into_iter().map(|(_, v)| v).collect();
                         tx.delete(&t.name, &key).map(|_| ())
                     }
                 };

@@ -1,0 +1,61 @@
+//! The simulation in the test suite: a block of seeds on every run, and every seed that
+//! ever failed, replayed. Each failure prints the command that replays it.
+//!
+//! `SHOAL_SIM_SEEDS` (default 200) and `SHOAL_SIM_STEPS` (default 60) change the block;
+//! the long runs recorded in RELIABILITY.md use the `shoal-sim` binary.
+
+use shoal_sim::{SimOptions, run};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Seeds that failed once, with the options they failed with, and what was wrong.
+const REGRESSIONS: &[(u64, usize, &str)] = &[
+    // Restores of a backup taken before the device's first sync wrote at indices the
+    // folder already held (the backup knew no folder to take its entries back from).
+    (15, 150, "restored backup without a known folder forked"),
+    (26, 150, "restored backup without a known folder forked"),
+    (34, 150, "restored backup without a known folder forked"),
+];
+
+#[test]
+fn regression_seeds_pass() {
+    for &(seed, steps, what) in REGRESSIONS {
+        let options = SimOptions { steps, ..SimOptions::default() };
+        if let Err(failure) = run(seed, &options) {
+            panic!("regression ({what}):\n{failure}");
+        }
+    }
+}
+
+#[test]
+fn a_block_of_seeds_converges_to_the_model() {
+    let seeds = env_or("SHOAL_SIM_SEEDS", 200);
+    let steps = env_or("SHOAL_SIM_STEPS", 60) as usize;
+    let options = SimOptions { steps, ..SimOptions::default() };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let options = options.clone();
+                scope.spawn(move || {
+                    (0..seeds)
+                        .filter(|s| s % threads == t)
+                        .filter_map(|seed| run(seed, &options).err().map(|f| f.to_string()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|_| vec!["a thread panicked".into()]))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
