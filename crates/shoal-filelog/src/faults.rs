@@ -92,12 +92,19 @@ impl Faults {
     /// Asks the injector about `step`: `Ok(None)` to proceed; `Ok(Some(n))` for a torn
     /// write of `n` bytes followed by a crash (only at `WriteTemp`); `Err` for a failure
     /// or a crash.
-    pub(crate) fn check(&self, step: FolderStep, path: &Path, len: usize) -> io::Result<Option<usize>> {
+    pub(crate) fn check(
+        &self,
+        step: FolderStep,
+        path: &Path,
+        len: usize,
+    ) -> io::Result<Option<usize>> {
         let Some(injector) = &self.0 else { return Ok(None) };
         match injector.at(step, path, len) {
             Fault::Proceed => Ok(None),
             Fault::Fail(kind) => Err(io::Error::new(kind, format!("injected {kind} at {step:?}"))),
-            Fault::Crash { torn_at: Some(n) } if step == FolderStep::WriteTemp => Ok(Some(n.min(len))),
+            Fault::Crash { torn_at: Some(n) } if step == FolderStep::WriteTemp => {
+                Ok(Some(n.min(len)))
+            }
             Fault::Crash { .. } => Err(crash()),
         }
     }

@@ -147,7 +147,8 @@ impl FolderSink {
     pub fn refresh(&mut self) -> Result<(), SyncError> {
         self.layout.check_root().map_err(|r| self.unavailable(r))?;
         let ws_dir = self.layout.workspace_dir();
-        ensure_dir(&ws_dir, &self.config.faults).map_err(|e| self.io_error("creating", &ws_dir, e))?;
+        ensure_dir(&ws_dir, &self.config.faults)
+            .map_err(|e| self.io_error("creating", &ws_dir, e))?;
         let dir = self.dir.clone();
         ensure_dir(&dir, &self.config.faults).map_err(|e| self.io_error("creating", &dir, e))?;
         // One rule for readers and the writer: a device directory is a real directory.
@@ -439,8 +440,8 @@ impl FolderSink {
     fn merge(&mut self, group: &[OwnSegment]) -> Result<(), SyncError> {
         let mut parts = Vec::with_capacity(group.len());
         for s in group {
-            let (bytes, _) =
-                read_segment_file(&s.path, &self.config.faults).map_err(|e| self.io_error("reading", &s.path, e))?;
+            let (bytes, _) = read_segment_file(&s.path, &self.config.faults)
+                .map_err(|e| self.io_error("reading", &s.path, e))?;
             // Own files were verified when written; re-checking the chain and head is
             // enough to know the bytes are still the same entries.
             let seg = Segment::decode(&bytes, &self.expected(s.name))

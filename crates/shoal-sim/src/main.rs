@@ -50,6 +50,14 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut acknowledged, mut crashes, mut faults) = (Vec::new(), 0, 0, 0);
     for seed in args.from..args.from.saturating_add(args.count) {
+        if seed > args.from && (seed - args.from) % 100 == 0 {
+            eprintln!(
+                "{} seeds done in {:.0} s, {} failed",
+                seed - args.from,
+                started.elapsed().as_secs_f64(),
+                failed.len()
+            );
+        }
         match run(seed, &options) {
             Ok(r) => {
                 acknowledged += r.acknowledged;
