@@ -199,6 +199,7 @@ impl Sim {
                 faults,
                 backup: None,
                 backup_knows_folder: false,
+                restored_unchecked: false,
             };
             let key = DeviceKey::from_secret_bytes(&rng.random::<[u8; 32]>());
             let ws = match workspace {
@@ -296,7 +297,13 @@ impl Sim {
                 self.devices[d].restart()
             }
             94 => {
-                if self.cloud.present(d) {
+                // A restored device whose folder is unreachable when it first writes cannot
+                // take its own entries back first (offline writes are allowed): the same
+                // known limit as a backup that knows no folder (see `restore`), so a
+                // restored device keeps its folder until it has synced or written.
+                if self.devices[d].restored_unchecked {
+                    Ok(())
+                } else if self.cloud.present(d) {
                     self.note(format!("folder of device {d} vanishes"));
                     self.cloud.vanish(d)
                 } else {
@@ -325,6 +332,7 @@ impl Sim {
         let written = random_write(&mut self.rng, ws, wide)?;
         match written {
             Written::Committed(c) => {
+                self.devices[d].restored_unchecked = false;
                 self.note(format!("device {d} commits entry {}", c.index));
                 self.report.acknowledged += 1;
                 if wide
@@ -372,6 +380,7 @@ impl Sim {
         }
         match result {
             Ok(_) => {
+                self.devices[d].restored_unchecked = false;
                 self.note(format!("device {d} syncs{}", if faults > 0 { " (faults)" } else { "" }));
                 Ok(true)
             }
@@ -422,6 +431,7 @@ impl Sim {
         }
         self.report.restores += 1;
         self.devices[d].restore_backup()?;
+        self.devices[d].restored_unchecked = true;
         let last = self.devices[d].ws()?.last_sync().map_err(|e| e.to_string())?;
         self.note(format!("device {d} is restored from its backup (last sync {last:?})"));
         Ok(())

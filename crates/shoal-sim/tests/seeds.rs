@@ -17,6 +17,9 @@ const REGRESSIONS: &[(u64, usize, &str)] = &[
     (15, 150, "restored backup without a known folder forked"),
     (26, 150, "restored backup without a known folder forked"),
     (34, 150, "restored backup without a known folder forked"),
+    // A restored backup whose folder vanished before its first write wrote offline at
+    // indices the folder held.
+    (5069, 60, "restored backup with its folder away forked"),
 ];
 
 #[test]
