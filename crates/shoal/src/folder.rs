@@ -25,6 +25,10 @@ pub struct FolderSync {
     pub report: SyncReport,
     /// The status after the pass.
     pub status: MirrorStatus,
+    /// How far this device's clock state is ahead of its wall clock, if by more than
+    /// receivers accept: what it publishes stalls on every other device
+    /// ([`Workspace::clock_ahead`]).
+    pub clock_ahead: Option<shoal_core::ClockSkew>,
 }
 
 /// When and where this workspace last synced successfully.
@@ -235,7 +239,7 @@ impl Workspace {
             self.set_own_log_checked();
         }
         self.add_local_stalls(&mut status)?;
-        Ok(FolderSync { report, status })
+        Ok(FolderSync { report, status, clock_ahead: self.clock_ahead()? })
     }
 
     /// Adds to a mirror's status the origins whose entries arrived but are not applied here

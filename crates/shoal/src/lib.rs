@@ -26,10 +26,12 @@
 //! logs, signatures and sync drivers in `shoal-core`, folder sync in `shoal-filelog`.
 //! It never holds merge logic, formats or transport code of its own.
 
+mod clock;
 mod error;
 mod folder;
 mod workspace;
 
+pub use clock::ClockRecovery;
 pub use error::{Error, Result};
 pub use folder::{FolderSync, LastSync, SyncLock};
 pub use shoal_core as core;
