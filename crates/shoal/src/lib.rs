@@ -29,11 +29,13 @@
 mod clock;
 mod error;
 mod folder;
+mod rebuild;
 mod workspace;
 
 pub use clock::ClockRecovery;
 pub use error::{Error, Result};
 pub use folder::{FolderSync, LastSync, SyncLock};
+pub use rebuild::{StateCheck, StateDifference};
 pub use shoal_core as core;
 pub use shoal_filelog as filelog;
 pub use shoal_sqlite as sqlite;

@@ -184,7 +184,9 @@ impl Workspace {
             .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
         // The genesis entry: anyone can check that the id derives from this key and salt.
         let genesis = ControlOp::genesis(key.public_key(), salt);
-        let id = genesis.founds().ok_or_else(|| Error::Sync(shoal_core::SyncError::Bug("a genesis founds a workspace".into())))?;
+        let id = genesis.founds().ok_or_else(|| {
+            Error::Sync(shoal_core::SyncError::Bug("a genesis founds a workspace".into()))
+        })?;
         Self::create_file(path.as_ref(), id, key, options, Some(genesis))
     }
 

@@ -15,7 +15,10 @@ const NOW: u64 = 1_800_000_000_000; // 2027
 const YEAR_2100: u64 = 4_102_444_800_000;
 
 fn spec() -> TableSpec {
-    TableSpec::new("todo").key("id", ColumnType::Text).column("title", ColumnType::Text).counter("n")
+    TableSpec::new("todo")
+        .key("id", ColumnType::Text)
+        .column("title", ColumnType::Text)
+        .counter("n")
 }
 
 fn text(s: &str) -> Value {
