@@ -157,37 +157,38 @@ impl ControlOp {
             return Err(ControlError::NotControl(op.domain.0));
         }
         let mut r = Reader::new(&op.body);
-        let out = match op.kind {
-            kind::GENESIS => {
-                let at = r.offset();
-                let creator =
-                    PublicKey::from_bytes(&r.array("genesis creator key")?).map_err(|_| {
-                        DecodeError {
+        let out =
+            match op.kind {
+                kind::GENESIS => {
+                    let at = r.offset();
+                    let creator =
+                        PublicKey::from_bytes(&r.array("genesis creator key")?).map_err(|_| {
+                            DecodeError {
+                                offset: at,
+                                what: crate::codec::DecodeProblem::Invalid(
+                                    "the creator key is not an Ed25519 public key",
+                                ),
+                            }
+                        })?;
+                    let salt = r.array("genesis salt")?;
+                    ControlOp::Genesis { creator, salt }
+                }
+                kind::SUCCESSOR => {
+                    let at = r.offset();
+                    let predecessor_key = PublicKey::from_bytes(&r.array("predecessor key")?)
+                        .map_err(|_| DecodeError {
                             offset: at,
                             what: crate::codec::DecodeProblem::Invalid(
-                                "the creator key is not an Ed25519 public key",
+                                "the predecessor key is not an Ed25519 public key",
                             ),
-                        }
-                    })?;
-                let salt = r.array("genesis salt")?;
-                ControlOp::Genesis { creator, salt }
-            }
-            kind::SUCCESSOR => {
-                let at = r.offset();
-                let predecessor_key = PublicKey::from_bytes(&r.array("predecessor key")?)
-                    .map_err(|_| DecodeError {
-                        offset: at,
-                        what: crate::codec::DecodeProblem::Invalid(
-                            "the predecessor key is not an Ed25519 public key",
-                        ),
-                    })?;
-                let cut = u64::from_le_bytes(r.array("successor cut")?);
-                let chain = ChainHash(r.array("successor chain")?);
-                let proof = r.array("successor proof")?;
-                ControlOp::Successor { predecessor_key, cut, chain, proof }
-            }
-            other => return Err(ControlError::NeedsUpgrade { kind: other }),
-        };
+                        })?;
+                    let cut = u64::from_le_bytes(r.array("successor cut")?);
+                    let chain = ChainHash(r.array("successor chain")?);
+                    let proof = r.array("successor proof")?;
+                    ControlOp::Successor { predecessor_key, cut, chain, proof }
+                }
+                other => return Err(ControlError::NeedsUpgrade { kind: other }),
+            };
         r.finish()?;
         Ok(out)
     }
@@ -315,12 +316,8 @@ mod tests {
         let altered = ControlOp::Successor { predecessor_key, cut: 3, chain, proof };
         let got = check_entry(&ws, &successor, 0, &body(altered.to_op()));
         assert_eq!(got, Err(RejectReason::ForgedSuccessor));
-        let forged = ControlOp::Successor {
-            predecessor_key,
-            cut: 7,
-            chain,
-            proof: new.sign(b"anything"),
-        };
+        let forged =
+            ControlOp::Successor { predecessor_key, cut: 7, chain, proof: new.sign(b"anything") };
         let got = check_entry(&ws, &successor, 0, &body(forged.to_op()));
         assert_eq!(got, Err(RejectReason::ForgedSuccessor));
         // An origin cannot succeed itself.

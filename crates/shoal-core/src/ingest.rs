@@ -178,7 +178,12 @@ impl Ingest {
 
     /// Runs the pipeline (see the module doc) over `entries` of `origin`, ascending, against
     /// the receiver's `position`.
-    pub fn verify(&self, origin: PeerId, position: ChainPosition, entries: Vec<Entry>) -> VerifiedRun {
+    pub fn verify(
+        &self,
+        origin: PeerId,
+        position: ChainPosition,
+        entries: Vec<Entry>,
+    ) -> VerifiedRun {
         self.verify_with(origin, position, entries, None)
     }
 
@@ -201,7 +206,8 @@ impl Ingest {
         for (i, e) in entries[duplicates..].iter().enumerate() {
             let expected = position.next + i as u64;
             // A superseded entry's stamp is not judged: it will never be applied.
-            let wall = if superseded_from.is_some_and(|cut| expected >= cut) { u64::MAX } else { wall };
+            let wall =
+                if superseded_from.is_some_and(|cut| expected >= cut) { u64::MAX } else { wall };
             if let Err(reason) = self.check_entry(origin, expected, wall, e) {
                 stop = Some(reason);
                 break;

@@ -700,11 +700,9 @@ impl SqliteReplica {
                     && row.materialized < applicable(row.position.next);
                 // A stop on a superseded entry is no stall: it will never be applied.
                 let reason = match run.stop() {
-                    Some(SyncError::ClockSkew { index, .. } | SyncError::Gap { expected: index, .. })
-                        if stall.is_none() && superseded(*index) =>
-                    {
-                        None
-                    }
+                    Some(
+                        SyncError::ClockSkew { index, .. } | SyncError::Gap { expected: index, .. },
+                    ) if stall.is_none() && superseded(*index) => None,
                     _ => reason,
                 };
                 let reason = if still_stalled && stall.is_none() { None } else { reason };
@@ -1292,7 +1290,10 @@ pub(crate) fn oplog_id(origin_no: i64, index: u64) -> Result<i64, SyncError> {
     Ok((origin_no << 40) | index as i64)
 }
 
-pub(crate) fn read_origin(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<OriginRow>> {
+pub(crate) fn read_origin(
+    conn: &Connection,
+    origin: &PeerId,
+) -> rusqlite::Result<Option<OriginRow>> {
     conn.prepare_cached(
         "SELECT no, next, chain, key, materialized FROM shoal_origins WHERE origin = ?1",
     )?
@@ -1358,7 +1359,11 @@ pub(crate) struct OriginWrite<'a> {
     pub(crate) clock: Hlc,
 }
 
-pub(crate) fn write_origin(conn: &Connection, origin: &PeerId, at: OriginWrite<'_>) -> rusqlite::Result<()> {
+pub(crate) fn write_origin(
+    conn: &Connection,
+    origin: &PeerId,
+    at: OriginWrite<'_>,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE shoal_origins SET next = ?2, chain = ?3, key = coalesce(key, ?4), materialized = ?5,
          clock = max(clock, ?6) WHERE origin = ?1",

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use shoal_core::control::{ControlOp, kind};
 use shoal_core::{
-    ChainPosition, DeviceKey, Domain, Entry, EntryBody, Hlc, HlcClock, MAX_FORWARD_SKEW_MS,
-    OwnLog, Payload, PeerId, SignedHead, SyncError, WorkspaceId, chain_through,
+    ChainPosition, DeviceKey, Domain, Entry, EntryBody, Hlc, HlcClock, MAX_FORWARD_SKEW_MS, OwnLog,
+    Payload, PeerId, SignedHead, SyncError, WorkspaceId, chain_through,
 };
 
 use crate::keyfile;
@@ -87,7 +87,10 @@ fn has_table(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 /// The successor of `origin` and the cut, if one is recorded.
-pub(crate) fn superseded(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<Superseded>> {
+pub(crate) fn superseded(
+    conn: &Connection,
+    origin: &PeerId,
+) -> rusqlite::Result<Option<Superseded>> {
     if !has_table(conn)? {
         return Ok(None);
     }
@@ -202,7 +205,8 @@ pub(crate) fn finish_key_handover(
         move |source| crate::OpenError::Io { path: next_key_path(path), what, source }
     };
     match keyfile::read(&next, workspace, expected) {
-        Ok(_) => std::fs::rename(&next, keyfile::key_path(path)).map_err(io("move the new key file into place")),
+        Ok(_) => std::fs::rename(&next, keyfile::key_path(path))
+            .map_err(io("move the new key file into place")),
         Err(_) => std::fs::remove_file(&next).map_err(io("remove an unused new key file")),
     }
 }
@@ -393,14 +397,10 @@ impl SqliteReplica {
             let payload = Payload { hlc: Hlc::ZERO, author: None, ops: vec![op.to_op()] };
             record(&w.conn, &ws, &successor, &payload).map_err(sql("record the successor"))?;
             start_rebuild(w, wall).map_err(sql("start the rebuild"))?;
-            let mut clock = HlcClock::resume(
-                crate::replica::read_clock(&w.conn).map_err(sql("read clock"))?,
-            );
-            let mut payloads = vec![Payload {
-                hlc: clock.tick(wall, 1),
-                author: None,
-                ops: vec![op.to_op()],
-            }];
+            let mut clock =
+                HlcClock::resume(crate::replica::read_clock(&w.conn).map_err(sql("read clock"))?);
+            let mut payloads =
+                vec![Payload { hlc: clock.tick(wall, 1), author: None, ops: vec![op.to_op()] }];
             for t in reissue {
                 payloads.push(Payload {
                     hlc: clock.tick(wall, t.ops.len()),
@@ -449,8 +449,9 @@ impl SqliteReplica {
         std::fs::rename(&next_key, keyfile::key_path(&path)).map_err(|e| {
             SyncError::backend(format!("{}: move the new key into place", path.display()), e)
         })?;
-        keyfile::sync_dir(&keyfile::key_path(&path))
-            .map_err(|e| SyncError::backend(format!("{}: sync its directory", path.display()), e))?;
+        keyfile::sync_dir(&keyfile::key_path(&path)).map_err(|e| {
+            SyncError::backend(format!("{}: sync its directory", path.display()), e)
+        })?;
         self.inner.cursors.publish(&[(successor, next)].into_iter().collect());
         self.resume_materialization()?;
         Ok(Succession { predecessor, successor, cut, reissued })

@@ -231,6 +231,23 @@ impl Workspace {
                 return Err(e.into());
             }
         };
+        // An origin that stalled earlier in this pass may be superseded now (its successor
+        // arrived later in the same pass): one more pass takes its entries as superseded.
+        let mut report = report;
+        if self.stalls_on_superseded(&mirror.status())? {
+            match mirror.sync_once().await {
+                Ok(again) => {
+                    report.published += again.published;
+                    report.pulled += again.pulled;
+                    report.duplicates += again.duplicates;
+                    report.stalled = again.stalled;
+                }
+                Err(e) => {
+                    self.note_sync_error(&e)?;
+                    return Err(e.into());
+                }
+            }
+        }
         let mut status = mirror.status();
         if status.last_error.is_none() {
             self.record_sync(&status.folder)?;
@@ -262,6 +279,18 @@ impl Workspace {
             });
         }
         Ok(())
+    }
+
+    /// True if the mirror reports an origin stalled at an entry this replica now knows is
+    /// superseded by a successor (its successor arrived later in the same pass): one more
+    /// pass then takes the superseded entries.
+    pub fn stalls_on_superseded(&self, status: &MirrorStatus) -> Result<bool> {
+        for s in &status.stalled {
+            if self.replica().superseded(s.origin)?.is_some_and(|sup| s.at >= sup.from) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Records a successful sync with `with` now.
