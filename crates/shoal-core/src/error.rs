@@ -167,6 +167,9 @@ pub enum RejectReason {
     ForgedGenesis,
     /// A run of one origin held an entry of another.
     WrongOrigin,
+    /// A successor op whose proof is not its predecessor key's signature naming this
+    /// origin in this workspace (forged, moved, or altered).
+    ForgedSuccessor,
 }
 
 impl fmt::Display for RejectReason {
@@ -185,6 +188,9 @@ impl fmt::Display for RejectReason {
                 "a genesis that does not found this workspace by its creator's first entry (forged)"
             }
             RejectReason::WrongOrigin => "an entry of another origin in this origin's log",
+            RejectReason::ForgedSuccessor => {
+                "a successor op not signed by its predecessor's key for this origin (forged)"
+            }
         })
     }
 }

@@ -121,7 +121,9 @@ impl WallClock for ManualClock {
 /// A remote timestamp was too far ahead of the local clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "timestamp {remote} is {ahead_ms} ms ahead of the local clock (limit {MAX_FORWARD_SKEW_MS} ms)"
+    "clock ahead by {}: stamped {remote}, {ahead_ms} ms ahead of the local clock (limit {MAX_FORWARD_SKEW_MS} ms); \
+     its device must fix its clock and recover (`shoal recover-clock`)",
+    human_duration(*ahead_ms)
 )]
 pub struct ClockSkew {
     /// The refused timestamp.
@@ -192,6 +194,32 @@ pub fn check_skew(remote: Hlc, wall_millis: u64) -> Result<(), ClockSkew> {
     Ok(())
 }
 
+/// How far `clock` (a device's clock state) is ahead of `wall_millis`, if it is more than
+/// [`MAX_FORWARD_SKEW_MS`] ahead: the bound receivers use to refuse an entry
+/// ([`check_skew`]), so a device whose clock state is past it knows its next entries will
+/// stall on every other device.
+pub fn clock_ahead(clock: Hlc, wall_millis: u64) -> Option<ClockSkew> {
+    check_skew(clock, wall_millis).err()
+}
+
+/// A duration in milliseconds for people: the largest unit that fits, one decimal
+/// (`"74.1 years"`, `"3.0 days"`, `"2.5 min"`, `"61.0 s"`, `"900 ms"`).
+pub fn human_duration(ms: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (365 * 24 * 3_600_000 + 6 * 3_600_000, "years"),
+        (24 * 3_600_000, "days"),
+        (3_600_000, "h"),
+        (60_000, "min"),
+        (1_000, "s"),
+    ];
+    for (size, name) in UNITS {
+        if ms >= size {
+            return format!("{:.1} {name}", ms as f64 / size as f64);
+        }
+    }
+    format!("{ms} ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +247,18 @@ mod tests {
         let mut c = HlcClock::resume(Hlc::from_millis(7).plus(0xffff));
         let h = c.tick(7, 1);
         assert_eq!(h, Hlc::from_millis(8));
+    }
+
+    #[test]
+    fn clock_ahead_uses_the_receivers_bound_and_says_how_far_in_words() {
+        let wall = 1_800_000_000_000;
+        assert_eq!(clock_ahead(Hlc::from_millis(wall + MAX_FORWARD_SKEW_MS), wall), None);
+        let far = clock_ahead(Hlc::from_millis(wall + MAX_FORWARD_SKEW_MS + 1), wall).unwrap();
+        assert_eq!(far.ahead_ms, MAX_FORWARD_SKEW_MS + 1);
+        assert!(far.to_string().starts_with("clock ahead by 1.0 min"), "{far}");
+        assert_eq!(human_duration(900), "900 ms");
+        assert_eq!(human_duration(2 * 86_400_000), "2.0 days");
+        assert_eq!(human_duration(74 * (365 * 86_400_000 + 21_600_000)), "74.0 years");
     }
 
     #[test]

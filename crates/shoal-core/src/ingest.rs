@@ -18,6 +18,13 @@
 //! 7. **membership** ([`Membership`]): entries the hook does not admit are still accepted
 //!    (stored and forwarded) but *held*: the replica does not apply them.
 //!
+//! **Superseded entries.** A replica that knows a successor of the origin
+//! ([`crate::control::ControlOp::Successor`]) passes its cut to [`Ingest::verify_with`]:
+//! entries at or after the cut skip step 3 (their stamps no longer matter: they will never
+//! be applied, and a clock that ran ahead is the usual reason for a successor) and are
+//! accepted as *superseded* ([`VerifiedRun::superseded_from`]): stored and forwarded, never
+//! applied. Everything else (chain, seals) is checked as for any entry.
+//!
 //! Unknown domains and op kinds are not judged here: they are authentic entries, stored and
 //! forwarded, and applying them stalls their origin with "needs upgrade".
 //!
@@ -74,6 +81,7 @@ pub struct VerifiedRun {
     end: ChainPosition,
     key: Option<PublicKey>,
     held: Option<(u64, String)>,
+    superseded: Option<u64>,
     stop: Option<SyncError>,
 }
 
@@ -112,6 +120,12 @@ impl VerifiedRun {
     /// and why. It and every later entry of the origin are stored but held.
     pub fn held(&self) -> Option<(u64, &str)> {
         self.held.as_ref().map(|(i, r)| (*i, r.as_str()))
+    }
+
+    /// The cut the run was verified with: entries at or after it are superseded (stored and
+    /// forwarded, never applied; their clock skew was not judged).
+    pub fn superseded_from(&self) -> Option<u64> {
+        self.superseded
     }
 
     /// Why the rest of the input was not accepted, if it was not.
@@ -168,7 +182,19 @@ impl Ingest {
         &self,
         origin: PeerId,
         position: ChainPosition,
+        entries: Vec<Entry>,
+    ) -> VerifiedRun {
+        self.verify_with(origin, position, entries, None)
+    }
+
+    /// [`Ingest::verify`] for an origin whose entries from `superseded_from` on are
+    /// superseded by a successor (see the module doc).
+    pub fn verify_with(
+        &self,
+        origin: PeerId,
+        position: ChainPosition,
         mut entries: Vec<Entry>,
+        superseded_from: Option<u64>,
     ) -> VerifiedRun {
         let wall = self.clock.now_millis();
         let duplicates =
@@ -179,6 +205,9 @@ impl Ingest {
         let mut chain = position.chain;
         for (i, e) in entries[duplicates..].iter().enumerate() {
             let expected = position.next + i as u64;
+            // A superseded entry's stamp is not judged: it will never be applied.
+            let wall =
+                if superseded_from.is_some_and(|cut| expected >= cut) { u64::MAX } else { wall };
             if let Err(reason) = self.check_entry(origin, expected, wall, e) {
                 stop = Some(reason);
                 break;
@@ -227,6 +256,7 @@ impl Ingest {
             end,
             key,
             held,
+            superseded: superseded_from,
             stop,
         }
     }
@@ -514,6 +544,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn superseded_entries_are_accepted_whatever_their_stamp() {
+        let (key, ws, origin, _) = setup();
+        // The wall clock is far behind every entry: all ten are skewed.
+        let ingest = Ingest::new(ws).with_clock(Arc::new(ManualClock::new(1_000)));
+        let start = ChainPosition::start(&ws, &origin);
+        let run = ingest.verify(origin, start, log(&key, ws, 10, 2));
+        assert!(matches!(run.stop(), Some(SyncError::ClockSkew { index: 0, .. })));
+        // Superseded from 0: all accepted, marked superseded.
+        let run = ingest.verify_with(origin, start, log(&key, ws, 10, 2), Some(0));
+        assert!(run.stop().is_none(), "{:?}", run.stop());
+        assert_eq!((run.entries().len(), run.superseded_from()), (10, Some(0)));
+        // Superseded from 4: entry 0 is still judged.
+        let run = ingest.verify_with(origin, start, log(&key, ws, 10, 2), Some(4));
+        assert!(matches!(run.stop(), Some(SyncError::ClockSkew { index: 0, .. })));
+        // A superseded entry is still authenticated.
+        let mut tampered = log(&key, ws, 10, 2);
+        if let EntryBody::Live(p) = &mut tampered[7].body {
+            p.ops[0].body[0] ^= 1;
+        }
+        let run = ingest.verify_with(origin, start, tampered, Some(0));
+        assert_eq!(run.entries().len(), 6);
+        assert!(matches!(run.stop(), Some(SyncError::Rejected { .. })));
     }
 
     #[derive(Debug)]

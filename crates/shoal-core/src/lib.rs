@@ -69,6 +69,7 @@ pub use entry::{
 pub use error::{RejectReason, SyncError};
 pub use hlc::{
     ClockSkew, Hlc, HlcClock, MAX_FORWARD_SKEW_MS, ManualClock, SystemClock, WallClock, check_skew,
+    clock_ahead, human_duration,
 };
 pub use ids::{
     DeviceKey, IdParseError, InvalidKey, PeerId, PublicKey, RandomnessUnavailable, UserId,

@@ -146,7 +146,7 @@ pub(crate) fn write_new(
     sync_dir(path).map_err(io_err(path, "sync the key file's directory"))
 }
 
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };

@@ -42,6 +42,7 @@ mod keyfile;
 mod materialize;
 mod replica;
 mod schema;
+mod succession;
 mod tables;
 
 pub use guard::check_app_sql;
@@ -49,6 +50,7 @@ pub use keyfile::{KeyFileError, key_path};
 pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};
+pub use succession::{Succession, Superseded};
 pub use tables::{
     CHANGE_BUFFER, SHARD_COLUMNS, TableChange, TablesHandle, TablesMaterializer, from_sql,
     live_row, quote_ident, to_sql,

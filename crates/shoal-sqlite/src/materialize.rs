@@ -66,6 +66,11 @@ pub trait Materializer: Send + 'static {
         payload: &Payload,
     ) -> Result<(), MaterializeError>;
 
+    /// Forgets every bit of this domain's materialized state (inside the replica's write
+    /// transaction), leaving it as after `init` on an empty file: the replica then applies
+    /// every stored entry again (a successor superseded entries that were applied here).
+    fn reset(&mut self, conn: &Connection) -> Result<(), rusqlite::Error>;
+
     /// The transaction that called `apply` committed; publish what changed.
     fn committed(&mut self) {}
 
@@ -153,6 +158,11 @@ impl DomainRouter {
         Ok(())
     }
 
+    /// Forgets every domain's materialized state (see [`Materializer::reset`]).
+    pub fn reset(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        self.domains.iter_mut().try_for_each(|d| d.reset(conn))
+    }
+
     /// The transaction committed.
     pub fn committed(&mut self) {
         self.domains.iter_mut().for_each(|d| d.committed());
@@ -180,6 +190,10 @@ mod tests {
             self.0
         }
         fn init(&mut self, _: &Connection) -> Result<(), rusqlite::Error> {
+            Ok(())
+        }
+        fn reset(&mut self, _: &Connection) -> Result<(), rusqlite::Error> {
+            self.1 = 0;
             Ok(())
         }
         fn apply(

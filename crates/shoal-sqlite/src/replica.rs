@@ -62,35 +62,35 @@ const EXTERNAL_POLL: Duration = Duration::from_millis(50);
 /// A replica over one SQLite file. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct SqliteReplica {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    path: PathBuf,
-    workspace: WorkspaceId,
-    device: Option<DeviceKey>,
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    pub(crate) workspace: WorkspaceId,
+    pub(crate) device: Option<DeviceKey>,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     /// Connections for app SQL, each with the authorizer installed (`guard`).
     app_readers: Mutex<Vec<AppReader>>,
-    cursors: CursorBroadcast,
-    clock: Arc<dyn WallClock>,
+    pub(crate) cursors: CursorBroadcast,
+    pub(crate) clock: Arc<dyn WallClock>,
     ingest: Ingest,
     /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
     read_only: bool,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-struct Writer {
-    conn: Connection,
-    materializer: DomainRouter,
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) materializer: DomainRouter,
     /// The connection's `synchronous` setting, so a commit sets it only when it changes.
     durability: Option<Durability>,
 }
 
 /// How durable a write transaction's commit is (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
+pub(crate) enum Durability {
     /// Local writes: on disk when the commit returns.
     Full,
     /// Remote applies: a power loss may forget the last ones, which are pulled again.
@@ -98,7 +98,7 @@ enum Durability {
 }
 
 impl Writer {
-    fn set_durability(&mut self, want: Durability) -> rusqlite::Result<()> {
+    pub(crate) fn set_durability(&mut self, want: Durability) -> rusqlite::Result<()> {
         if self.durability != Some(want) {
             let value = match want {
                 Durability::Full => "FULL",
@@ -180,6 +180,9 @@ pub struct OriginStatus {
     pub stalled: Option<String>,
     /// When it stalled (Unix milliseconds).
     pub stalled_at: Option<u64>,
+    /// The origin's successor, if one took over: entries from `from` on are stored, never
+    /// applied, and are not a stall.
+    pub superseded: Option<crate::succession::Superseded>,
 }
 
 impl SqliteReplica {
@@ -273,6 +276,9 @@ impl SqliteReplica {
                     .map_err(|_| damaged("the device public key is not 32 bytes".into()))?;
                 let public = PublicKey::from_bytes(&public)
                     .map_err(|_| damaged("the device public key is not an Ed25519 key".into()))?;
+                if !read_only {
+                    crate::succession::finish_key_handover(path, &workspace, &public)?;
+                }
                 match keyfile::read(&keyfile::key_path(path), &workspace, &public) {
                     Ok(key) => Some(key),
                     // Reading needs no key: a read-only look at a file whose key is not
@@ -292,6 +298,7 @@ impl SqliteReplica {
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(sql)?;
+            tx.execute_batch(crate::succession::DDL).map_err(sql)?;
             writer.materializer.init(&tx).map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
@@ -372,13 +379,13 @@ impl SqliteReplica {
         &self.inner.clock
     }
 
-    fn writer(&self) -> MutexGuard<'_, Writer> {
+    pub(crate) fn writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while the writer was held cannot leave a half-done transaction behind:
         // rusqlite rolls back an uncommitted transaction when it is dropped during unwinding.
         self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn backend(&self, what: &str) -> impl Fn(rusqlite::Error) -> SyncError + '_ {
+    pub(crate) fn backend(&self, what: &str) -> impl Fn(rusqlite::Error) -> SyncError + '_ {
         let what = what.to_owned();
         move |e| SyncError::backend(format!("{}: {what}", self.inner.path.display()), e)
     }
@@ -455,6 +462,15 @@ impl SqliteReplica {
             .map_err(self.backend("begin local write"))?;
         let result = (|| {
             materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
+            if let Some(s) = crate::succession::superseded(&tx, &origin)
+                .map_err(self.backend("read own successor"))?
+            {
+                return Err(SyncError::Misuse(format!(
+                    "this device's key was handed over to {} (clock recovery): reopen the \
+                     workspace to write",
+                    s.successor
+                )));
+            }
             let mut clock = HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
             let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read own position"))?;
             let position = row.position;
@@ -552,11 +568,20 @@ impl SqliteReplica {
     ) -> Result<BatchApplied, SyncError> {
         self.check_writable()?;
         let mut entries = entries;
+        let successor = entries.iter().any(crate::succession::names_a_successor);
         loop {
             let position = self.position(origin)?;
-            let run = self.inner.ingest.verify(origin, position, entries);
+            let cut = self.superseded(origin)?.map(|s| s.from);
+            let run = self.inner.ingest.verify_with(origin, position, entries, cut);
             match self.store_verified(run)? {
-                Ok(applied) => return applied,
+                Ok(applied) => {
+                    if successor {
+                        // Entries applied here may be superseded now (rebuild), and stalls
+                        // on superseded entries end.
+                        self.resume_materialization()?;
+                    }
+                    return applied;
+                }
                 // Another writer moved this origin since it was read: verify again from where
                 // it is now (what it already stored are duplicates then).
                 Err(moved) => entries = moved.into_entries(),
@@ -565,7 +590,7 @@ impl SqliteReplica {
     }
 
     /// The receiver position of `origin` as stored (the start of its log if unknown).
-    fn position(&self, origin: PeerId) -> Result<ChainPosition, SyncError> {
+    pub(crate) fn position(&self, origin: PeerId) -> Result<ChainPosition, SyncError> {
         let ws = self.inner.workspace;
         let path = self.inner.path.clone();
         self.with_reader(|conn| {
@@ -599,9 +624,13 @@ impl SqliteReplica {
                 .map_err(self.backend("begin apply"))?;
             let attempt = (|| {
                 let row = origin_row(&tx, &ws, &origin).map_err(self.backend("read position"))?;
-                if row.position != run.start() {
+                let cut = crate::succession::superseded(&tx, &origin)
+                    .map_err(self.backend("read successor"))?
+                    .map(|s| s.from);
+                if row.position != run.start() || cut != run.superseded_from() {
                     return Ok(Attempt::Moved);
                 }
+                let superseded = |index: u64| cut.is_some_and(|c| index >= c);
                 materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
                 let mut clock =
                     HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
@@ -616,7 +645,9 @@ impl SqliteReplica {
                     for e in run.entries() {
                         buf.clear();
                         e.body.encode_stored(&mut buf);
-                        if let Some(last) = e.body.last_hlc() {
+                        if let Some(last) = e.body.last_hlc()
+                            && !superseded(e.index)
+                        {
                             // The pipeline checked the skew against this same clock.
                             let _ = clock.observe(last, wall);
                         }
@@ -630,10 +661,10 @@ impl SqliteReplica {
                             ])
                             .map_err(self.backend("append to the oplog"))?;
                         let stalled_here = stall.as_ref().is_some_and(|(i, _)| *i <= e.index);
-                        if materialized != e.index || stalled_here {
+                        if materialized != e.index || stalled_here || superseded(e.index) {
                             continue;
                         }
-                        match materialize_entry(materializer, &tx, origin, e) {
+                        match materialize_entry(materializer, &tx, &ws, origin, e) {
                             Ok(()) => materialized += 1,
                             Err(Unmaterialized::Stall(why)) => {
                                 return Ok(Attempt::Failed { index: e.index, why });
@@ -662,9 +693,18 @@ impl SqliteReplica {
                 // A materialization stall recorded earlier (in an earlier batch, or at open)
                 // stays until the origin materializes again: a later, lesser reason (a gap, a
                 // skewed entry further on) must not hide that entries are not applied.
-                let still_stalled = materialized < run.end().next.max(row.position.next)
+                let applicable = |next: u64| cut.map_or(next, |c| c.min(next));
+                let still_stalled = materialized
+                    < applicable(run.end().next.max(row.position.next))
                     && materialized == row.materialized
-                    && row.materialized < row.position.next;
+                    && row.materialized < applicable(row.position.next);
+                // A stop on a superseded entry is no stall: it will never be applied.
+                let reason = match run.stop() {
+                    Some(
+                        SyncError::ClockSkew { index, .. } | SyncError::Gap { expected: index, .. },
+                    ) if stall.is_none() && superseded(*index) => None,
+                    _ => reason,
+                };
                 let reason = if still_stalled && stall.is_none() { None } else { reason };
                 if reason.is_some() || materialized > row.materialized {
                     set_stall(&tx, &ws, &origin, reason.as_deref(), wall)
@@ -816,12 +856,14 @@ impl SqliteReplica {
             for row in rows {
                 let (origin, next, materialized, stalled, at) = row.map_err(sql)?;
                 let origin = PeerId::from_slice(&origin).ok_or_else(|| damaged_row(&path, "an origin id is not 16 bytes"))?;
+                let superseded = crate::succession::superseded(conn, &origin).map_err(sql)?;
                 out.push(OriginStatus {
                     origin,
                     next: next as u64,
                     materialized: materialized as u64,
                     stalled,
                     stalled_at: at.map(|t| t as u64),
+                    superseded,
                 });
             }
             Ok(out)
@@ -888,13 +930,28 @@ impl SqliteReplica {
 
     /// Re-applies stored entries whose materialization stalled (after an upgrade, or after a
     /// crash between versions). Runs at open.
-    fn resume_materialization(&self) -> Result<(), SyncError> {
+    pub(crate) fn resume_materialization(&self) -> Result<(), SyncError> {
+        // A successor applied while catching up may supersede entries applied before it:
+        // then everything is materialized again (at most once per new successor).
+        for _ in 0..8 {
+            self.rematerialize_behind()?;
+            if !self.settle_successions()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn rematerialize_behind(&self) -> Result<(), SyncError> {
+        let applicable = |s: &OriginStatus| s.superseded.map_or(s.next, |c| c.from.min(s.next));
         let behind: Vec<OriginStatus> =
-            self.origin_status()?.into_iter().filter(|s| s.materialized < s.next).collect();
+            self.origin_status()?.into_iter().filter(|s| s.materialized < applicable(s)).collect();
         for status in behind {
             let mut from = status.materialized;
-            while from < status.next {
-                let page = self.read_page(status.origin, from)?;
+            let end = applicable(&status);
+            while from < end {
+                let mut page = self.read_page(status.origin, from)?;
+                page.retain(|e| e.index < end);
                 if page.is_empty() {
                     break;
                 }
@@ -931,7 +988,7 @@ impl SqliteReplica {
                 if stop.as_ref().is_some_and(|(i, _)| *i <= e.index) {
                     break;
                 }
-                match materialize_entry(materializer, &tx, origin, e) {
+                match materialize_entry(materializer, &tx, &ws, origin, e) {
                     Ok(()) => materialized += 1,
                     Err(Unmaterialized::Stall(why)) => {
                         failed = Some((e.index, why));
@@ -1086,9 +1143,23 @@ enum Unmaterialized {
 fn materialize_entry(
     router: &mut DomainRouter,
     conn: &Connection,
+    workspace: &WorkspaceId,
     origin: PeerId,
     e: &Entry,
 ) -> Result<(), Unmaterialized> {
+    if let EntryBody::Live(p) = &e.body
+        && crate::succession::names_a_successor(e)
+    {
+        // Recorded when its entry applies (so a successor op stalled behind an earlier
+        // entry of its origin takes effect only once that entry applies).
+        router.apply(conn, origin, e.index, p).map_err(|err| match err {
+            MaterializeError::Sqlite(e) => Unmaterialized::Abort(e),
+            other => Unmaterialized::Stall(other.to_string()),
+        })?;
+        return crate::succession::record(conn, workspace, &origin, p)
+            .map(|_| ())
+            .map_err(Unmaterialized::Abort);
+    }
     match &e.body {
         EntryBody::Expunged(_) => Ok(()),
         EntryBody::Encrypted(c) => Err(Unmaterialized::Stall(format!(
@@ -1139,12 +1210,12 @@ fn is_storage_failure(err: &rusqlite::Error) -> bool {
     }
 }
 
-fn to_sql_index(index: u64) -> Result<i64, SyncError> {
+pub(crate) fn to_sql_index(index: u64) -> Result<i64, SyncError> {
     i64::try_from(index)
         .map_err(|_| SyncError::Misuse(format!("index {index} does not fit SQLite's INTEGER")))
 }
 
-fn damaged_row(path: &Path, what: &str) -> SyncError {
+pub(crate) fn damaged_row(path: &Path, what: &str) -> SyncError {
     SyncError::backend(format!("{}: damaged workspace", path.display()), Damaged(what.to_owned()))
 }
 
@@ -1153,7 +1224,7 @@ fn damaged_row(path: &Path, what: &str) -> SyncError {
 #[error("{0}")]
 struct Damaged(String);
 
-fn decode_row(
+pub(crate) fn decode_row(
     path: &Path,
     origin: PeerId,
     key: Option<PublicKey>,
@@ -1198,19 +1269,19 @@ fn decode_row(
     Ok(Entry { origin, index, body, seal })
 }
 
-struct OriginRow {
-    no: i64,
-    position: ChainPosition,
-    key: Option<PublicKey>,
-    materialized: u64,
+pub(crate) struct OriginRow {
+    pub(crate) no: i64,
+    pub(crate) position: ChainPosition,
+    pub(crate) key: Option<PublicKey>,
+    pub(crate) materialized: u64,
 }
 
 /// The largest index an origin's log may reach in one file: the oplog key keeps 40 bits for
 /// it (about 10^12 entries per origin).
-const MAX_INDEX: u64 = (1 << 40) - 1;
+pub(crate) const MAX_INDEX: u64 = (1 << 40) - 1;
 
 /// The oplog rowid of `(origin_no, index)`.
-fn oplog_id(origin_no: i64, index: u64) -> Result<i64, SyncError> {
+pub(crate) fn oplog_id(origin_no: i64, index: u64) -> Result<i64, SyncError> {
     if index > MAX_INDEX {
         return Err(SyncError::Misuse(format!(
             "index {index} is beyond the largest supported, {MAX_INDEX}"
@@ -1219,7 +1290,10 @@ fn oplog_id(origin_no: i64, index: u64) -> Result<i64, SyncError> {
     Ok((origin_no << 40) | index as i64)
 }
 
-fn read_origin(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<OriginRow>> {
+pub(crate) fn read_origin(
+    conn: &Connection,
+    origin: &PeerId,
+) -> rusqlite::Result<Option<OriginRow>> {
     conn.prepare_cached(
         "SELECT no, next, chain, key, materialized FROM shoal_origins WHERE origin = ?1",
     )?
@@ -1257,7 +1331,7 @@ fn read_origin(conn: &Connection, origin: &PeerId) -> rusqlite::Result<Option<Or
 }
 
 /// The origin's row, created at the start of its log if absent (writers only).
-fn origin_row(
+pub(crate) fn origin_row(
     conn: &Connection,
     workspace: &WorkspaceId,
     origin: &PeerId,
@@ -1275,17 +1349,21 @@ fn origin_row(
 }
 
 /// What a write transaction records in an origin's row when it stored entries of it.
-struct OriginWrite<'a> {
-    position: ChainPosition,
-    key: Option<&'a PublicKey>,
-    materialized: u64,
+pub(crate) struct OriginWrite<'a> {
+    pub(crate) position: ChainPosition,
+    pub(crate) key: Option<&'a PublicKey>,
+    pub(crate) materialized: u64,
     /// The replica's clock after the transaction. It is kept in the row being written anyway
     /// (the clock is the greatest of all rows' values), so a commit rewrites one page of
     /// bookkeeping, not two.
-    clock: Hlc,
+    pub(crate) clock: Hlc,
 }
 
-fn write_origin(conn: &Connection, origin: &PeerId, at: OriginWrite<'_>) -> rusqlite::Result<()> {
+pub(crate) fn write_origin(
+    conn: &Connection,
+    origin: &PeerId,
+    at: OriginWrite<'_>,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE shoal_origins SET next = ?2, chain = ?3, key = coalesce(key, ?4), materialized = ?5,
          clock = max(clock, ?6) WHERE origin = ?1",
@@ -1301,7 +1379,7 @@ fn write_origin(conn: &Connection, origin: &PeerId, at: OriginWrite<'_>) -> rusq
     Ok(())
 }
 
-fn set_stall(
+pub(crate) fn set_stall(
     conn: &Connection,
     workspace: &WorkspaceId,
     origin: &PeerId,
@@ -1328,7 +1406,7 @@ fn set_stall(
 
 /// The replica's clock: the greatest timestamp it issued or observed, kept per origin row
 /// (see [`OriginWrite::clock`]).
-fn read_clock(conn: &Connection) -> rusqlite::Result<Hlc> {
+pub(crate) fn read_clock(conn: &Connection) -> rusqlite::Result<Hlc> {
     conn.prepare_cached("SELECT coalesce(max(clock), 0) FROM shoal_origins")?
         .query_row([], |r| r.get::<_, i64>(0))
         .map(|v| Hlc::from_u64(v as u64))

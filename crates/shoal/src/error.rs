@@ -14,6 +14,15 @@ pub enum Error {
     #[error(transparent)]
     Open(#[from] OpenError),
 
+    /// A clock recovery was asked for, but this device's clock state is not ahead of its
+    /// wall clock (past the bound receivers use): there is nothing to recover, or the wall
+    /// clock is still wrong.
+    #[error("{}: this device's clock is not ahead of its wall clock by more than {} s: nothing to recover (if the machine's clock is still wrong, fix it first)", path.display(), shoal_core::MAX_FORWARD_SKEW_MS / 1000)]
+    ClockNotAhead {
+        /// The workspace file.
+        path: std::path::PathBuf,
+    },
+
     /// Reading, applying or writing the log failed.
     #[error(transparent)]
     Sync(#[from] shoal_core::SyncError),

@@ -25,6 +25,10 @@ pub struct FolderSync {
     pub report: SyncReport,
     /// The status after the pass.
     pub status: MirrorStatus,
+    /// How far this device's clock state is ahead of its wall clock, if by more than
+    /// receivers accept: what it publishes stalls on every other device
+    /// ([`Workspace::clock_ahead`]).
+    pub clock_ahead: Option<shoal_core::ClockSkew>,
 }
 
 /// When and where this workspace last synced successfully.
@@ -237,6 +241,23 @@ impl Workspace {
                 return Err(e.into());
             }
         };
+        // An origin that stalled earlier in this pass may be superseded now (its successor
+        // arrived later in the same pass): one more pass takes its entries as superseded.
+        let mut report = report;
+        if self.stalls_on_superseded(&mirror.status())? {
+            match mirror.sync_once().await {
+                Ok(again) => {
+                    report.published += again.published;
+                    report.pulled += again.pulled;
+                    report.duplicates += again.duplicates;
+                    report.stalled = again.stalled;
+                }
+                Err(e) => {
+                    self.note_sync_error(&e)?;
+                    return Err(e.into());
+                }
+            }
+        }
         let mut status = mirror.status();
         if status.last_error.is_none() {
             self.record_sync(&status.folder)?;
@@ -245,7 +266,7 @@ impl Workspace {
             self.set_own_log_checked();
         }
         self.add_local_stalls(&mut status)?;
-        Ok(FolderSync { report, status })
+        Ok(FolderSync { report, status, clock_ahead: self.clock_ahead()? })
     }
 
     /// Adds to a mirror's status the origins whose entries arrived but are not applied here
@@ -268,6 +289,18 @@ impl Workspace {
             });
         }
         Ok(())
+    }
+
+    /// True if the mirror reports an origin stalled at an entry this replica now knows is
+    /// superseded by a successor (its successor arrived later in the same pass): one more
+    /// pass then takes the superseded entries.
+    pub fn stalls_on_superseded(&self, status: &MirrorStatus) -> Result<bool> {
+        for s in &status.stalled {
+            if self.replica().superseded(s.origin)?.is_some_and(|sup| s.at >= sup.from) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Records a successful sync with `with` now.

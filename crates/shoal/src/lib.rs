@@ -26,12 +26,16 @@
 //! logs, signatures and sync drivers in `shoal-core`, folder sync in `shoal-filelog`.
 //! It never holds merge logic, formats or transport code of its own.
 
+mod clock;
 mod error;
 mod folder;
+mod rebuild;
 mod workspace;
 
+pub use clock::ClockRecovery;
 pub use error::{Error, Result};
 pub use folder::{FolderSync, LastSync, SyncLock};
+pub use rebuild::{StateCheck, StateDifference};
 pub use shoal_core as core;
 pub use shoal_filelog as filelog;
 pub use shoal_sqlite as sqlite;

@@ -140,6 +140,10 @@ pub struct Commit {
     pub index: u64,
     /// The entry's timestamp.
     pub hlc: Hlc,
+    /// Set when this device's clock state is ahead of its wall clock by more than
+    /// receivers accept ([`Workspace::clock_ahead`]): this write (and every later one) will
+    /// stall on the other devices. Fix the clock, then [`Workspace::recover_clock`].
+    pub clock_ahead: Option<shoal_core::ClockSkew>,
 }
 
 /// The result of a read-only query.
@@ -166,6 +170,9 @@ pub struct Status {
     pub conflicts: Vec<SchemaConflict>,
     /// Why this device's own log is known to be forked, if it is.
     pub fork: Option<String>,
+    /// How far this device's clock state is ahead of its wall clock, if by more than
+    /// receivers accept ([`Workspace::clock_ahead`]).
+    pub clock_ahead: Option<shoal_core::ClockSkew>,
 }
 
 impl Workspace {
@@ -189,7 +196,10 @@ impl Workspace {
     ) -> Result<Workspace> {
         // The genesis entry: anyone can check that the id derives from this key and salt.
         let genesis = ControlOp::genesis(key.public_key(), salt);
-        Self::create_file(path.as_ref(), genesis.workspace(), key, options, Some(genesis))
+        let id = genesis.founds().ok_or_else(|| {
+            Error::Sync(shoal_core::SyncError::Bug("a genesis founds a workspace".into()))
+        })?;
+        Self::create_file(path.as_ref(), id, key, options, Some(genesis))
     }
 
     /// Creates a file for a new device of the existing workspace `id`; it fills by syncing.
@@ -683,11 +693,16 @@ impl Workspace {
         self.replica.check_writable()?;
         self.refuse_if_forked()?;
         self.own_log_first()?;
+        let n_ops = ops.len() as u64;
         let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;
         let c = commits.first().ok_or_else(|| {
             shoal_core::SyncError::Bug("a local append returned no commit".into())
         })?;
-        Ok(Commit { index: c.index, hlc: c.hlc })
+        // The clock state after this commit is at least the entry's last op (`c.hlc` is its
+        // first; one op per table op).
+        let wall = self.replica.wall_clock().now_millis();
+        let last = c.hlc.plus(n_ops.max(1) - 1);
+        Ok(Commit { index: c.index, hlc: c.hlc, clock_ahead: shoal_core::clock_ahead(last, wall) })
     }
 
     /// Runs read-only SQL with positional parameters (`?1`, `?2`, …). Tables are views
@@ -812,6 +827,7 @@ impl Workspace {
             origins: self.replica.origin_status()?,
             conflicts: self.conflicts_with_rows()?,
             fork: self.fork()?,
+            clock_ahead: self.clock_ahead()?,
         })
     }
 }

@@ -140,6 +140,16 @@ Examples:
 Exit code 2 if anything fails; every bad file is reported.")]
     Verify(VerifyArgs),
 
+    /// After this device wrote with a clock far ahead (and the machine's clock is right
+    /// again): hand its log to a new device key and re-issue the stuck writes.
+    #[command(after_help = "\
+Examples:
+  shoal recover-clock --folder ~/Dropbox/shoal    sync, recover, sync again
+
+Every other device then stops waiting for the writes stamped in the future and applies
+their re-issued copies; nothing is lost or applied twice. Refused if the clock is not ahead.")]
+    RecoverClock(RecoverClockArgs),
+
     /// Three devices edit offline, conflict, sync through a folder and converge.
     #[command(after_help = "\
 Examples:
@@ -346,6 +356,15 @@ pub struct LogArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Also verify every segment file of this workspace in the sync folder.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal recover-clock`.
+#[derive(Debug, Args)]
+pub struct RecoverClockArgs {
+    /// Sync with this folder before (publishing the old log) and after (publishing the
+    /// re-issued writes).
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
 }

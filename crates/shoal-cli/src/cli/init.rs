@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 use serde_json::json;
+use shoal::Workspace;
 use shoal::core::WorkspaceId;
 use shoal::filelog::layout::parse_id_dir;
-use shoal::{Workspace, WorkspaceOptions};
 
 use super::args::InitArgs;
 use super::{Ctx, Outcome, sync};
@@ -43,8 +43,8 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
         (None, None) => None,
     };
     let ws = match join {
-        Some(id) => Workspace::join(&path, id, WorkspaceOptions::default())?,
-        None => Workspace::create(&path, WorkspaceOptions::default())?,
+        Some(id) => Workspace::join(&path, id, super::clock::options())?,
+        None => Workspace::create(&path, super::clock::options())?,
     };
     let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
     ctx.out.emit(

@@ -11,6 +11,7 @@
 //! transactions.
 
 mod args;
+mod clock;
 mod demo;
 mod init;
 mod log;
@@ -26,8 +27,8 @@ use std::process::ExitCode;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{CommandFactory, FromArgMatches};
+use shoal::Workspace;
 use shoal::sqlite::OpenError;
-use shoal::{Workspace, WorkspaceOptions};
 
 use args::{Cli, Command, TableCommand};
 use out::Out;
@@ -88,7 +89,7 @@ pub fn open_workspace(path: &Path) -> Result<Workspace> {
             path.display()
         );
     }
-    Workspace::open(path, WorkspaceOptions::default()).map_err(|e| match e {
+    Workspace::open(path, clock::options()).map_err(|e| match e {
         shoal::Error::Open(OpenError::Missing { path }) => anyhow!(
             "{}: no such workspace file (create one with `shoal init --workspace {}`, or check \
              the path)",
@@ -133,16 +134,39 @@ async fn run(command: Command, ctx: &mut Ctx) -> Result<Outcome> {
         Command::Table(TableCommand::Create(a)) => tables::create(ctx, a),
         Command::Table(TableCommand::Alter(a)) => tables::alter(ctx, a),
         Command::Table(TableCommand::List) => tables::list(ctx),
-        Command::Put(a) => rows::put(ctx, a),
+        Command::Put(a) => warn_after(ctx, |ctx| rows::put(ctx, a)),
         Command::Get(a) => rows::get(ctx, a),
-        Command::Delete(a) => rows::delete(ctx, a),
+        Command::Delete(a) => warn_after(ctx, |ctx| rows::delete(ctx, a)),
         Command::Sql(a) => rows::sql(ctx, a),
         Command::Watch(a) => rows::watch(ctx, a).await,
-        Command::Sync(a) => sync::run(ctx, a).await,
-        Command::Status(a) => sync::status(ctx, a).await,
+        Command::Sync(a) => {
+            let r = sync::run(ctx, a).await;
+            warn_clock(ctx);
+            r
+        }
+        Command::Status(a) => {
+            let r = sync::status(ctx, a).await;
+            warn_clock(ctx);
+            r
+        }
+        Command::RecoverClock(a) => clock::run(ctx, a).await,
         Command::Log(a) => log::run(ctx, a),
         Command::Verify(a) => verify::run(ctx, a),
         Command::Demo(a) => demo::run(ctx, a).await,
+    }
+}
+
+/// Runs a writing command, then warns if this device's clock state is ahead.
+fn warn_after(ctx: &mut Ctx, f: impl FnOnce(&mut Ctx) -> Result<Outcome>) -> Result<Outcome> {
+    let r = f(ctx);
+    warn_clock(ctx);
+    r
+}
+
+/// Warns if this device's clock state is ahead (nothing if the workspace does not open).
+fn warn_clock(ctx: &Ctx) {
+    if let Ok(ws) = ctx.open() {
+        clock::warn_if_ahead(&ws);
     }
 }
 

@@ -132,6 +132,10 @@ pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<O
     let mut report = SyncReport::default();
     let mut result = mirror.sync_once().await;
     add(&mut report, &result);
+    if result.is_ok() && ws.stalls_on_superseded(&mirror.status())? {
+        result = mirror.sync_once().await;
+        add(&mut report, &result);
+    }
     let mut retries = 0;
     while result.is_ok() && retries < 3 {
         let Some(at) = mirror.folder().puller().next_retry() else { break };
@@ -488,12 +492,21 @@ pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
                 "behind": behind,
                 "stalled": reason,
                 "stalled_since": local.and_then(|l| l.stalled_at).map(time_text),
+                "superseded": local.and_then(|l| l.superseded).map(|s| json!({
+                    "successor": s.successor.to_hex(),
+                    "from": s.from,
+                })),
             }),
         )?;
         let bad = bad_files.iter().filter(|b| b.origin == *origin).count();
         let state = match (&reason, this) {
             (Some(r), _) => format!("stalled at entry {applied}: {r}"),
             (None, _) if bad > 0 => format!("{bad} bad file(s) in the folder (below)"),
+            (None, _) if let Some(s) = local.and_then(|l| l.superseded) => format!(
+                "superseded from entry {} by device {} (clock recovery): not applied",
+                s.from,
+                s.successor.short()
+            ),
             (None, true) => "this device".to_owned(),
             (None, false) if behind.is_some_and(|b| b > 0) => "behind the folder".to_owned(),
             (None, false) => "ok".to_owned(),
@@ -523,7 +536,7 @@ pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
         out::warn(format!("this device's own log is forked: {fork}"));
         ctx.out.emit("forked", json!({ "reason": fork }))?;
     }
-    Ok(if stalled > 0 || !bad_files.is_empty() || st.fork.is_some() {
+    Ok(if stalled > 0 || !bad_files.is_empty() || st.fork.is_some() || st.clock_ahead.is_some() {
         Outcome::Failed
     } else {
         Outcome::Ok

@@ -391,4 +391,26 @@ impl Materializer for TablesMaterializer {
         self.changes.discard();
         self.stale = true;
     }
+
+    fn reset(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        // Every object of this domain: the views (named after tables), the row tables and
+        // their shards, and the side tables; then the DDL again, as on a new file.
+        let objects: Vec<(String, String)> = conn
+            .prepare(
+                "SELECT type, name FROM sqlite_master WHERE type = 'view'
+                 OR (type = 'table' AND (name LIKE 'shoal\\_t\\_%' ESCAPE '\\'
+                     OR name IN ('shoal_schema_ops', 'shoal_adds', 'shoal_maxw')))",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (kind, name) in objects {
+            let kind = if kind == "view" { "VIEW" } else { "TABLE" };
+            conn.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote_ident(&name)))?;
+        }
+        conn.execute_batch(DDL)?;
+        self.bump_generation(conn)?;
+        self.stale = true;
+        self.refresh(conn)?;
+        self.rebuild_views(conn)
+    }
 }

@@ -1,0 +1,89 @@
+//! The CLI side of wrong clocks: the warning printed after put/delete/table/sync/status
+//! when this device's clock state ran ahead, `shoal recover-clock`, and the test-only clock
+//! offset.
+//!
+//! `SHOAL_TEST_CLOCK_OFFSET` (signed milliseconds) moves the wall clock the binary hands
+//! to the library by that much. It exists only so the CLI tests can reproduce a machine
+//! whose clock read 2100 without changing the machine's clock; it is read by this binary
+//! only, never by the library, and is not meant for anything else.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::json;
+use shoal::core::{SystemClock, WallClock, human_duration};
+use shoal::{Workspace, WorkspaceOptions};
+
+use super::args::RecoverClockArgs;
+use super::out;
+use super::{Ctx, Outcome};
+
+/// The test-only clock offset variable (see the module doc).
+const OFFSET_VAR: &str = "SHOAL_TEST_CLOCK_OFFSET";
+
+/// The system clock moved by `SHOAL_TEST_CLOCK_OFFSET` milliseconds.
+#[derive(Debug)]
+struct OffsetClock(i64);
+
+impl WallClock for OffsetClock {
+    fn now_millis(&self) -> u64 {
+        SystemClock.now_millis().saturating_add_signed(self.0)
+    }
+}
+
+/// The options every command opens or creates a workspace with.
+pub fn options() -> WorkspaceOptions {
+    match std::env::var(OFFSET_VAR).ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+        Some(offset) => WorkspaceOptions { clock: Arc::new(OffsetClock(offset)) },
+        None => WorkspaceOptions::default(),
+    }
+}
+
+/// Prints the clock warning if this device's clock state is ahead (best effort).
+pub fn warn_if_ahead(ws: &Workspace) {
+    if let Ok(Some(ahead)) = ws.clock_ahead() {
+        out::warn(format!(
+            "warning: this device's clock is ahead by {} of the machine's clock (its writes \
+             are stamped {}): every other device stalls on them. Once the machine's clock is \
+             right, run `shoal recover-clock --folder DIR` to write again and have them seen",
+            human_duration(ahead.ahead_ms),
+            super::out::time_text(ahead.remote.millis()),
+        ));
+    }
+}
+
+/// `shoal recover-clock`.
+pub async fn run(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    if let Some(folder) = &a.folder {
+        super::sync::check_folder_exists(folder)?;
+        // Publish the old origin's entries first: after the hand-over nobody can.
+        ws.sync_folder(folder).await?;
+    }
+    let (ws, rec) = ws.recover_clock()?;
+    let s = rec.succession;
+    ctx.out.emit(
+        "recovered",
+        json!({
+            "predecessor": s.predecessor.to_hex(),
+            "successor": s.successor.to_hex(),
+            "cut": s.cut,
+            "reissued": s.reissued,
+            "was_ahead_ms": rec.was_ahead.ahead_ms,
+        }),
+    )?;
+    ctx.out.line(format!(
+        "recovered: this device was ahead by {}; it now writes as device {} (successor of {} \
+         from its entry {}), and re-issued {} write(s)",
+        human_duration(rec.was_ahead.ahead_ms),
+        s.successor.short(),
+        s.predecessor.short(),
+        s.cut,
+        s.reissued
+    ))?;
+    if let Some(folder) = &a.folder {
+        ws.sync_folder(folder).await?;
+        ctx.out.line(format!("published to {}", folder.display()))?;
+    }
+    Ok(Outcome::Ok)
+}
