@@ -927,6 +927,10 @@ fn prepare_query<'c>(conn: &'c rusqlite::Connection, sql: &str) -> Result<rusqli
     // `shoal_*` name is refused before that, so a CTE taking a view's name cannot read the
     // hidden table behind it.
     if let Err(name) = shoal_sqlite::check_app_sql(sql) {
+        // A write says so first: it would be refused whatever it named.
+        if starts_with_write_verb(sql) {
+            return Err(Error::NotReadOnly { sql: sql.to_owned() });
+        }
         return Err(Error::HiddenName { sql: sql.to_owned(), name });
     }
     let stmt = match conn.prepare(sql) {
