@@ -238,7 +238,7 @@ fn run_epoch(seed: u64, len: Duration) -> Stats {
             }
         });
         // Every device is quiet: the folder verifies.
-        let (out, err) = run(&s, &["verify", "-w", &devices[0].ws, "--folder", FOLDER]);
+        let (out, err) = run(&s, &["verify", "-w", devices[0].ws, "--folder", FOLDER]);
         assert_eq!(out.status.code(), Some(0), "verify --folder after a round: {err}");
     }
 
@@ -574,8 +574,7 @@ impl Device {
             let col = format!("c{}", self.seq);
             self.model.tables[t].columns.push(col.clone());
             let name = self.model.tables[t].name.clone();
-            let args =
-                ["table", "alter", "-w", self.ws, &name, "--column", &format!("{col}:text")];
+            let args = ["table", "alter", "-w", self.ws, &name, "--column", &format!("{col}:text")];
             let args: Vec<&str> = args.to_vec();
             if let Some(out) = self.exec(s, "table", &args, true) {
                 assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
@@ -722,11 +721,11 @@ fn rows_by_id(s: &Sandbox, ws: &str, sql: &str) -> BTreeMap<String, Json> {
 
 fn check_final(s: &Sandbox, devices: &[Device]) {
     // Identical everywhere: every table and row, and every device's progress.
-    let dumps: Vec<String> = devices.iter().map(|d| s.dump(&d.ws)).collect();
+    let dumps: Vec<String> = devices.iter().map(|d| s.dump(d.ws)).collect();
     let progress: Vec<String> = devices
         .iter()
         .map(|d| {
-            let mut held: Vec<String> = of_type(&s.json(&["status", "-w", &d.ws]), "origin")
+            let mut held: Vec<String> = of_type(&s.json(&["status", "-w", d.ws]), "origin")
                 .iter()
                 .map(|o| format!("{} {} {}", o["origin"], o["held"], o["applied"]))
                 .collect();
@@ -741,11 +740,11 @@ fn check_final(s: &Sandbox, devices: &[Device]) {
         assert_eq!(p, &progress[0], "{} and {} hold different entries", d.ws, devices[0].ws);
     }
     for d in devices {
-        let (out, err) = run(s, &["verify", "-w", &d.ws, "--folder", FOLDER]);
+        let (out, err) = run(s, &["verify", "-w", d.ws, "--folder", FOLDER]);
         assert_eq!(out.status.code(), Some(0), "final verify of {}: {err}", d.ws);
     }
 
-    let ws = &devices[0].ws;
+    let ws = devices[0].ws;
     let t = rows_by_id(s, ws, "SELECT id, v, n, m FROM t");
     let v_of = |id: &str| t.get(id).map(|r| r["v"].as_str().unwrap_or("<not text>").to_owned());
 
