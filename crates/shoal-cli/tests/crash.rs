@@ -357,32 +357,32 @@ impl Device {
         if join {
             args.extend(["--folder", FOLDER]);
         }
+        // How long an init takes here, from one on a scratch path (a device that joins
+        // publishes nothing, so the probe adds nothing to the folder).
+        let probe = format!("probe-{}.shoal", self.i);
+        let mut probe_args = args.clone();
+        probe_args[2] = &probe;
+        let started = Instant::now();
+        let (out, err) = run(s, &probe_args);
+        assert_eq!(out.status.code(), Some(0), "{probe_args:?}: {err}");
+        let typical = started.elapsed().as_micros() as u64;
+        let _ = std::fs::remove_file(s.path(&probe));
         for attempt in 0.. {
-            // Kill most attempts (the last ones never: the run must go on).
-            let may_kill = attempt < 20 && self.rng.chance(70);
-            let killed = if may_kill {
-                let range =
-                    self.typical.get("init").map_or(150_000, |t| t.as_micros() as u64 * 13 / 10)
-                        + 1;
-                let after = Duration::from_micros(self.rng.below(range));
-                match s.run_or_kill(&args, after) {
-                    Ran::Exited(out) => {
-                        check_no_panic(&args, &out);
-                        assert_eq!(out.status.code(), Some(0), "init: {}", text(&out.stderr));
-                        false
-                    }
-                    Ran::Killed => true,
-                }
+            // Kill the first attempt and most others (never after 20: the run must go on).
+            let kill = attempt == 0 || (attempt < 20 && self.rng.chance(80));
+            let after = if kill {
+                Duration::from_micros(self.rng.below(typical * 13 / 10 + 1))
             } else {
-                let started = Instant::now();
-                let (out, err) = run(s, &args);
-                assert_eq!(out.status.code(), Some(0), "init {args:?}: {err}");
-                self.typical.insert("init", started.elapsed());
-                false
+                HANG
             };
             self.stats.commands += 1;
-            if !killed {
-                return;
+            match s.run_or_kill(&args, after) {
+                Ran::Exited(out) => {
+                    check_no_panic(&args, &out);
+                    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+                    return;
+                }
+                Ran::Killed => assert!(kill, "shoal {args:?} hung for {HANG:?}"),
             }
             *self.stats.killed.entry("init").or_default() += 1;
             if s.path(self.ws).exists() {
