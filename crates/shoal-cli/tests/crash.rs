@@ -548,7 +548,8 @@ impl Device {
         }
     }
 
-    /// Creates a table of this device, adds a column to one, or (rarely) drops one.
+    /// Creates a table of this device, adds a column to one, renames a column or a table,
+    /// or (rarely) drops one.
     fn table_change(&mut self, s: &Sandbox) {
         let live: Vec<usize> =
             (0..self.model.tables.len()).filter(|&t| !self.model.tables[t].dropped).collect();
@@ -569,7 +570,7 @@ impl Device {
             } else {
                 self.repair_table(s, t);
             }
-        } else if pick < 92 {
+        } else if pick < 70 {
             let t = live[self.rng.below(live.len() as u64) as usize];
             let col = format!("c{}", self.seq);
             self.model.tables[t].columns.push(col.clone());
@@ -581,22 +582,50 @@ impl Device {
             } else {
                 self.repair_table(s, t);
             }
+        } else if pick < 82 {
+            // Rename a column: its rows keep their values under the new name.
+            let t = live[self.rng.below(live.len() as u64) as usize];
+            let cols = &self.model.tables[t].columns;
+            let old = cols[self.rng.below(cols.len() as u64) as usize].clone();
+            let new = format!("r{}", self.seq);
+            let name = self.model.tables[t].name.clone();
+            let rename = format!("{old}={new}");
+            let args = ["table", "alter", "-w", self.ws, &name, "--rename-column", &rename];
+            self.alter_once(s, &args, "has no column named");
+            let table = &mut self.model.tables[t];
+            for c in table.columns.iter_mut().chain(table.rows.values_mut().map(|r| &mut r.0)) {
+                if *c == old {
+                    c.clone_from(&new);
+                }
+            }
+        } else if pick < 90 {
+            let t = live[self.rng.below(live.len() as u64) as usize];
+            let name = self.model.tables[t].name.clone();
+            let new = format!("d{}x{}r{}", self.i, t, self.seq);
+            let args = ["table", "alter", "-w", self.ws, &name, "--rename", &new];
+            self.alter_once(s, &args, "no table named");
+            self.model.tables[t].name = new;
         } else {
             let t = live[self.rng.below(live.len() as u64) as usize];
             let name = self.model.tables[t].name.clone();
             let args = ["table", "alter", "-w", self.ws, &name, "--drop"];
-            if let Some(out) = self.exec(s, "table", &args, true) {
-                assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
-            } else {
-                // Done or not: dropping again either drops it or finds it gone.
-                let (out, err) = run(s, &args);
-                assert!(
-                    out.status.code() == Some(0)
-                        || (out.status.code() == Some(2) && err.contains("no table named")),
-                    "{args:?} after a killed drop: {err}"
-                );
-            }
+            self.alter_once(s, &args, "no table named");
             self.model.tables[t].dropped = true;
+        }
+    }
+
+    /// A table change that may be killed; after a kill it is run again, which either does
+    /// it or finds it done (the old name gone: `gone` in the message).
+    fn alter_once(&mut self, s: &Sandbox, args: &[&str], gone: &str) {
+        if let Some(out) = self.exec(s, "table", args, true) {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        } else {
+            let (out, err) = run(s, args);
+            assert!(
+                out.status.code() == Some(0)
+                    || (out.status.code() == Some(2) && err.contains(gone)),
+                "{args:?} after a killed run: {err}"
+            );
         }
     }
 
