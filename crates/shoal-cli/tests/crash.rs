@@ -1,9 +1,9 @@
 //! Crash tests with real processes (DESIGN.md §10; issue 10, item 2): three devices — three
 //! workspace files of the real `shoal` binary sharing one folder — each run random `put`s
 //! (new rows, overwrites of shared rows, counter increments, max writes), `delete`s, table
-//! changes (`table create`, `table alter --column`, `--drop`) and `sync`s, one of them also
-//! a `sync --watch` process now and then; a share of the commands, `init` included, get
-//! `kill -9` at a random moment of their run. A write is *acknowledged* when its command
+//! changes (`table create`, `table alter --column`, `--rename-column`, `--rename`,
+//! `--drop`) and `sync`s, one of them also a `sync --watch` process now and then; a share
+//! of the commands, `init` included, get `kill -9` at a random moment of their run. A write is *acknowledged* when its command
 //! exited 0; a killed one may or may not have landed.
 //!
 //! After each kill the workspace reopens (`status`) and `shoal verify` passes; after each
@@ -12,7 +12,8 @@
 //! progress), and every acknowledged write is there as the merge rules say: a new row with
 //! its value, a deleted row gone, a shared row with the acknowledged value of the highest
 //! HLC unless an unacknowledged write won, a counter between the acknowledged and the
-//! attempted increments, a max at least the greatest acknowledged value.
+//! attempted increments, a max at least the greatest acknowledged value, renamed columns
+//! and tables under their new names with their rows, dropped tables gone.
 //!
 //! Time-bounded and seeded: `SHOAL_CRASH_SECS` (default 30) and `SHOAL_CRASH_SEED`
 //! (default: from the clock; printed, with a replay command, on failure). The run is cut
