@@ -94,7 +94,8 @@ struct Stats {
     /// Kills that left overlapping own segments (a compaction cut between writing the
     /// merged segment and removing its parts).
     mid_compaction: u64,
-    /// Kills that left a temporary segment file (cut mid-write).
+    /// Kills after which a temporary segment file was in the own directory (cut mid-write,
+    /// by this kill or an earlier one: the next sync removes it).
     mid_write: u64,
     /// Kills of `init` that left a complete workspace (the others left none).
     init_complete: u64,
