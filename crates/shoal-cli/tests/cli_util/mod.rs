@@ -127,3 +127,95 @@ pub fn envelopes(stdout: &str) -> Vec<(String, Json)> {
 pub fn of_type(envelopes: &[(String, Json)], kind: &str) -> Vec<Json> {
     envelopes.iter().filter(|(k, _)| k == kind).map(|(_, d)| d.clone()).collect()
 }
+
+/// How a command that may be killed ended.
+#[derive(Debug)]
+pub enum Ran {
+    /// It ended by itself (its output; exit code in `status`).
+    Exited(Output),
+    /// It was still running at the deadline and got SIGKILL.
+    Killed,
+}
+
+impl Sandbox {
+    /// Runs `shoal args` and sends it SIGKILL (`kill -9`) if it is still running after
+    /// `after`. The output is collected either way (pipes, so a killed process leaves
+    /// nothing half-written on the test's own stdout).
+    pub fn run_or_kill(&self, args: &[&str], after: std::time::Duration) -> Ran {
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start shoal {args:?}: {e}"));
+        let deadline = std::time::Instant::now() + after;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return Ran::Exited(child.wait_with_output().unwrap());
+            }
+            if std::time::Instant::now() >= deadline {
+                // It may end between the check and the signal: then it is not killed.
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                return match out.status.code() {
+                    Some(_) => Ran::Exited(out),
+                    None => Ran::Killed,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+
+    /// Every live table of workspace `ws` with every row, as text (`table list` and one
+    /// `sql` per table ordered by its key): equal dumps mean equal visible state.
+    pub fn dump(&self, ws: &str) -> String {
+        let tables = self.json(&["table", "list", "-w", ws]);
+        let mut out = String::new();
+        for t in of_type(&tables, "table") {
+            let name = t["name"].as_str().unwrap();
+            let keys: Vec<String> = t["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["merge"] == "key")
+                .map(|c| format!("\"{}\"", c["name"].as_str().unwrap()))
+                .collect();
+            let sql = format!("SELECT * FROM \"{name}\" ORDER BY {}", keys.join(", "));
+            out.push_str(&format!("table {t}\n"));
+            out.push_str(&self.ok(&["sql", "--json", "-w", ws, &sql]));
+        }
+        out
+    }
+}
+
+/// A small seeded generator (xorshift64*): a failing run replays from its seed (the
+/// commands it chose; kill timing still depends on the machine).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // splitmix64 of the seed, never 0.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
