@@ -178,7 +178,10 @@ impl Sim {
     fn new(seed: u64, options: &SimOptions, root: PathBuf) -> Result<Sim, String> {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = options.devices.unwrap_or_else(|| rng.random_range(3..=8));
-        let wide_left = rng.random_bool(0.1);
+        // One seed in thirty has a table near the width budget: every schema change then makes
+        // SQLite re-parse a schema of about a thousand columns on each connection, which
+        // costs a run ~20 s instead of ~0.3 s.
+        let wide_left = rng.random_bool(1.0 / 30.0);
         let mut devices = Vec::with_capacity(n);
         let mut workspace = None;
         for slot in 0..n {
