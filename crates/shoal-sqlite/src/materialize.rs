@@ -7,10 +7,8 @@
 //!
 //! Invariants:
 //! - The replica calls the router inside the very transaction that appends the entry to the
-//!   oplog and advances its cursor, and flushes it ([`DomainRouter::flush`]) before that
-//!   transaction commits, so materialized state and the log never disagree after a commit or
-//!   a crash. A domain may keep writes in memory between `apply` and `flush` (the tables
-//!   domain writes each row once per flush, however many entries of the run change it).
+//!   oplog and advances its cursor, so materialized state and the log never disagree after a
+//!   commit or a crash.
 //! - An entry is materialized whole or not at all, across domains: the router refuses an
 //!   entry with an op of a domain nobody materializes before any domain writes; a domain
 //!   decodes its ops before it writes; and when a domain fails after another one wrote, the
@@ -57,21 +55,9 @@ pub trait Materializer: Send + 'static {
         Ok(())
     }
 
-    /// The entries about to be applied in this transaction (their payloads, in order), so
-    /// that a materializer can look up what it needs for all of them at once. A hint: the
-    /// entries still come one by one to `apply` (possibly fewer of them).
-    fn prepare(
-        &mut self,
-        _conn: &Connection,
-        _payloads: &[&Payload],
-    ) -> Result<(), rusqlite::Error> {
-        Ok(())
-    }
-
     /// Applies the ops of this materializer's domain in the payload of entry `(origin,
     /// index)` (op `i` is stamped `payload.hlc + i`), ignoring the ops of other domains.
-    /// Decodes every op before writing anything. It may keep writes in memory until
-    /// `flush` (to write a row that several entries change once).
+    /// Decodes every op before writing anything.
     fn apply(
         &mut self,
         conn: &Connection,
@@ -79,13 +65,6 @@ pub trait Materializer: Send + 'static {
         index: u64,
         payload: &Payload,
     ) -> Result<(), MaterializeError>;
-
-    /// Writes whatever `apply` kept in memory. The replica calls it before every commit; a
-    /// failure here cannot be tied to one entry, so the replica then applies the entries
-    /// again with a flush after each.
-    fn flush(&mut self, _conn: &Connection) -> Result<(), MaterializeError> {
-        Ok(())
-    }
 
     /// The transaction that called `apply` committed; publish what changed.
     fn committed(&mut self) {}
@@ -127,20 +106,6 @@ impl DomainRouter {
     /// A write transaction began.
     pub fn begin(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
         self.domains.iter_mut().try_for_each(|d| d.begin(conn))
-    }
-
-    /// The payloads about to be applied (see [`Materializer::prepare`]).
-    pub fn prepare(
-        &mut self,
-        conn: &Connection,
-        payloads: &[&Payload],
-    ) -> Result<(), rusqlite::Error> {
-        self.domains.iter_mut().try_for_each(|d| d.prepare(conn, payloads))
-    }
-
-    /// Writes what the domains kept in memory (see [`Materializer::flush`]).
-    pub fn flush(&mut self, conn: &Connection) -> Result<(), MaterializeError> {
-        self.domains.iter_mut().try_for_each(|d| d.flush(conn))
     }
 
     /// Applies an entry's ops, all domains or none (see the module doc). A router without

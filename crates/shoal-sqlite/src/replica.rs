@@ -474,25 +474,22 @@ impl SqliteReplica {
             let mut commits = Vec::with_capacity(entries.len());
             let mut materialized = materialized_to;
             {
-                let mut oplog = OplogRows::default();
-                if entries.first().is_some_and(|(e, _)| e.index == materialized) {
-                    let payloads: Vec<&Payload> =
-                        entries.iter().filter_map(|(e, _)| e.payload()).collect();
-                    materializer.prepare(&tx, &payloads).map_err(self.backend("prepare"))?;
-                }
-                for (entry, bytes) in entries {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, 0, ?3, ?4)",
+                    )
+                    .map_err(self.backend("prepare oplog insert"))?;
+                for (entry, bytes) in &entries {
                     let EntryBody::Live(payload) = &entry.body else {
                         return Err(SyncError::Bug("a local entry was built expunged".into()));
                     };
-                    oplog
-                        .push(
-                            &tx,
+                    insert
+                        .execute(params![
                             oplog_id(row.no, entry.index)?,
-                            payload.hlc,
-                            false,
+                            payload.hlc.as_u64() as i64,
                             bytes,
-                            entry.seal.as_ref(),
-                        )
+                            entry.seal.as_ref().map(|s| s.signature.as_slice()),
+                        ])
                         .map_err(self.backend("append to the oplog"))?;
                     // Our own origin only stalls materialization if a newer version wrote
                     // this log before (a restored backup); keep entries in order then.
@@ -516,10 +513,6 @@ impl SqliteReplica {
                     }
                     commits.push(LocalCommit { index: entry.index, hlc: payload.hlc });
                 }
-                oplog.write(&tx).map_err(self.backend("append to the oplog"))?;
-                materializer.flush(&tx).map_err(|e| {
-                    SyncError::backend(format!("{}: materialize", self.inner.path.display()), e)
-                })?;
             }
             let at = OriginWrite {
                 position: own.position(),
@@ -600,9 +593,6 @@ impl SqliteReplica {
         // The first entry not to materialize in this transaction, and why: the membership
         // hook's hold, or (after a rolled-back attempt) the entry whose materialization failed.
         let mut stall: Option<(u64, String)> = run.held().map(|(i, why)| (i, why.to_owned()));
-        // Flush the materializer after each entry, so that a failure names its entry (after
-        // a flush of the whole run failed).
-        let mut flush_each = false;
         loop {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -616,60 +606,42 @@ impl SqliteReplica {
                 let mut clock =
                     HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
                 let mut materialized = row.materialized;
-                // What materializes in this attempt: the run from the origin's materialized
-                // position (if that is where the run starts) up to the stall, if any.
-                let stalled_at = |index: u64| stall.as_ref().is_some_and(|(i, _)| *i <= index);
-                let todo: Vec<&Payload> = run
-                    .entries()
-                    .iter()
-                    .skip_while(|e| e.index != materialized)
-                    .take_while(|e| !stalled_at(e.index))
-                    .filter_map(|e| e.payload())
-                    .collect();
-                if !todo.is_empty() {
-                    materializer.prepare(&tx, &todo).map_err(self.backend("prepare"))?;
-                }
-                let mut oplog = OplogRows::default();
-                for e in run.entries() {
-                    let mut bytes = Vec::with_capacity(e.approx_size());
-                    e.body.encode_stored(&mut bytes);
-                    if let Some(last) = e.body.last_hlc() {
-                        // The pipeline checked the skew against this same clock.
-                        let _ = clock.observe(last, wall);
-                    }
-                    oplog
-                        .push(
-                            &tx,
-                            oplog_id(row.no, e.index)?,
-                            e.body.hlc().unwrap_or(Hlc::ZERO),
-                            matches!(e.body, EntryBody::Expunged(_)),
-                            bytes,
-                            e.seal.as_ref(),
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, ?3, ?4, ?5)",
                         )
-                        .map_err(self.backend("append to the oplog"))?;
-                    if materialized != e.index || stalled_at(e.index) {
-                        continue;
-                    }
-                    let mut r = materialize_entry(materializer, &tx, origin, e);
-                    if flush_each && r.is_ok() {
-                        r = materializer.flush(&tx).map_err(unmaterialized);
-                    }
-                    match r {
-                        Ok(()) => materialized += 1,
-                        Err(Unmaterialized::Stall(why)) => {
-                            return Ok(Attempt::Failed { index: e.index, why });
+                        .map_err(self.backend("prepare oplog insert"))?;
+                    let mut buf = Vec::with_capacity(256);
+                    for e in run.entries() {
+                        buf.clear();
+                        e.body.encode_stored(&mut buf);
+                        if let Some(last) = e.body.last_hlc() {
+                            // The pipeline checked the skew against this same clock.
+                            let _ = clock.observe(last, wall);
                         }
-                        Err(Unmaterialized::Abort(err)) => {
-                            return Err(self.backend("materialize")(err));
+                        insert
+                            .execute(params![
+                                oplog_id(row.no, e.index)?,
+                                e.body.hlc().map_or(0, |h| h.as_u64() as i64),
+                                matches!(e.body, EntryBody::Expunged(_)),
+                                &buf,
+                                e.seal.as_ref().map(|s| s.signature.as_slice()),
+                            ])
+                            .map_err(self.backend("append to the oplog"))?;
+                        let stalled_here = stall.as_ref().is_some_and(|(i, _)| *i <= e.index);
+                        if materialized != e.index || stalled_here {
+                            continue;
                         }
-                    }
-                }
-                oplog.write(&tx).map_err(self.backend("append to the oplog"))?;
-                match materializer.flush(&tx).map_err(unmaterialized) {
-                    Ok(()) => {}
-                    Err(Unmaterialized::Stall(_)) => return Ok(Attempt::Unattributed),
-                    Err(Unmaterialized::Abort(err)) => {
-                        return Err(self.backend("materialize")(err));
+                        match materialize_entry(materializer, &tx, origin, e) {
+                            Ok(()) => materialized += 1,
+                            Err(Unmaterialized::Stall(why)) => {
+                                return Ok(Attempt::Failed { index: e.index, why });
+                            }
+                            Err(Unmaterialized::Abort(err)) => {
+                                return Err(self.backend("materialize")(err));
+                            }
+                        }
                     }
                 }
                 if !run.entries().is_empty() {
@@ -721,16 +693,6 @@ impl SqliteReplica {
                     materializer.rolled_back();
                     tracing::warn!(%origin, index, reason = %why, "origin stalled");
                     stall = Some((index, why));
-                }
-                Ok(Attempt::Unattributed) => {
-                    drop(tx);
-                    materializer.rolled_back();
-                    if flush_each {
-                        return Err(SyncError::Bug(
-                            "a materializer failed to flush after flushing each entry".into(),
-                        ));
-                    }
-                    flush_each = true;
                 }
                 Err(e) => {
                     drop(tx);
@@ -954,59 +916,26 @@ impl SqliteReplica {
         // Entries at or after `stop` are left alone: the first attempt found one of them
         // cannot be materialized.
         let mut stop: Option<(u64, String)> = None;
-        // As in `store_verified`: flush after each entry once a flush of them all failed.
-        let mut flush_each = false;
         loop {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(self.backend("begin rematerialize"))?;
-            let todo: Vec<&Entry> = page
-                .iter()
-                .filter(|e| e.index >= from)
-                .take_while(|e| !stop.as_ref().is_some_and(|(i, _)| *i <= e.index))
-                .collect();
-            let payloads: Vec<&Payload> = todo.iter().filter_map(|e| e.payload()).collect();
-            let begun = materializer.begin(&tx).and_then(|()| materializer.prepare(&tx, &payloads));
-            if let Err(e) = begun {
+            if let Err(e) = materializer.begin(&tx) {
                 drop(tx);
                 materializer.rolled_back();
                 return Err(self.backend("begin materializing")(e));
             }
             let mut materialized = from;
             let mut failed = None;
-            for e in todo {
-                let mut r = materialize_entry(materializer, &tx, origin, e);
-                if flush_each && r.is_ok() {
-                    r = materializer.flush(&tx).map_err(unmaterialized);
+            for e in page.iter().filter(|e| e.index >= from) {
+                if stop.as_ref().is_some_and(|(i, _)| *i <= e.index) {
+                    break;
                 }
-                match r {
+                match materialize_entry(materializer, &tx, origin, e) {
                     Ok(()) => materialized += 1,
                     Err(Unmaterialized::Stall(why)) => {
                         failed = Some((e.index, why));
                         break;
-                    }
-                    Err(Unmaterialized::Abort(err)) => {
-                        drop(tx);
-                        materializer.rolled_back();
-                        return Err(self.backend("materialize")(err));
-                    }
-                }
-            }
-            if failed.is_none() {
-                match materializer.flush(&tx).map_err(unmaterialized) {
-                    Ok(()) => {}
-                    Err(Unmaterialized::Stall(_)) if !flush_each => {
-                        drop(tx);
-                        materializer.rolled_back();
-                        flush_each = true;
-                        continue;
-                    }
-                    Err(Unmaterialized::Stall(why)) => {
-                        drop(tx);
-                        materializer.rolled_back();
-                        return Err(SyncError::Bug(format!(
-                            "a materializer failed to flush after flushing each entry: {why}"
-                        )));
                     }
                     Err(Unmaterialized::Abort(err)) => {
                         drop(tx);
@@ -1143,9 +1072,6 @@ enum Attempt {
         index: u64,
         why: String,
     },
-    /// Writing what the materializer kept in memory failed, for an entry it cannot name; the
-    /// transaction must be rolled back and the run applied again with a flush per entry.
-    Unattributed,
 }
 
 /// Why an entry was not materialized.
@@ -1169,77 +1095,23 @@ fn materialize_entry(
             "it is encrypted (key epoch {}) and this version holds no workspace keys",
             c.epoch
         ))),
-        EntryBody::Live(p) => router.apply(conn, origin, e.index, p).map_err(unmaterialized),
-    }
-}
-
-/// Whether a materialization failure stalls the origin or aborts the apply.
-fn unmaterialized(err: MaterializeError) -> Unmaterialized {
-    match err {
-        MaterializeError::NeedsUpgrade(what) => {
-            Unmaterialized::Stall(format!("needs a newer Shoal: {what}"))
-        }
-        MaterializeError::Malformed(what) => Unmaterialized::Stall(format!("malformed: {what}")),
-        MaterializeError::Sqlite(err) if is_storage_failure(&err) => Unmaterialized::Abort(err),
-        // Anything else SQLite refuses (a limit, a constraint) is about this entry, not the
-        // file: stall its origin, keep the others going.
-        MaterializeError::Sqlite(err) => {
-            Unmaterialized::Stall(format!("the database refused it: {err}"))
-        }
-    }
-}
-
-/// Oplog rows to insert, written [`OPLOG_ROWS`] per statement (fewer statements than rows
-/// is most of what a bulk insert saves).
-#[derive(Default)]
-struct OplogRows {
-    args: Vec<rusqlite::types::Value>,
-}
-
-/// Oplog rows per insert statement.
-const OPLOG_ROWS: usize = 64;
-
-impl OplogRows {
-    fn push(
-        &mut self,
-        conn: &Connection,
-        id: i64,
-        hlc: Hlc,
-        expunged: bool,
-        payload: Vec<u8>,
-        seal: Option<&Seal>,
-    ) -> rusqlite::Result<()> {
-        use rusqlite::types::Value as V;
-        self.args.extend([
-            V::Integer(id),
-            V::Integer(hlc.as_u64() as i64),
-            V::Integer(i64::from(expunged)),
-            V::Blob(payload),
-            seal.map_or(V::Null, |s| V::Blob(s.signature.to_vec())),
-        ]);
-        if self.args.len() >= OPLOG_ROWS * 5 {
-            self.write(conn)?;
-        }
-        Ok(())
-    }
-
-    /// Inserts the rows pushed since the last write: statements of a power of two rows, so
-    /// that few statements are cached.
-    fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        let mut rest = self.args.as_slice();
-        while !rest.is_empty() {
-            let rows = rest.len() / 5;
-            let n = if rows.is_power_of_two() { rows } else { rows.next_power_of_two() / 2 };
-            let (now, later) = rest.split_at(n * 5);
-            let sql = format!(
-                "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES {}",
-                vec!["(?, ?, ?, ?, ?)"; n].join(", ")
-            );
-            conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(now))?;
-            rest = later;
-        }
-        self.args.clear();
-        Ok(())
+        EntryBody::Live(p) => match router.apply(conn, origin, e.index, p) {
+            Ok(()) => Ok(()),
+            Err(MaterializeError::NeedsUpgrade(what)) => {
+                Err(Unmaterialized::Stall(format!("needs a newer Shoal: {what}")))
+            }
+            Err(MaterializeError::Malformed(what)) => {
+                Err(Unmaterialized::Stall(format!("malformed: {what}")))
+            }
+            Err(MaterializeError::Sqlite(err)) if is_storage_failure(&err) => {
+                Err(Unmaterialized::Abort(err))
+            }
+            // Anything else SQLite refuses (a limit, a constraint) is about this entry, not
+            // the file: stall its origin, keep the others going.
+            Err(MaterializeError::Sqlite(err)) => {
+                Err(Unmaterialized::Stall(format!("the database refused it: {err}")))
+            }
+        },
     }
 }
 

@@ -64,7 +64,7 @@ pub use views::live_row;
 use crate::materialize::{MaterializeError, Materializer};
 use changes::Changes;
 use layout::{DDL, Layout, load_layouts};
-use rows::{PendingRows, PutKey, PutPlan};
+use rows::{PutKey, PutPlan};
 use sql::hlc_sql;
 
 /// Drops known for one table: its own and its columns'.
@@ -98,8 +98,6 @@ pub struct TablesMaterializer {
     /// Dropped columns (or whole tables, `None`) whose storage may be freed.
     reclaim: BTreeSet<(TableId, Option<ColumnId>)>,
     changes: Changes,
-    /// Rows merged in memory since the last flush (see `rows`).
-    pending: PendingRows,
     column_budget: usize,
     shard_columns: usize,
 }
@@ -145,7 +143,6 @@ impl TablesMaterializer {
             checked_in_tx: false,
             reclaim: BTreeSet::new(),
             changes: Changes::new(),
-            pending: PendingRows::default(),
             column_budget,
             shard_columns: shard_columns.max(2),
         }
@@ -288,27 +285,15 @@ impl TablesMaterializer {
         for (hlc, op) in ops {
             match op {
                 TableOp::Put { table, key, cells } => self.put(conn, *hlc, *table, key, cells)?,
-                // Deletes and schema ops read and rewrite rows in SQL: the rows merged in
-                // memory go to the file first.
-                TableOp::Delete { table, key } => {
-                    self.flush_rows(conn)?;
-                    self.delete(conn, *hlc, *table, key)?;
-                }
-                _ => {
-                    self.flush_rows(conn)?;
-                    self.schema_op(conn, *hlc, op)?;
-                }
+                TableOp::Delete { table, key } => self.delete(conn, *hlc, *table, key)?,
+                _ => self.schema_op(conn, *hlc, op)?,
             }
         }
         if self.views_dirty {
             self.rebuild_views(conn)?;
         }
-        // After the views: storage that a view reads is never freed; what is freed must be
-        // seen empty in the file.
-        if !self.reclaim.is_empty() {
-            self.flush_rows(conn)?;
-            self.reclaim_dropped(conn)?;
-        }
+        // After the views: storage that a view reads is never freed.
+        self.reclaim_dropped(conn)?;
         Ok(())
     }
 
@@ -391,32 +376,18 @@ impl Materializer for TablesMaterializer {
     }
 
     fn begin(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
-        self.forget_pending();
         self.refresh(conn)?;
         self.checked_in_tx = true;
         Ok(())
     }
 
-    fn prepare(&mut self, conn: &Connection, payloads: &[&Payload]) -> Result<(), rusqlite::Error> {
-        if !self.checked_in_tx {
-            self.refresh(conn)?;
-        }
-        self.prefetch_absent(conn, payloads)
-    }
-
-    fn flush(&mut self, conn: &Connection) -> Result<(), MaterializeError> {
-        self.flush_rows(conn)
-    }
-
     fn committed(&mut self) {
         self.checked_in_tx = false;
-        self.forget_pending();
         self.changes.publish();
     }
 
     fn rolled_back(&mut self) {
         self.checked_in_tx = false;
-        self.forget_pending();
         self.changes.discard();
         self.stale = true;
     }

@@ -20,15 +20,15 @@
 //! through `ensure_*`, or sums counters in SQL (SQLite's `sum` fails on overflow; counters
 //! wrap).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
-use shoal_core::codec::{Encode, Reader};
-use shoal_core::{Domain, Hlc, Payload};
+use shoal_core::Hlc;
+use shoal_core::codec::Encode;
 use shoal_tables::{
-    CellWrite, ColumnId, HiddenDump, MaxFrontier, RowKey, RowState, TableId, Value, kind, lww_wins,
+    CellWrite, ColumnId, HiddenDump, MaxFrontier, RowKey, RowState, TableId, Value, lww_wins,
     survives,
 };
 
@@ -43,21 +43,8 @@ use crate::materialize::MaterializeError;
 struct ShardPlan {
     shard: usize,
     select: String,
-    /// `INSERT INTO "<shard>" (<columns>)`: an upsert is this, `VALUES` and `on_conflict`.
-    insert: String,
-    /// Bound parameters per row of the upsert.
-    columns: usize,
-    /// `ON CONFLICT (key) DO UPDATE SET …`.
-    on_conflict: String,
+    upsert: String,
     width: usize,
-}
-
-impl ShardPlan {
-    /// The upsert of `rows` rows (distinct keys).
-    fn upsert(&self, rows: usize) -> String {
-        let one = format!("({})", vec!["?"; self.columns].join(", "));
-        format!("{} VALUES {} {}", self.insert, vec![one; rows].join(", "), self.on_conflict)
-    }
 }
 
 /// The statements of puts with one signature: the main shard first (always), then every
@@ -71,91 +58,6 @@ pub(super) struct PutPlan {
 
 /// Puts are keyed by table, the (column, part) of each cell, and the number of key values.
 pub(super) type PutKey = (TableId, Vec<(ColumnId, Part)>, usize);
-
-/// Most rows in one upsert statement (fewer when a row has many columns: SQLite binds at
-/// most 32,766 parameters). Smaller batches use the powers of two below it, so a shard has
-/// at most 7 upsert statements.
-const UPSERT_ROWS: usize = 64;
-
-/// Most keys looked up by one prefetch query.
-const PREFETCH_KEYS: usize = 256;
-
-/// A row whose merged state is held in memory until the next flush.
-#[derive(Debug)]
-pub(super) struct PendingRow {
-    /// The statements that read it and write it.
-    plan: Arc<PutPlan>,
-    /// The key values (`k0..`), as stored.
-    key_values: Vec<SqlValue>,
-    tomb: Option<Hlc>,
-    written: Option<Hlc>,
-    /// Per shard of the plan, the state columns it writes.
-    states: Vec<Vec<SqlValue>>,
-    /// Per shard of the plan: whether it must be written.
-    dirty: Vec<bool>,
-}
-
-/// The rows that puts merged since the last flush, each to be written once, and the rows
-/// known to be absent from the file (so that a put need not read them).
-///
-/// Invariant: a key in `absent` is neither in the file nor in `rows` (it leaves `absent`
-/// when a put loads it or a delete writes it).
-#[derive(Debug, Default)]
-pub(super) struct PendingRows {
-    rows: HashMap<TableId, HashMap<RowKey, PendingRow>>,
-    absent: HashMap<TableId, HashSet<Vec<u8>>>,
-}
-
-impl PendingRows {
-    /// Whether the row was known absent; it is not any more after this (it is about to be
-    /// written).
-    fn take_absent(&mut self, table: TableId, key: &RowKey) -> bool {
-        self.absent.get_mut(&table).is_some_and(|keys| keys.remove(key.as_bytes()))
-    }
-}
-
-/// Writes rows held in memory: grouped by shard statement, in key order, [`UPSERT_ROWS`]
-/// (or a power of two below it) per statement. Keys are distinct.
-fn write_rows(conn: &Connection, rows: Vec<(RowKey, PendingRow)>) -> rusqlite::Result<()> {
-    // (plan, shard index) -> the rows' arguments, with their keys for ordering.
-    type Group = (Arc<PutPlan>, usize, Vec<(RowKey, Vec<SqlValue>)>);
-    let mut groups: HashMap<(usize, usize), Group> = HashMap::new();
-    for (key, row) in rows {
-        let PendingRow { plan, key_values, written, states, dirty, .. } = row;
-        for (i, state) in states.into_iter().enumerate() {
-            if !dirty[i] {
-                continue;
-            }
-            let mut args: Vec<SqlValue> = Vec::with_capacity(plan.shards[i].columns);
-            args.push(SqlValue::Blob(key.as_bytes().to_vec()));
-            if i == 0 {
-                args.push(SqlValue::Integer(key_values.len() as i64));
-                args.push(SqlValue::Integer(written.map_or(0, hlc_sql)));
-                args.extend(key_values.iter().cloned());
-            }
-            args.extend(state);
-            let id = (Arc::as_ptr(&plan) as usize, i);
-            let group = groups.entry(id).or_insert_with(|| (plan.clone(), i, Vec::new()));
-            group.2.push((key.clone(), args));
-        }
-    }
-    for (plan, i, mut rows) in groups.into_values() {
-        rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let shard = &plan.shards[i];
-        let most = UPSERT_ROWS.min(32_766 / shard.columns.max(1)).max(1);
-        let mut rest = rows.as_slice();
-        while !rest.is_empty() {
-            // The largest power of two that fits, so that few statements are cached.
-            let n = rest.len().min(most);
-            let n = if n.is_power_of_two() { n } else { n.next_power_of_two() / 2 };
-            let (now, later) = rest.split_at(n);
-            conn.prepare_cached(&shard.upsert(n))?
-                .execute(rusqlite::params_from_iter(now.iter().flat_map(|(_, a)| a.iter())))?;
-            rest = later;
-        }
-    }
-    Ok(())
-}
 
 /// What a raised floor covers.
 #[derive(Debug, Clone, Copy)]
@@ -182,9 +84,6 @@ fn read_values(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<Vec<SqlVa
 }
 
 impl TablesMaterializer {
-    /// Merges one put into the row's state, which stays in memory ([`PendingRows`]) until
-    /// [`TablesMaterializer::flush_rows`] writes it; side tables (counter increments, max
-    /// frontiers) are written at once.
     pub(super) fn put(
         &mut self,
         conn: &Connection,
@@ -209,28 +108,34 @@ impl TablesMaterializer {
         };
         let plan = self.put_plan(table, signature, values.len());
 
-        // The row's state: kept in memory since an earlier put of this flush window (with
-        // the same statements), or read from the file.
-        let held = self.pending.rows.get(&table).and_then(|rows| rows.get(key));
-        if held.is_some_and(|row| !Arc::ptr_eq(&row.plan, &plan)) {
-            // Another signature: write the row as it is, and read it back through this one.
-            if let Some(row) = self.pending.rows.get_mut(&table).and_then(|r| r.remove(key)) {
-                write_rows(conn, vec![(key.clone(), row)])?;
+        // One read of the main shard: the row's tombstone, last write and the cells there.
+        let main = &plan.shards[0];
+        let current: Option<(Option<i64>, Option<i64>, Vec<SqlValue>)> = conn
+            .prepare_cached(&main.select)?
+            .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, read_values(r, 2)?)))
+            .optional()?;
+        let (tomb, written, main_state) = match current {
+            Some((t, w, state)) => {
+                (t.map(hlc_from_sql), w.filter(|w| *w != 0).map(hlc_from_sql), state)
             }
-        }
-        let mut row = match self.pending.rows.get_mut(&table).and_then(|r| r.remove(key)) {
-            Some(row) => row,
-            None => match self.load_row(conn, &plan, table, key, &values, table_dropped, hlc)? {
-                Some(row) => row,
-                None => return Ok(()), // below the row's floor: nothing to write
-            },
+            None => (None, None, vec![SqlValue::Null; main.width]),
         };
-        let floor = row.tomb.max(table_dropped);
+        let floor = tomb.max(table_dropped);
         if !survives(floor, hlc) {
-            self.pending.rows.entry(table).or_default().insert(key.clone(), row);
             return Ok(());
         }
-        let was_live = row.written.is_some_and(|w| survives(floor, w));
+        // One read per other shard written.
+        let mut states = vec![main_state];
+        for s in &plan.shards[1..] {
+            let state = conn
+                .prepare_cached(&s.select)?
+                .query_row([key.as_bytes()], |r| read_values(r, 0))
+                .optional()?;
+            states.push(state.unwrap_or_else(|| vec![SqlValue::Null; s.width]));
+        }
+        let mut dirty = vec![false; states.len()];
+
+        let was_live = written.is_some_and(|w| survives(floor, w));
         let tbl = table.as_u64() as i64;
         let mut changed: Vec<ColumnId> = Vec::new();
         for (((column, write), column_dropped), &(p, slot)) in
@@ -239,7 +144,7 @@ impl TablesMaterializer {
             if !survives(floor.max(column_dropped), hlc) {
                 continue; // the state keeps its current values
             }
-            let state = &mut row.states[p];
+            let state = &mut states[p];
             match write {
                 CellWrite::Set(v) => {
                     let current = lww_from_sql(&state[slot], &state[slot + 1]);
@@ -249,7 +154,7 @@ impl TablesMaterializer {
                         }
                         state[slot] = to_sql(v);
                         state[slot + 1] = SqlValue::Integer(lww_hlc_sql(hlc, v));
-                        row.dirty[p] = true;
+                        dirty[p] = true;
                     }
                 }
                 CellWrite::Add(n) => {
@@ -262,7 +167,7 @@ impl TablesMaterializer {
                         changed.push(*column);
                     }
                     state[slot] = SqlValue::Integer(sum.wrapping_add(*n));
-                    row.dirty[p] = true;
+                    dirty[p] = true;
                 }
                 CellWrite::Max(v) => {
                     let mut frontier = read_frontier(conn, tbl, key, *column)?;
@@ -274,15 +179,28 @@ impl TablesMaterializer {
                             changed.push(*column);
                         }
                         state[slot] = after.as_ref().map_or(SqlValue::Null, to_sql);
-                        row.dirty[p] = true;
+                        dirty[p] = true;
                     }
                 }
             }
         }
-        // The main shard is written for every put that survives (its last write moves).
-        row.written = row.written.max(Some(hlc));
-        row.dirty[0] = true;
-        self.pending.rows.entry(table).or_default().insert(key.clone(), row);
+
+        // Upsert the main shard: key, key values, last write and its cells (changed or not,
+        // so that one statement serves every put with this signature); then every other
+        // shard whose cells changed.
+        for (i, (s, state)) in plan.shards.iter().zip(states).enumerate() {
+            let mut args: Vec<SqlValue> = Vec::with_capacity(3 + values.len() + state.len());
+            args.push(SqlValue::Blob(key.as_bytes().to_vec()));
+            if i == 0 {
+                args.push(SqlValue::Integer(values.len() as i64));
+                args.push(SqlValue::Integer(written.max(Some(hlc)).map_or(0, hlc_sql)));
+                args.extend(values.iter().map(to_sql));
+            } else if !dirty[i] {
+                continue;
+            }
+            args.extend(state);
+            conn.prepare_cached(&s.upsert)?.execute(rusqlite::params_from_iter(args))?;
+        }
         if !was_live || !changed.is_empty() {
             self.changes.record(TableChange {
                 table,
@@ -292,124 +210,6 @@ impl TablesMaterializer {
             });
         }
         Ok(())
-    }
-
-    /// Reads a row's state through `plan` (or starts it empty when the row is known to be
-    /// absent from the file): `None` when a put at `hlc` falls below the row's floor, so
-    /// that nothing else needs reading.
-    #[allow(clippy::too_many_arguments)]
-    fn load_row(
-        &mut self,
-        conn: &Connection,
-        plan: &Arc<PutPlan>,
-        table: TableId,
-        key: &RowKey,
-        values: &[Value],
-        table_dropped: Option<Hlc>,
-        hlc: Hlc,
-    ) -> Result<Option<PendingRow>, MaterializeError> {
-        let key_values = values.iter().map(to_sql).collect();
-        let fresh = |plan: &Arc<PutPlan>, key_values| PendingRow {
-            plan: plan.clone(),
-            key_values,
-            tomb: None,
-            written: None,
-            states: plan.shards.iter().map(|s| vec![SqlValue::Null; s.width]).collect(),
-            dirty: vec![false; plan.shards.len()],
-        };
-        if self.pending.take_absent(table, key) {
-            // Absent from the main shard, so from every shard (puts and deletes always
-            // write the main shard, and no row is ever removed from it).
-            return Ok(survives(table_dropped, hlc).then(|| fresh(plan, key_values)));
-        }
-        // One read of the main shard: the row's tombstone, last write and the cells there.
-        let main = &plan.shards[0];
-        let current: Option<(Option<i64>, Option<i64>, Vec<SqlValue>)> = conn
-            .prepare_cached(&main.select)?
-            .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, read_values(r, 2)?)))
-            .optional()?;
-        let mut row = fresh(plan, key_values);
-        if let Some((t, w, state)) = current {
-            row.tomb = t.map(hlc_from_sql);
-            row.written = w.filter(|w| *w != 0).map(hlc_from_sql);
-            row.states[0] = state;
-        }
-        if !survives(row.tomb.max(table_dropped), hlc) {
-            return Ok(None);
-        }
-        // One read per other shard written.
-        for (i, s) in plan.shards.iter().enumerate().skip(1) {
-            let state = conn
-                .prepare_cached(&s.select)?
-                .query_row([key.as_bytes()], |r| read_values(r, 0))
-                .optional()?;
-            if let Some(state) = state {
-                row.states[i] = state;
-            }
-        }
-        Ok(Some(row))
-    }
-
-    /// Notes the rows that the puts in `payloads` will write and which of them the file does
-    /// not hold yet (one query per table and [`PREFETCH_KEYS`] keys), so that `put` reads
-    /// only the rows that exist. A hint: an op that does not parse is left to `apply`.
-    pub(super) fn prefetch_absent(
-        &mut self,
-        conn: &Connection,
-        payloads: &[&Payload],
-    ) -> rusqlite::Result<()> {
-        let mut wanted: HashMap<TableId, HashSet<Vec<u8>>> = HashMap::new();
-        for op in payloads.iter().flat_map(|p| &p.ops) {
-            if op.domain != Domain::TABLES || op.kind != kind::PUT {
-                continue;
-            }
-            let mut r = Reader::new(&op.body);
-            let (Ok(table), Ok(key)) = (r.u64_le("table id"), r.bytes("row key", u64::MAX)) else {
-                continue;
-            };
-            wanted.entry(TableId(table)).or_default().insert(key.to_vec());
-        }
-        for (table, mut keys) in wanted {
-            if self.layouts.contains_key(&table) {
-                let sorted: Vec<Vec<u8>> = keys.iter().cloned().collect();
-                for chunk in sorted.chunks(PREFETCH_KEYS) {
-                    let sql = format!(
-                        "SELECT key FROM \"{}\" WHERE key IN ({})",
-                        phys_name(table),
-                        vec!["?"; chunk.len()].join(", ")
-                    );
-                    let mut stmt = conn.prepare_cached(&sql)?;
-                    let mut rows = stmt.query(rusqlite::params_from_iter(chunk))?;
-                    while let Some(r) = rows.next()? {
-                        let found: Vec<u8> = r.get(0)?;
-                        keys.remove(&found);
-                    }
-                }
-            }
-            // A row held in memory may not be in the file yet, but it is not absent.
-            if let Some(held) = self.pending.rows.get(&table) {
-                let held: HashSet<&[u8]> = held.keys().map(|k| k.as_bytes()).collect();
-                keys.retain(|k| !held.contains(k.as_slice()));
-            }
-            self.pending.absent.entry(table).or_default().extend(keys);
-        }
-        Ok(())
-    }
-
-    /// Writes every row held in memory: one multi-row upsert per shard statement and up
-    /// to [`UPSERT_ROWS`] rows, in key order.
-    pub(super) fn flush_rows(&mut self, conn: &Connection) -> Result<(), MaterializeError> {
-        let rows: Vec<(RowKey, PendingRow)> = std::mem::take(&mut self.pending.rows)
-            .into_values()
-            .flat_map(|rows| rows.into_iter())
-            .collect();
-        write_rows(conn, rows)?;
-        Ok(())
-    }
-
-    /// Forgets the rows held in memory (the transaction rolled back or ended).
-    pub(super) fn forget_pending(&mut self) {
-        self.pending = PendingRows::default();
     }
 
     /// The statements for puts of `signature` into `table` with `keys` key values, built
@@ -457,14 +257,13 @@ impl TablesMaterializer {
             };
             cols.extend(state_cols.iter().cloned());
             updates.extend(state_cols.iter().map(|c| format!("{c} = excluded.{c}")));
-            shards.push(ShardPlan {
-                shard,
-                select,
-                insert: format!("INSERT INTO \"{t}\" ({})", cols.join(", ")),
-                columns: cols.len(),
-                on_conflict: format!("ON CONFLICT (key) DO UPDATE SET {}", updates.join(", ")),
-                width: state_cols.len(),
-            });
+            let upsert = format!(
+                "INSERT INTO \"{t}\" ({}) VALUES ({}) ON CONFLICT (key) DO UPDATE SET {}",
+                cols.join(", "),
+                (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
+                updates.join(", ")
+            );
+            shards.push(ShardPlan { shard, select, upsert, width: state_cols.len() });
         }
         debug_assert!(shards.first().is_some_and(|s| s.shard == 0));
         let plan = Arc::new(PutPlan { shards, slots });
@@ -480,8 +279,6 @@ impl TablesMaterializer {
         key: &RowKey,
     ) -> Result<(), MaterializeError> {
         self.ensure_table(conn, table)?;
-        // The row is written below (a tombstone at least), so it is not absent any more.
-        self.pending.take_absent(table, key);
         let t = phys_name(table);
         let head = read_row_head(conn, &t, key)?;
         let table_dropped = self.drops.get(&table).and_then(|d| d.table);
