@@ -68,6 +68,8 @@ pub struct Ingest {
     workspace: WorkspaceId,
     clock: Arc<dyn WallClock>,
     membership: Arc<dyn Membership>,
+    /// The receiving device's own origin, whose entries' stamps are not judged.
+    own: Option<PeerId>,
 }
 
 /// Entries of one origin that passed the pipeline: authentic, contiguous from
@@ -147,7 +149,12 @@ impl VerifiedRun {
 impl Ingest {
     /// The pipeline of `workspace`, with the system clock and open membership.
     pub fn new(workspace: WorkspaceId) -> Self {
-        Ingest { workspace, clock: Arc::new(SystemClock), membership: Arc::new(OpenMembership) }
+        Ingest {
+            workspace,
+            clock: Arc::new(SystemClock),
+            membership: Arc::new(OpenMembership),
+            own: None,
+        }
     }
 
     /// The pipeline for entries whose stamps are not to be judged against today's clock:
@@ -162,6 +169,16 @@ impl Ingest {
     /// The same pipeline reading another wall clock (tests inject one).
     pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// The same pipeline on the device of origin `own`: its own entries (taken back from a
+    /// folder after a backup was restored) are not judged for clock skew. Its own clock
+    /// stamped them and its key signed them, so nobody else can push a stamp in through
+    /// them; judging them against a clock set back since would stall the device's own log
+    /// and let it write over entries the folder holds (found by `shoal-sim`).
+    pub fn with_own_origin(mut self, own: PeerId) -> Self {
+        self.own = Some(own);
         self
     }
 
@@ -205,9 +222,14 @@ impl Ingest {
         let mut chain = position.chain;
         for (i, e) in entries[duplicates..].iter().enumerate() {
             let expected = position.next + i as u64;
-            // A superseded entry's stamp is not judged: it will never be applied.
+            // A superseded entry's stamp is not judged (it will never be applied), nor one of
+            // the device's own (see `with_own_origin`).
             let wall =
-                if superseded_from.is_some_and(|cut| expected >= cut) { u64::MAX } else { wall };
+                if superseded_from.is_some_and(|cut| expected >= cut) || self.own == Some(origin) {
+                    u64::MAX
+                } else {
+                    wall
+                };
             if let Err(reason) = self.check_entry(origin, expected, wall, e) {
                 stop = Some(reason);
                 break;

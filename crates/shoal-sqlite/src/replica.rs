@@ -303,6 +303,11 @@ impl SqliteReplica {
             tx.commit().map_err(sql)?;
         }
         let cursors = read_cursors(&writer.conn).map_err(sql)?;
+        let ingest = Ingest::new(workspace).with_clock(options.clock.clone());
+        let ingest = match &device {
+            Some(key) => ingest.with_own_origin(key.peer_id(&workspace)),
+            None => ingest,
+        };
         let replica = SqliteReplica {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -312,7 +317,7 @@ impl SqliteReplica {
                 readers: Mutex::new(Vec::new()),
                 app_readers: Mutex::new(Vec::new()),
                 cursors: CursorBroadcast::new(cursors),
-                ingest: Ingest::new(workspace).with_clock(options.clock.clone()),
+                ingest,
                 clock: options.clock,
                 read_only,
                 poller: Mutex::new(None),

@@ -261,9 +261,17 @@ impl Workspace {
         let mut status = mirror.status();
         if status.last_error.is_none() {
             self.record_sync(&status.folder)?;
-            // The pass checked this device's own log in the folder (and took back what the
-            // folder was ahead by).
-            self.set_own_log_checked();
+            // The pass checked this device's own log in the folder, and took back what the
+            // folder was ahead by, unless reading it back failed (a file being copied, a
+            // read error): then the next write looks again first (found by `shoal-sim`).
+            let own = status.origin;
+            let taken_back =
+                status.origins.iter().filter(|o| o.origin == own).all(|o| o.local >= o.in_folder)
+                    && !status.stalled.iter().any(|s| s.origin == own)
+                    && !status.bad_files.iter().any(|f| f.origin == own);
+            if taken_back {
+                self.set_own_log_checked();
+            }
         }
         self.add_local_stalls(&mut status)?;
         Ok(FolderSync { report, status, clock_ahead: self.clock_ahead()? })
