@@ -496,8 +496,8 @@ mod tests {
             err(5, DecodeProblem::Invalid("text value is not UTF-8"))
         );
         assert_eq!(
-            Value::decode(&[3, 4, b'a', b'b', 0, b'c']),
-            err(4, DecodeProblem::Invalid("text value contains NUL"))
+            Value::decode(&[3, 4, b'a', b'b', b'c', 0]),
+            err(5, DecodeProblem::Invalid("text value contains NUL"))
         );
         // A NUL byte inside a blob is fine.
         assert_eq!(Value::decode(&[4, 2, 0, 0]), Ok(Value::Blob(vec![0, 0])));

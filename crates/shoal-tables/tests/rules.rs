@@ -821,6 +821,7 @@ fn every_schema_conflict_is_decided_and_reported_exactly() {
     let got = m.conflicts();
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g, w);
+        assert_eq!(g.to_string(), w.message, "Display shows the message");
     }
     assert_eq!(got.len(), want.len(), "{got:#?}");
 
