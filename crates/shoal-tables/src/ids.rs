@@ -239,4 +239,65 @@ mod tests {
         assert!(check_stored_name("table", &"x".repeat(257)).is_err());
         assert!(check_stored_name("table", &"x".repeat(256)).is_ok());
     }
+
+    #[test]
+    fn stored_name_errors_say_what_and_shorten_the_name() {
+        let problem = |name: &str| match check_stored_name("column", name) {
+            Err(ValidationError::BadStoredName { what, name, problem }) => {
+                assert_eq!(what, "column");
+                Some((name, problem))
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(()) => None,
+        };
+        assert_eq!(problem(""), Some((String::new(), "it is empty")));
+        assert_eq!(problem("a\0"), Some(("a\0".into(), "it contains NUL")));
+        let long = "é".repeat(129); // 258 bytes
+        assert_eq!(problem(&long), Some(("é".repeat(80), "it is longer than 256 bytes")));
+        assert_eq!(problem(&"é".repeat(128)), None, "256 bytes");
+    }
+
+    #[test]
+    fn ids_as_numbers_bytes_and_debug() {
+        let t = TableId(0x0102_0304_0506_0708);
+        assert_eq!(t.as_u64(), 0x0102_0304_0506_0708);
+        assert_eq!(t.to_le_bytes(), [8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(format!("{t:?}"), "TableId(0102030405060708)");
+        assert_eq!(format!("{:?}", ColumnId(255)), "ColumnId(00000000000000ff)");
+        assert_eq!(ColumnId(255).to_string(), "00000000000000ff");
+        assert_eq!(ColumnId(3).as_u64(), 3);
+        assert_eq!(ColumnId(3).to_le_bytes(), [3, 0, 0, 0, 0, 0, 0, 0]);
+        // Column ids mix in the table id's bytes and the name, under their own context.
+        let mut h = blake3::Hasher::new_derive_key("shoal 2026-11 column id v1");
+        h.update(&t.to_le_bytes());
+        h.update(b"id");
+        let b = *h.finalize().as_bytes();
+        assert_eq!(ColumnId::from_name(t, "id").0, u64::from_le_bytes(b[..8].try_into().unwrap()));
+        assert_eq!("0102030405060708".parse::<TableId>(), Ok(t));
+        assert_eq!("ffffffffffffffff".parse::<ColumnId>(), Ok(ColumnId(u64::MAX)));
+        for bad in
+            ["", "010203040506070", "01020304050607080", "010203040506070g", "0x02030405060708"]
+        {
+            assert_eq!(bad.parse::<TableId>(), Err(ParseIdError(bad.into())), "{bad}");
+        }
+        let long = "z".repeat(50);
+        assert_eq!(long.parse::<ColumnId>(), Err(ParseIdError("z".repeat(40))));
+    }
+
+    #[test]
+    fn reserved_names_are_the_prefixes_in_any_case() {
+        for name in ["shoal_", "SHOAL_x", "sqlite_", "SqLiTe_master"] {
+            assert!(is_reserved_name(name), "{name}");
+        }
+        for name in ["shoal", "sqlite", "shoalx", "_shoal_", "s", ""] {
+            assert!(!is_reserved_name(name), "{name}");
+        }
+        assert!(matches!(validate_name("_x"), Ok(())));
+        assert!(matches!(validate_name("a_1"), Ok(())));
+        assert!(matches!(
+            validate_name("ab c"),
+            Err(NameError::BadCharacter { found: ' ', position: 2, .. })
+        ));
+        assert!(matches!(validate_name("_-"), Err(NameError::BadCharacter { position: 1, .. })));
+    }
 }

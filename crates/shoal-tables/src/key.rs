@@ -154,4 +154,99 @@ mod tests {
         assert!(RowKey::from_bytes(vec![0; 17]).is_err());
         assert!(RowKey::from_bytes(vec![9]).is_err());
     }
+
+    /// A one-blob key whose encoding is exactly `len` bytes (a 3-byte length prefix).
+    fn blob_key_bytes(len: usize) -> Vec<u8> {
+        let v = Value::Blob(vec![7; len - 4]);
+        let bytes = v.to_bytes();
+        assert_eq!(bytes.len(), len);
+        bytes
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        // 16 values are a key, 17 are not.
+        let sixteen = RowKey::from_values(&vec![Value::Null; 16]).unwrap();
+        assert_eq!(sixteen.as_bytes(), [0u8; 16]);
+        assert_eq!(RowKey::from_bytes(vec![0; 16]), Ok(sixteen));
+        assert_eq!(
+            RowKey::from_values(&vec![Value::Null; 17]),
+            Err(ValidationError::TooLarge { what: "row key value count", len: 17, limit: 16 })
+        );
+        assert_eq!(
+            RowKey::from_bytes(vec![0; 17]),
+            Err(DecodeError {
+                offset: 16,
+                what: DecodeProblem::TooLarge { what: "row key value count", value: 17, limit: 16 }
+            })
+        );
+        // 64 KiB of key bytes are a key, one more byte is not.
+        let max = blob_key_bytes(MAX_KEY_BYTES);
+        let v = Value::decode(&max).unwrap();
+        let key = RowKey::from_values(std::slice::from_ref(&v)).unwrap();
+        assert_eq!(key.as_bytes(), &max[..]);
+        assert_eq!(RowKey::from_bytes(max.clone()).map(RowKey::into_bytes), Ok(max));
+        let over = blob_key_bytes(MAX_KEY_BYTES + 1);
+        let v = Value::decode(&over).unwrap();
+        assert_eq!(
+            RowKey::from_values(&[v]),
+            Err(ValidationError::TooLarge {
+                what: "row key",
+                len: MAX_KEY_BYTES as u64 + 1,
+                limit: MAX_KEY_BYTES as u64
+            })
+        );
+        assert_eq!(
+            RowKey::from_bytes(over),
+            Err(DecodeError {
+                offset: 0,
+                what: DecodeProblem::TooLarge {
+                    what: "row key",
+                    value: MAX_KEY_BYTES as u64 + 1,
+                    limit: MAX_KEY_BYTES as u64
+                }
+            })
+        );
+        assert_eq!(
+            RowKey::from_bytes(vec![]),
+            Err(DecodeError { offset: 0, what: DecodeProblem::Invalid("row key has no values") })
+        );
+    }
+
+    #[test]
+    fn read_reports_offsets_in_the_outer_buffer() {
+        // Two bytes before the key, then bytes(key) with a bad tag as its third value.
+        let buf = [0xaa, 0xbb, 3, 0, 0, 9];
+        let mut r = Reader::new(&buf);
+        r.u8("x").unwrap();
+        r.u8("y").unwrap();
+        assert_eq!(
+            RowKey::read(&mut r),
+            Err(DecodeError {
+                offset: 5,
+                what: DecodeProblem::InvalidTag { what: "value tag", value: 9 }
+            })
+        );
+        let buf = [0xaa, 2, 1, 2];
+        let mut r = Reader::new(&buf);
+        r.u8("x").unwrap();
+        let key = RowKey::read(&mut r).unwrap();
+        assert_eq!(key.values(), Ok(vec![Value::Integer(1)]));
+        assert!(r.is_empty());
+        // The same bad key alone reports its own offset.
+        assert_eq!(
+            RowKey::from_bytes(vec![0, 0, 9]),
+            Err(DecodeError {
+                offset: 2,
+                what: DecodeProblem::InvalidTag { what: "value tag", value: 9 }
+            })
+        );
+    }
+
+    #[test]
+    fn debug_shows_values() {
+        let k = RowKey::from_values(&[Value::Integer(1), Value::Text("a".into())]).unwrap();
+        assert_eq!(format!("{k:?}"), "RowKey[Integer(1), Text(\"a\")]");
+        assert_eq!(format!("{:?}", RowKey(vec![9, 1])), "RowKey(<invalid> [09, 01])");
+    }
 }

@@ -463,4 +463,295 @@ mod tests {
         assert!(!defined_after_drop(Some(h(6)), Some(h(6))));
         assert!(!defined_after_drop(None, None));
     }
+
+    #[test]
+    fn survives_is_strictly_above_the_floor() {
+        assert!(survives(None, h(0)), "no tombstone: every write survives");
+        assert!(survives(Some(h(4)), h(5)));
+        assert!(!survives(Some(h(5)), h(5)), "a tombstone wins a tie");
+        assert!(!survives(Some(h(6)), h(5)));
+    }
+
+    #[test]
+    fn cell_write_survives_each_floor_and_loses_ties() {
+        assert!(cell_write_survives(h(5), None, None, None));
+        // Each of the three floors alone: above it survives, at it or below it does not.
+        for i in 0..3 {
+            let floors = |f: Option<Hlc>| {
+                let mut v = [None, None, None];
+                v[i] = f;
+                v
+            };
+            let [r, t, c] = floors(Some(h(4)));
+            assert!(cell_write_survives(h(5), r, t, c), "floor {i} below");
+            let [r, t, c] = floors(Some(h(5)));
+            assert!(!cell_write_survives(h(5), r, t, c), "floor {i} tie");
+            let [r, t, c] = floors(Some(h(6)));
+            assert!(!cell_write_survives(h(5), r, t, c), "floor {i} above");
+        }
+        // The greatest floor decides, wherever it is.
+        assert!(!cell_write_survives(h(5), Some(h(1)), Some(h(2)), Some(h(7))));
+        assert!(!cell_write_survives(h(5), Some(h(7)), Some(h(2)), Some(h(1))));
+        assert!(!cell_write_survives(h(5), Some(h(1)), Some(h(7)), Some(h(2))));
+        assert!(cell_write_survives(h(8), Some(h(1)), Some(h(7)), Some(h(2))));
+    }
+
+    #[test]
+    fn frontier_prune_and_emptiness() {
+        let mut f = MaxFrontier::new();
+        assert!(f.is_empty());
+        assert_eq!(f.entries(), &[]);
+        assert_eq!(f.max(None), None);
+        assert!(f.insert(h(2), Value::Integer(5)));
+        assert!(!f.is_empty());
+        // Same HLC, greater value: replaces; same HLC, smaller value: dominated.
+        assert!(f.insert(h(2), Value::Integer(6)));
+        assert!(!f.insert(h(2), Value::Integer(4)));
+        // Later and greater: replaces everything before it.
+        assert!(f.insert(h(3), Value::Integer(7)));
+        assert_eq!(f.entries(), &[(h(3), Value::Integer(7))]);
+        // Earlier and greater, then a later smaller one: both kept, by HLC.
+        assert!(f.insert(h(1), Value::Integer(9)));
+        assert!(f.insert(h(4), Value::Integer(0)));
+        assert_eq!(
+            f.entries(),
+            &[(h(1), Value::Integer(9)), (h(3), Value::Integer(7)), (h(4), Value::Integer(0))]
+        );
+        assert_eq!(f.max(Some(h(1))), Some(&Value::Integer(7)));
+        let mut p = f.clone();
+        p.prune(Some(h(1)));
+        assert_eq!(p.entries(), &[(h(3), Value::Integer(7)), (h(4), Value::Integer(0))]);
+        p.prune(None);
+        assert_eq!(p.entries().len(), 2, "no floor prunes nothing");
+        p.prune(Some(h(4)));
+        assert!(p.is_empty(), "the tie goes to the tombstone");
+        assert_eq!(MaxFrontier::new(), MaxFrontier::default());
+    }
+
+    #[test]
+    fn counter_sums_per_hlc_above_the_floor() {
+        let mut c = CounterAdds::new();
+        assert!(c.is_empty());
+        assert_eq!(c.sum(None), 0);
+        c.add(h(2), 3);
+        c.add(h(2), 4);
+        c.add(h(5), -10);
+        c.add(h(7), i64::MAX);
+        c.add(h(7), 2);
+        assert!(!c.is_empty());
+        assert_eq!(
+            c.entries().collect::<Vec<_>>(),
+            [(h(2), 7), (h(5), -10), (h(7), i64::MAX.wrapping_add(2))]
+        );
+        assert_eq!(c.sum(None), 7i64.wrapping_sub(10).wrapping_add(i64::MIN + 1));
+        assert_eq!(c.sum(Some(h(2))), (-10i64).wrapping_add(i64::MIN + 1));
+        assert_eq!(c.sum(Some(h(6))), i64::MIN + 1);
+        assert_eq!(c.sum(Some(h(7))), 0);
+        let mut p = c.clone();
+        p.prune(Some(h(5)));
+        assert_eq!(p.entries().collect::<Vec<_>>(), [(h(7), i64::MIN + 1)]);
+        p.prune(Some(h(7)));
+        assert!(p.is_empty());
+        // A sum of zero is kept as an entry.
+        let mut z = CounterAdds::new();
+        z.add(h(1), 5);
+        z.add(h(1), -5);
+        assert_eq!(z.entries().collect::<Vec<_>>(), [(h(1), 0)]);
+        assert!(!z.is_empty());
+        assert_eq!(CounterAdds::new(), CounterAdds::default());
+    }
+
+    #[test]
+    fn cell_keeps_each_kind_apart_and_reads_the_one_asked() {
+        let mut c = CellState::default();
+        assert!(c.is_empty());
+        assert_eq!(c.value(MergeKind::Lww, None), Value::Null);
+        assert_eq!(c.value(MergeKind::Counter, None), Value::Integer(0));
+        assert_eq!(c.value(MergeKind::Max, None), Value::Null);
+        assert!(!c.apply(h(3), &CellWrite::Set(Value::Integer(1)), Some(h(3))), "tie");
+        assert!(c.is_empty());
+        assert!(c.apply(h(4), &CellWrite::Set(Value::Integer(1)), Some(h(3))));
+        assert_eq!(c.lww, Some((h(4), Value::Integer(1))));
+        assert!(!c.is_empty());
+        // An older LWW write does not win.
+        c.apply(h(3), &CellWrite::Set(Value::Integer(9)), None);
+        assert_eq!(c.lww, Some((h(4), Value::Integer(1))));
+        assert!(c.apply(h(6), &CellWrite::Max(Value::Integer(8)), None));
+        assert!(c.apply(h(5), &CellWrite::Add(2), None));
+        assert_eq!(c.value(MergeKind::Lww, None), Value::Integer(1));
+        assert_eq!(c.value(MergeKind::Counter, None), Value::Integer(2));
+        assert_eq!(c.value(MergeKind::Max, None), Value::Integer(8));
+        // Reading under a floor counts only what survives it.
+        assert_eq!(c.value(MergeKind::Lww, Some(h(4))), Value::Null);
+        assert_eq!(c.value(MergeKind::Counter, Some(h(5))), Value::Integer(0));
+        assert_eq!(c.value(MergeKind::Max, Some(h(5))), Value::Integer(8));
+        assert_eq!(c.value(MergeKind::Max, Some(h(6))), Value::Null);
+        // Each part alone makes the cell non-empty.
+        for only in [CellWrite::Set(Value::Null), CellWrite::Max(Value::Null), CellWrite::Add(0)] {
+            let mut one = CellState::default();
+            assert!(one.apply(h(1), &only, None));
+            assert!(!one.is_empty(), "{only:?}");
+        }
+        // Pruning forgets what a floor excludes, part by part.
+        let mut p = c.clone();
+        p.prune(Some(h(4)));
+        assert_eq!(p.lww, None);
+        assert_eq!(p.adds.entries().collect::<Vec<_>>(), [(h(5), 2)]);
+        assert!(!p.is_empty());
+        let mut p = c.clone();
+        p.prune(Some(h(3)));
+        assert_eq!(p, c, "everything is above h3");
+        p.prune(Some(h(5)));
+        assert_eq!((p.lww.is_none(), p.adds.is_empty(), p.max.is_empty()), (true, true, false));
+        p.prune(Some(h(6)));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn row_put_delete_prune_and_visibility() {
+        let no_drops = |_: ColumnId| None;
+        let a = ColumnId(1);
+        let b = ColumnId(2);
+        let set = |n| CellWrite::Set(Value::Integer(n));
+        let mut r = RowState::default();
+        assert!(r.is_empty());
+        assert!(!r.is_visible(None));
+        assert_eq!(r.floor(None), None);
+        assert_eq!(r.floor(Some(h(3))), Some(h(3)));
+        // A put at or below the table drop is ignored entirely.
+        assert!(!r.put(h(3), &[(a, set(1))], Some(h(3)), &no_drops));
+        assert!(r.is_empty());
+        assert!(r.put(h(4), &[(a, set(1))], Some(h(3)), &no_drops));
+        assert_eq!(r.last_write, Some(h(4)));
+        assert!(r.is_visible(Some(h(3))));
+        assert!(!r.is_visible(Some(h(4))), "a drop at the write's HLC hides the row");
+        // The last write only moves forward.
+        assert!(r.put(h(2), &[], None, &no_drops));
+        assert_eq!(r.last_write, Some(h(4)));
+        // A cell at or below its column's drop is not recorded; the row write still is.
+        let drop_b = |c: ColumnId| if c == b { Some(h(6)) } else { None };
+        assert!(r.put(h(6), &[(a, set(2)), (b, set(3))], None, &drop_b));
+        assert_eq!(r.last_write, Some(h(6)));
+        assert_eq!(r.cells.keys().copied().collect::<Vec<_>>(), [a]);
+        assert_eq!(r.cells[&a].lww, Some((h(6), Value::Integer(2))));
+        assert!(r.put(h(7), &[(b, set(3))], None, &drop_b));
+        assert_eq!(r.cells[&b].lww, Some((h(7), Value::Integer(3))));
+        // A delete below the last write keeps the row visible and forgets older cells.
+        r.delete(h(6), None, &no_drops);
+        assert_eq!(r.tombstone, Some(h(6)));
+        assert_eq!(r.last_write, Some(h(7)));
+        assert!(r.is_visible(None));
+        assert_eq!(r.cells.keys().copied().collect::<Vec<_>>(), [b]);
+        // An older delete does not lower the tombstone.
+        r.delete(h(1), None, &no_drops);
+        assert_eq!(r.tombstone, Some(h(6)));
+        // The table drop raises the floor when pruning.
+        let mut d = r.clone();
+        d.prune(Some(h(7)), &no_drops);
+        assert_eq!((d.tombstone, d.last_write, d.cells.len()), (Some(h(6)), None, 0));
+        assert!(!d.is_visible(None));
+        assert!(!d.is_empty(), "the tombstone is kept");
+        // A column drop prunes that column's cells only.
+        let mut c = r.clone();
+        c.put(h(8), &[(a, set(4))], None, &no_drops);
+        c.prune(None, &|col| if col == b { Some(h(7)) } else { None });
+        assert_eq!(c.cells.keys().copied().collect::<Vec<_>>(), [a]);
+        assert_eq!(c.last_write, Some(h(8)));
+        // A delete at the last write's HLC wins the tie.
+        r.delete(h(7), None, &no_drops);
+        assert_eq!((r.last_write, r.cells.len()), (None, 0));
+        assert!(!r.is_visible(None));
+        assert!(!r.is_empty());
+        // Each part alone makes a row non-empty.
+        let only_write = RowState { last_write: Some(h(1)), ..RowState::default() };
+        assert!(!only_write.is_empty());
+        let mut only_cell = RowState::default();
+        only_cell.cells.insert(a, CellState::default());
+        assert!(!only_cell.is_empty());
+    }
+
+    #[test]
+    fn name_register_keeps_the_greatest_hlc_then_name() {
+        let mut slot = None;
+        assert!(NameState::offer(&mut slot, h(5), "b"));
+        assert_eq!(slot, Some(NameState { hlc: h(5), name: "b".into() }));
+        assert!(!NameState::offer(&mut slot, h(5), "b"), "an equal write changes nothing");
+        assert!(!NameState::offer(&mut slot, h(5), "a"), "equal HLC, smaller name");
+        assert!(!NameState::offer(&mut slot, h(4), "z"), "older, whatever the name");
+        assert_eq!(slot, Some(NameState { hlc: h(5), name: "b".into() }));
+        assert!(NameState::offer(&mut slot, h(5), "c"), "equal HLC, greater name");
+        assert!(NameState::offer(&mut slot, h(6), "a"), "newer, whatever the name");
+        assert_eq!(slot, Some(NameState { hlc: h(6), name: "a".into() }));
+        // Names compare bytewise: "Z" (0x5a) < "a" (0x61), "é" (0xc3..) > "z".
+        assert!(!NameState::offer(&mut slot, h(6), "Z"));
+        assert!(NameState::offer(&mut slot, h(6), "é"));
+        assert_eq!(slot.map(|s| s.name), Some("é".to_owned()));
+    }
+
+    #[test]
+    fn definition_bytes_are_the_documented_forms() {
+        let def = TableDef {
+            primary_key: vec![(ColumnId(0x0102), ColumnType::Text), (ColumnId(7), ColumnType::Any)],
+        };
+        assert_eq!(
+            def.definition_bytes(),
+            [2, 2, 1, 0, 0, 0, 0, 0, 0, 3, 7, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let col = ColumnDef { ty: ColumnType::Integer, merge: MergeKind::Counter };
+        assert_eq!(col.definition_bytes(), [1, 1]);
+        let col = ColumnDef { ty: ColumnType::Blob, merge: MergeKind::Max };
+        assert_eq!(col.definition_bytes(), [4, 2]);
+    }
+
+    #[test]
+    fn table_definition_ties_go_to_the_greater_bytes_not_the_derived_order() {
+        // By the derived order `one` > `two` (column 5 > column 1); by the bytes `two` wins
+        // (count 2 > count 1). At equal HLCs the bytes decide.
+        let one = TableDef { primary_key: vec![(ColumnId(5), ColumnType::Integer)] };
+        let two = TableDef {
+            primary_key: vec![(ColumnId(1), ColumnType::Integer), (ColumnId(2), ColumnType::Text)],
+        };
+        assert!(one > two && one.definition_bytes() < two.definition_bytes());
+        let mut d = Definitions::default();
+        d.record(one.clone(), h(5));
+        d.record(two.clone(), h(5));
+        assert_eq!(d.winner(), Some((&two, h(5))));
+        // Little-endian ids: 0x0100 encodes as 00 01 .., below 0x01's 01 00 ...
+        let lo = TableDef { primary_key: vec![(ColumnId(0x01), ColumnType::Any)] };
+        let hi = TableDef { primary_key: vec![(ColumnId(0x0100), ColumnType::Any)] };
+        let mut d = Definitions::default();
+        d.record(hi.clone(), h(2));
+        d.record(lo.clone(), h(2));
+        assert_eq!(d.winner(), Some((&lo, h(2))));
+        // A later declaration wins whatever its bytes.
+        d.record(hi.clone(), h(3));
+        assert_eq!(d.winner(), Some((&hi, h(3))));
+    }
+
+    #[test]
+    fn definitions_keep_each_distinct_definition_at_its_latest_hlc() {
+        let mut d: Definitions<ColumnDef> = Definitions::default();
+        assert!(d.is_empty());
+        assert_eq!(d.len(), 0);
+        assert_eq!(d.winner(), None);
+        assert_eq!(d.latest(), None);
+        let int = ColumnDef { ty: ColumnType::Integer, merge: MergeKind::Lww };
+        let max = ColumnDef { ty: ColumnType::Any, merge: MergeKind::Max };
+        d.record(int, h(4));
+        d.record(int, h(2));
+        assert!(!d.is_empty());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.all().collect::<Vec<_>>(), [(&int, h(4))], "the latest HLC is kept");
+        d.record(max, h(3));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.all().collect::<Vec<_>>(), [(&max, h(3)), (&int, h(4))]);
+        assert_eq!(d.winner(), Some((&int, h(4))));
+        assert_eq!(d.latest(), Some(h(4)));
+        d.record(max, h(9));
+        assert_eq!(d.latest(), Some(h(9)));
+        assert_eq!(d.winner(), Some((&max, h(9))));
+        assert!(defined_after_drop(Some(h(1)), None));
+        assert!(!defined_after_drop(None, Some(h(1))));
+        assert!(!defined_after_drop(Some(h(1)), Some(h(2))));
+    }
 }

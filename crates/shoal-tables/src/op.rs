@@ -521,4 +521,207 @@ mod tests {
             Err(TableOpError::Malformed(_))
         ));
     }
+
+    fn pk(n: u64) -> Vec<PkColumn> {
+        (0..n)
+            .map(|i| PkColumn { column: ColumnId(i), name: format!("k{i}"), ty: ColumnType::Any })
+            .collect()
+    }
+
+    fn put(cells: Vec<(ColumnId, CellWrite)>) -> TableOp {
+        let key = RowKey::from_values(&[Value::Integer(1)]).unwrap();
+        TableOp::Put { table: TableId(1), key, cells }
+    }
+
+    fn malformed(offset: usize, what: &'static str) -> Result<TableOp, TableOpError> {
+        Err(TableOpError::Malformed(DecodeError { offset, what: DecodeProblem::Invalid(what) }))
+    }
+
+    #[test]
+    fn op_limits_are_inclusive_on_both_sides() {
+        let create =
+            |n| TableOp::CreateTable { table: TableId(1), name: "t".into(), primary_key: pk(n) };
+        let sixteen = create(16);
+        assert_eq!(sixteen.validate(), Ok(()));
+        let back = TableOp::decode(&sixteen.to_op().unwrap()).unwrap();
+        assert_eq!(back, sixteen);
+        assert_eq!(
+            create(17).validate(),
+            Err(ValidationError::TooLarge { what: "primary-key column count", len: 17, limit: 16 })
+        );
+        assert!(TableOp::decode_body(kind::CREATE_TABLE, &create(17).to_bytes()).is_err());
+        assert_eq!(create(0).validate(), Err(ValidationError::EmptyPrimaryKey));
+        // The count check points after the count.
+        let empty = create(0).to_bytes();
+        assert_eq!(
+            TableOp::decode_body(kind::CREATE_TABLE, &empty),
+            malformed(empty.len(), "a table needs at least one primary-key column")
+        );
+
+        let cells = |n: u64| (0..n).map(|i| (ColumnId(i), CellWrite::Add(1))).collect();
+        let full = put(cells(2000));
+        assert_eq!(full.validate(), Ok(()));
+        assert_eq!(TableOp::decode(&full.to_op().unwrap()).unwrap(), full);
+        let over = put(cells(2001));
+        assert_eq!(
+            over.validate(),
+            Err(ValidationError::TooLarge { what: "cell count", len: 2001, limit: 2000 })
+        );
+        assert!(TableOp::decode_body(kind::PUT, &over.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn validate_names_each_broken_rule() {
+        let t = TableId(1);
+        let dup_id = TableOp::CreateTable {
+            table: t,
+            name: "t".into(),
+            primary_key: vec![
+                PkColumn { column: ColumnId(5), name: "a".into(), ty: ColumnType::Any },
+                PkColumn { column: ColumnId(5), name: "b".into(), ty: ColumnType::Any },
+            ],
+        };
+        assert_eq!(
+            dup_id.validate(),
+            Err(ValidationError::DuplicatePrimaryKeyColumn { column: ColumnId(5) })
+        );
+        let dup_name = TableOp::CreateTable {
+            table: t,
+            name: "t".into(),
+            primary_key: vec![
+                PkColumn { column: ColumnId(5), name: "a".into(), ty: ColumnType::Any },
+                PkColumn { column: ColumnId(6), name: "a".into(), ty: ColumnType::Any },
+            ],
+        };
+        assert_eq!(
+            dup_name.validate(),
+            Err(ValidationError::DuplicatePrimaryKeyName { name: "a".into() })
+        );
+        // Decoding points at the start of the repeated column: 8 (table) + 2 (name) + 1
+        // (count) + 11 (first column: id, bytes("a"), type).
+        assert_eq!(
+            TableOp::decode_body(kind::CREATE_TABLE, &dup_id.to_bytes()),
+            malformed(22, "column appears twice in the primary key")
+        );
+        assert_eq!(
+            TableOp::decode_body(kind::CREATE_TABLE, &dup_name.to_bytes()),
+            malformed(22, "two primary-key columns have the same name")
+        );
+        let bad_key_name = TableOp::CreateTable {
+            table: t,
+            name: "t".into(),
+            primary_key: vec![PkColumn {
+                column: ColumnId(5),
+                name: String::new(),
+                ty: ColumnType::Any,
+            }],
+        };
+        assert!(matches!(
+            bad_key_name.validate(),
+            Err(ValidationError::BadStoredName { what: "column", .. })
+        ));
+        // Only a counter must be INTEGER, and an INTEGER counter is fine.
+        for (ty, merge, ok) in [
+            (ColumnType::Integer, MergeKind::Counter, true),
+            (ColumnType::Any, MergeKind::Counter, false),
+            (ColumnType::Text, MergeKind::Lww, true),
+            (ColumnType::Real, MergeKind::Max, true),
+        ] {
+            let op =
+                TableOp::AddColumn { table: t, column: ColumnId(9), name: "n".into(), ty, merge };
+            assert_eq!(op.validate().is_ok(), ok, "{ty} {merge}");
+            assert_eq!(TableOp::decode_body(kind::ADD_COLUMN, &op.to_bytes()).is_ok(), ok);
+        }
+        let any_counter = TableOp::AddColumn {
+            table: t,
+            column: ColumnId(9),
+            name: "n".into(),
+            ty: ColumnType::Any,
+            merge: MergeKind::Counter,
+        };
+        // 16 bytes of ids, bytes("n"), the type byte, then the merge byte at 19.
+        assert_eq!(
+            TableOp::decode_body(kind::ADD_COLUMN, &any_counter.to_bytes()),
+            malformed(19, "a counter column must be INTEGER")
+        );
+        for op in [
+            TableOp::AddColumn {
+                table: t,
+                column: ColumnId(9),
+                name: String::new(),
+                ty: ColumnType::Any,
+                merge: MergeKind::Lww,
+            },
+            TableOp::RenameTable { table: t, name: "a\0".into() },
+            TableOp::RenameColumn { table: t, column: ColumnId(1), name: String::new() },
+        ] {
+            assert!(matches!(op.validate(), Err(ValidationError::BadStoredName { .. })), "{op:?}");
+        }
+        // Put cells: distinct columns, valid values in Set and Max.
+        let c = ColumnId(3);
+        assert_eq!(
+            put(vec![(c, CellWrite::Add(1)), (c, CellWrite::Add(2))]).validate(),
+            Err(ValidationError::DuplicateCell { column: c })
+        );
+        let nul = Value::Text("\0".into());
+        for w in [CellWrite::Set(nul.clone()), CellWrite::Max(nul)] {
+            assert_eq!(
+                put(vec![(c, w)]).validate(),
+                Err(ValidationError::TextContainsNul { position: 0 })
+            );
+        }
+        let dup = put(vec![(c, CellWrite::Add(1)), (c, CellWrite::Add(2))]).to_bytes();
+        // 8 (table) + 3 (bytes(key)) + 1 (count) + 10 (first cell) = 22.
+        assert_eq!(
+            TableOp::decode_body(kind::PUT, &dup),
+            malformed(22, "column written twice in one put")
+        );
+        let mut bad_tag = put(vec![(c, CellWrite::Add(1))]).to_bytes();
+        bad_tag[20] = 3;
+        assert_eq!(
+            TableOp::decode_body(kind::PUT, &bad_tag),
+            Err(TableOpError::Malformed(DecodeError {
+                offset: 20,
+                what: DecodeProblem::InvalidTag { what: "cell write tag", value: 3 }
+            }))
+        );
+        for op in [TableOp::DropTable { table: t }, TableOp::DropColumn { table: t, column: c }] {
+            assert_eq!(op.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn kinds_tables_and_domain() {
+        let t = TableId(42);
+        let c = ColumnId(1);
+        let key = RowKey::from_values(&[Value::Integer(1)]).unwrap();
+        let ops = [
+            (TableOp::CreateTable { table: t, name: "t".into(), primary_key: pk(1) }, 1),
+            (TableOp::add_column(t, "n", ColumnType::Any, MergeKind::Lww), 2),
+            (TableOp::RenameTable { table: t, name: "u".into() }, 3),
+            (TableOp::RenameColumn { table: t, column: c, name: "v".into() }, 4),
+            (TableOp::DropTable { table: t }, 5),
+            (TableOp::DropColumn { table: t, column: c }, 6),
+            (TableOp::Put { table: t, key: key.clone(), cells: vec![] }, 16),
+            (TableOp::Delete { table: t, key }, 17),
+        ];
+        for (op, k) in ops {
+            assert_eq!(op.kind(), k);
+            assert_eq!(op.table(), t);
+            let wrapped = op.to_op().unwrap();
+            assert_eq!(wrapped.domain, Domain::TABLES);
+            assert_eq!(TableOp::decode(&wrapped), Ok(op));
+        }
+        assert_eq!(
+            TableOp::add_column(t, "n", ColumnType::Blob, MergeKind::Max),
+            TableOp::AddColumn {
+                table: t,
+                column: ColumnId::from_name(t, "n"),
+                name: "n".into(),
+                ty: ColumnType::Blob,
+                merge: MergeKind::Max
+            }
+        );
+        assert_eq!(PkColumn::new(t, "k", ColumnType::Text).column, ColumnId::from_name(t, "k"));
+    }
 }

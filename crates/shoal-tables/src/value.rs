@@ -142,8 +142,9 @@ impl Value {
                 Ok(Value::Real(f))
             }
             TAG_TEXT => {
-                let at = r.offset();
                 let bytes = r.bytes("text value", MAX_VALUE_BYTES)?;
+                // Offsets of errors inside the text count from its first byte.
+                let at = r.offset() - bytes.len();
                 let s = std::str::from_utf8(bytes).map_err(|e| DecodeError {
                     offset: at + e.valid_up_to(),
                     what: DecodeProblem::Invalid("text value is not UTF-8"),
@@ -466,5 +467,227 @@ mod tests {
         ] {
             assert!(Value::decode(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn err(offset: usize, what: DecodeProblem) -> Result<Value, DecodeError> {
+        Err(DecodeError { offset, what })
+    }
+
+    #[test]
+    fn decoder_errors_name_the_offset() {
+        assert_eq!(
+            Value::decode(&[7]),
+            err(0, DecodeProblem::InvalidTag { what: "value tag", value: 7 })
+        );
+        // The NaN check points at the 8 bytes, after the tag.
+        assert_eq!(
+            Value::decode(&[2, 1, 0, 0, 0, 0, 0, 0xf8, 0x7f]),
+            err(1, DecodeProblem::Invalid("non-canonical NaN"))
+        );
+        // Every other float decodes, non-NaN bit patterns included.
+        for f in [0.0, -0.0, f64::INFINITY, f64::MIN_POSITIVE, -1.5] {
+            let mut b = vec![2];
+            b.extend_from_slice(&f.to_bits().to_le_bytes());
+            assert_eq!(Value::decode(&b).map(|v| v.to_bytes()), Ok(b), "{f}");
+        }
+        // UTF-8 and NUL errors point at the offending byte: tag, length, then the text.
+        assert_eq!(
+            Value::decode(&[3, 4, b'a', b'b', b'c', 0xff]),
+            err(5, DecodeProblem::Invalid("text value is not UTF-8"))
+        );
+        assert_eq!(
+            Value::decode(&[3, 4, b'a', b'b', b'c', 0]),
+            err(5, DecodeProblem::Invalid("text value contains NUL"))
+        );
+        // A NUL byte inside a blob is fine.
+        assert_eq!(Value::decode(&[4, 2, 0, 0]), Ok(Value::Blob(vec![0, 0])));
+        assert_eq!(Value::decode(&[1, 0x80, 0x01]), Ok(Value::Integer(64)));
+        assert_eq!(Value::decode(&[0]), Ok(Value::Null));
+    }
+
+    #[test]
+    fn size_limit_is_inclusive() {
+        let limit = usize::try_from(MAX_VALUE_BYTES).unwrap();
+        assert_eq!(limit, 8 * 1024 * 1024);
+        let at_limit = "a".repeat(limit);
+        assert!(Value::text(at_limit.clone()).is_ok());
+        assert!(Value::blob(vec![1u8; limit]).is_ok());
+        assert_eq!(
+            Value::text(at_limit + "b"),
+            Err(ValidationError::TooLarge {
+                what: "text value",
+                len: MAX_VALUE_BYTES + 1,
+                limit: MAX_VALUE_BYTES
+            })
+        );
+        assert_eq!(
+            Value::blob(vec![1u8; limit + 1]),
+            Err(ValidationError::TooLarge {
+                what: "blob value",
+                len: MAX_VALUE_BYTES + 1,
+                limit: MAX_VALUE_BYTES
+            })
+        );
+        // A value built directly is checked by `validate` the same way.
+        assert!(Value::Blob(vec![0; limit + 1]).validate().is_err());
+        assert!(Value::Text("x".repeat(limit + 1)).validate().is_err());
+        for ok in [Value::Null, Value::Integer(i64::MIN), Value::real(f64::NAN)] {
+            assert_eq!(ok.validate(), Ok(()));
+        }
+        // The decoder takes a value at the limit and refuses one byte more.
+        let mut bytes = vec![4];
+        shoal_core::codec::put_bytes(&mut bytes, &vec![7u8; limit]);
+        assert_eq!(Value::decode(&bytes).map(|v| v.to_bytes().len()), Ok(bytes.len()));
+        let mut bytes = vec![3];
+        shoal_core::codec::put_varint(&mut bytes, MAX_VALUE_BYTES + 1);
+        assert!(matches!(
+            Value::decode(&bytes),
+            Err(DecodeError { offset: 1, what: DecodeProblem::TooLarge { .. } })
+        ));
+    }
+
+    #[test]
+    fn text_refuses_nul_at_its_position() {
+        assert_eq!(Value::text("abc"), Ok(Value::Text("abc".into())));
+        assert_eq!(Value::text("ab\0c\0"), Err(ValidationError::TextContainsNul { position: 2 }));
+        assert_eq!(Value::text("\0"), Err(ValidationError::TextContainsNul { position: 0 }));
+        assert_eq!(Value::blob([0u8]), Ok(Value::Blob(vec![0])));
+    }
+
+    #[test]
+    fn names_debug_and_conversions() {
+        let all = [
+            (Value::Null, "NULL", "Null"),
+            (Value::Integer(-3), "INTEGER", "Integer(-3)"),
+            (Value::Real(f64::from_bits(0xfff0_0000_0000_0001)), "REAL", "Real(NaN)"),
+            (Value::real(-0.0), "REAL", "Real(-0.0)"),
+            (Value::Text("a\"b".into()), "TEXT", "Text(\"a\\\"b\")"),
+            (Value::Blob(vec![0, 0xab, 7]), "BLOB", "Blob(00ab07)"),
+        ];
+        for (v, name, debug) in all {
+            assert_eq!(v.type_name(), name);
+            assert_eq!(format!("{v:?}"), debug);
+            assert_eq!(v.is_null(), name == "NULL");
+        }
+        assert_eq!(Value::from(7i64), Value::Integer(7));
+        assert_eq!(Value::from(-0.0f64).to_bytes(), Value::Real(-0.0).to_bytes());
+        let nan = Value::from(f64::from_bits(0x7ff0_0000_0000_0002));
+        assert!(matches!(nan, Value::Real(f) if f.to_bits() == CANONICAL_NAN_BITS));
+        assert_eq!(canonical_f64(2.5), 2.5);
+        assert_eq!(canonical_f64(-f64::NAN).to_bits(), CANONICAL_NAN_BITS);
+    }
+
+    #[test]
+    fn order_within_and_across_types() {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        assert_eq!(Value::Null.cmp(&Value::Null), Equal);
+        assert_eq!(Value::Integer(2).cmp(&Value::Integer(10)), Less);
+        assert_eq!(Value::Integer(2).partial_cmp(&Value::Integer(2)), Some(Equal));
+        assert_eq!(Value::real(2.0).cmp(&Value::real(1.0)), Greater);
+        assert_eq!(Value::Text("b".into()).cmp(&Value::Text("ab".into())), Greater);
+        assert_eq!(Value::Blob(vec![1]).cmp(&Value::Blob(vec![1, 0])), Less);
+        assert_eq!(Value::Blob(vec![]).cmp(&Value::Text("z".into())), Greater);
+        assert_eq!(Value::Null.cmp(&Value::Integer(i64::MIN)), Less);
+        assert!(Value::Integer(1) != Value::real(1.0), "no conversion");
+        assert!(Value::Integer(1) == Value::Integer(1));
+        assert!(Value::Real(f64::from_bits(0x7ff0_0000_0000_0001)) == Value::real(f64::NAN));
+    }
+
+    #[test]
+    fn hash_agrees_with_eq_and_separates_values() {
+        use std::collections::hash_map::DefaultHasher;
+        let hash = |v: &Value| {
+            let mut s = DefaultHasher::new();
+            v.hash(&mut s);
+            s.finish()
+        };
+        let distinct = [
+            Value::Null,
+            Value::Integer(0),
+            Value::Integer(1),
+            Value::real(0.0),
+            Value::real(-0.0),
+            Value::real(f64::NAN),
+            Value::Text(String::new()),
+            Value::Text("a".into()),
+            Value::Blob(vec![]),
+            Value::Blob(vec![b'a']),
+        ];
+        let hashes: std::collections::BTreeSet<u64> = distinct.iter().map(hash).collect();
+        assert_eq!(hashes.len(), distinct.len(), "distinct values, distinct hashes");
+        let odd_nan = Value::Real(f64::from_bits(0xfff8_0000_0000_0042));
+        assert_eq!(hash(&odd_nan), hash(&Value::real(f64::NAN)));
+    }
+
+    #[test]
+    fn column_types_accept_their_own_values_and_null() {
+        let values = [
+            Value::Null,
+            Value::Integer(1),
+            Value::real(1.0),
+            Value::Text("a".into()),
+            Value::Blob(vec![1]),
+        ];
+        // Row: type; columns: NULL, INTEGER, REAL, TEXT, BLOB.
+        let table = [
+            (ColumnType::Any, [true, true, true, true, true]),
+            (ColumnType::Integer, [true, true, false, false, false]),
+            (ColumnType::Real, [true, false, true, false, false]),
+            (ColumnType::Text, [true, false, false, true, false]),
+            (ColumnType::Blob, [true, false, false, false, true]),
+        ];
+        for (ty, expected) in table {
+            for (v, want) in values.iter().zip(expected) {
+                assert_eq!(ty.accepts(v), want, "{ty} accepts {v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn type_and_merge_codes_names_and_reads() {
+        let types = [
+            (ColumnType::Any, 0, "ANY"),
+            (ColumnType::Integer, 1, "INTEGER"),
+            (ColumnType::Real, 2, "REAL"),
+            (ColumnType::Text, 3, "TEXT"),
+            (ColumnType::Blob, 4, "BLOB"),
+        ];
+        for (ty, code, name) in types {
+            assert_eq!(ty.code(), code);
+            assert_eq!(ColumnType::from_code(code), Some(ty));
+            assert_eq!(ty.sql_name(), name);
+            assert_eq!(ty.to_string(), name);
+            assert_eq!(ColumnType::read(&mut Reader::new(&[code])), Ok(ty));
+        }
+        assert_eq!(ColumnType::from_code(5), None);
+        assert_eq!(
+            ColumnType::read(&mut Reader::new(&[9, 9])),
+            Err(DecodeError {
+                offset: 0,
+                what: DecodeProblem::InvalidTag { what: "column type", value: 9 }
+            })
+        );
+        let kinds = [
+            (MergeKind::Lww, 0, "lww", Value::Null),
+            (MergeKind::Counter, 1, "counter", Value::Integer(0)),
+            (MergeKind::Max, 2, "max", Value::Null),
+        ];
+        for (kind, code, name, empty) in kinds {
+            assert_eq!(kind.code(), code);
+            assert_eq!(MergeKind::from_code(code), Some(kind));
+            assert_eq!(kind.to_string(), name);
+            assert_eq!(kind.empty_value(), empty);
+            assert_eq!(MergeKind::read(&mut Reader::new(&[code])), Ok(kind));
+        }
+        assert_eq!(MergeKind::from_code(3), None);
+        let mut r = Reader::new(&[0, 3]);
+        assert_eq!(MergeKind::read(&mut r), Ok(MergeKind::Lww));
+        assert_eq!(
+            MergeKind::read(&mut r),
+            Err(DecodeError {
+                offset: 1,
+                what: DecodeProblem::InvalidTag { what: "merge kind", value: 3 }
+            })
+        );
     }
 }

@@ -61,3 +61,22 @@ fn columns_past_the_budget_are_conflicts_in_view_order_whatever_the_order() {
     assert_eq!(over, want);
     assert_eq!(TablesModel::new().column_budget(), MAX_COLUMNS_PER_TABLE);
 }
+
+#[test]
+fn a_table_already_over_the_budget_may_take_a_change_that_adds_nothing() {
+    // Devices that declared columns concurrently can exceed the budget together; a local
+    // change that adds no column (a rename) is not refused for it.
+    assert!(check_column_budget("t", MAX_COLUMNS_PER_TABLE + 1, 0).is_ok());
+    assert!(check_column_budget("t", MAX_COLUMNS_PER_TABLE + 1, 1).is_err());
+    assert!(check_column_budget("t", 0, MAX_COLUMNS_PER_TABLE).is_ok());
+    assert!(check_column_budget("t", 0, MAX_COLUMNS_PER_TABLE + 1).is_err());
+    assert_eq!(
+        check_column_budget("t", usize::MAX, 1),
+        Err(ValidationError::TooManyColumns {
+            table: "t".into(),
+            columns: usize::MAX,
+            limit: 1000
+        })
+    );
+    assert_eq!(MAX_CELLS_PER_PUT, 2000);
+}

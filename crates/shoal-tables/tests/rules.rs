@@ -522,3 +522,324 @@ fn key_columns_survive_drop_and_column_name_collisions_are_resolved() {
     // The hidden column's data is kept.
     assert!(m.hidden_dump().tables[&f.t].rows[&key(1)].cells.contains_key(&f.l));
 }
+
+/// `CreateTable` of table `t` (named `name`) with explicit key column ids.
+fn create_ids(t: u64, name: &str, pk: &[(u64, &str, ColumnType)]) -> TableOp {
+    TableOp::CreateTable {
+        table: TableId(t),
+        name: name.into(),
+        primary_key: pk
+            .iter()
+            .map(|(c, n, ty)| PkColumn { column: ColumnId(*c), name: (*n).into(), ty: *ty })
+            .collect(),
+    }
+}
+
+/// `AddColumn` with explicit ids.
+fn add_ids(t: u64, c: u64, name: &str, ty: ColumnType, merge: MergeKind) -> TableOp {
+    TableOp::AddColumn { table: TableId(t), column: ColumnId(c), name: name.into(), ty, merge }
+}
+
+/// Applies `ops` forwards and backwards to models with `budget`, asserts both agree, and
+/// returns one.
+fn both_ways(budget: usize, ops: &[(Hlc, TableOp)]) -> TablesModel {
+    let mut forward = TablesModel::with_column_budget(budget);
+    let mut backward = TablesModel::with_column_budget(budget);
+    for (hlc, op) in ops {
+        forward.apply(*hlc, op).unwrap();
+    }
+    for (hlc, op) in ops.iter().rev() {
+        backward.apply(*hlc, op).unwrap();
+    }
+    assert_eq!(forward.hidden_dump(), backward.hidden_dump());
+    assert_eq!(forward.dump(), backward.dump());
+    assert_eq!(forward.conflicts(), backward.conflicts());
+    assert_eq!(forward.live_table_keys(), backward.live_table_keys());
+    forward
+}
+
+/// Every kind of schema conflict, each with the decision it reports, in one workspace;
+/// and the view that results (names, fallbacks, hidden columns, table order).
+#[test]
+fn every_schema_conflict_is_decided_and_reported_exactly() {
+    use ColumnType::{Any, Integer, Text};
+    use MergeKind::{Counter, Lww, Max};
+    let k1 = RowKey::from_values(&[Value::Integer(1)]).unwrap();
+    let k12 = RowKey::from_values(&[Value::Integer(1), Value::Integer(2)]).unwrap();
+    let ops = vec![
+        // Table 1 "t": two primary keys, a column declared two ways, a key column re-added,
+        // a reserved column name, two columns and a key column with one name, and one
+        // column past a budget of 3.
+        (h(10), create_ids(1, "t", &[(0x10, "id", Integer)])),
+        (h(5), create_ids(1, "t", &[(0x11, "k", Text)])),
+        (h(11), add_ids(1, 0x20, "n", Integer, Counter)),
+        (h(12), add_ids(1, 0x20, "n", Integer, Lww)),
+        (h(13), add_ids(1, 0x10, "id", Any, Lww)),
+        (h(14), add_ids(1, 0x30, "shoal_x", Any, Lww)),
+        (h(15), add_ids(1, 0x40, "dup", Any, Lww)),
+        (h(15), add_ids(1, 0x41, "DUP", Any, Lww)),
+        (h(16), add_ids(1, 0x50, "ID", Any, Lww)),
+        (h(17), add_ids(1, 0x60, "late", Any, Max)),
+        (
+            h(18),
+            TableOp::Put {
+                table: TableId(1),
+                key: k1.clone(),
+                cells: vec![
+                    (ColumnId(0x20), CellWrite::Set(Value::Integer(7))),
+                    (ColumnId(0x60), CellWrite::Max(Value::Integer(3))),
+                ],
+            },
+        ),
+        (h(18), TableOp::Put { table: TableId(1), key: k12.clone(), cells: vec![] }),
+        // Table 2 "u": two key columns end up with one name; the later name keeps it.
+        (h(20), create_ids(2, "u", &[(0x70, "a", Any), (0x71, "b", Any)])),
+        (
+            h(21),
+            TableOp::RenameColumn { table: TableId(2), column: ColumnId(0x71), name: "A".into() },
+        ),
+        (h(22), TableOp::Put { table: TableId(2), key: k12.clone(), cells: vec![] }),
+        // Table 3 "v": key columns named alike at one HLC (the greater id keeps the name);
+        // it also loses its name to table 5 "V" at the same HLC (the greater id wins).
+        (h(30), create_ids(3, "v", &[(0x81, "x", Any), (0x80, "X", Any)])),
+        (h(30), create_ids(5, "V", &[(0xa0, "id", Integer)])),
+        // Table 4 "w": a reserved key column name. Table 6: a reserved table name.
+        (h(40), create_ids(4, "w", &[(0x90, "sqlite_k", Text)])),
+        (h(50), create_ids(6, "Shoal_t", &[(0xb0, "id", Integer)])),
+        // Table 7: conflicting definitions, then dropped: reports nothing.
+        (h(60), create_ids(7, "gone", &[(0xc0, "id", Integer)])),
+        (h(60), create_ids(7, "gone", &[(0xc1, "id2", Text)])),
+        (h(61), TableOp::DropTable { table: TableId(7) }),
+        // Table 8: dropped and re-created; only the column added after the drop shows.
+        (h(70), create_ids(8, "back", &[(0xd0, "id", Integer)])),
+        (h(71), add_ids(8, 0xd1, "old", Any, Lww)),
+        (h(72), TableOp::DropTable { table: TableId(8) }),
+        (h(73), create_ids(8, "back", &[(0xd0, "id", Integer)])),
+        (h(74), add_ids(8, 0xd2, "new", Any, Lww)),
+    ];
+    let m = both_ways(3, &ops);
+
+    let dump = m.dump();
+    let shown: Vec<(TableId, &str, Vec<&str>)> = dump
+        .tables
+        .iter()
+        .map(|t| (t.id, t.name.as_str(), t.columns.iter().map(|c| c.name.as_str()).collect()))
+        .collect();
+    // Ordered by name bytes: "V" < "back" < "t" < "u" < "w".
+    assert_eq!(
+        shown,
+        [
+            (TableId(5), "V", vec!["id"]),
+            (TableId(8), "back", vec!["id", "new"]),
+            (TableId(1), "t", vec!["id", "n", "DUP"]),
+            (TableId(2), "u", vec!["a_0000000000000070", "A"]),
+            (TableId(4), "w", vec!["column_0000000000000090"]),
+        ]
+    );
+    let t = &dump.tables[2];
+    let views: Vec<(ColumnId, ColumnType, Option<MergeKind>)> =
+        t.columns.iter().map(|c| (c.id, c.ty, c.merge)).collect();
+    assert_eq!(
+        views,
+        [
+            (ColumnId(0x10), Integer, None),
+            (ColumnId(0x20), Integer, Some(Lww)),
+            (ColumnId(0x41), Any, Some(Lww)),
+        ]
+    );
+    assert_eq!(t.rows.len(), 1);
+    assert_eq!(t.rows[0].key, k1);
+    assert_eq!(t.rows[0].values, [Value::Integer(1), Value::Integer(7), Value::Null]);
+    assert_eq!(dump.tables[3].rows[0].values, [Value::Integer(1), Value::Integer(2)]);
+
+    let id = |n: u64| format!("{:016x}", n);
+    let c = |table: u64, column: Option<u64>, kind: ConflictKind, message: String| SchemaConflict {
+        table: TableId(table),
+        column: column.map(ColumnId),
+        kind,
+        message,
+    };
+    let mut want = vec![
+        c(
+            1,
+            None,
+            ConflictKind::RowsNotShown,
+            format!(
+                "1 live rows of table \"t\" ({}) have keys that do not fit its primary key of 1 \
+                 columns; they are kept but not shown",
+                id(1)
+            ),
+        ),
+        c(
+            1,
+            None,
+            ConflictKind::TableDefinition,
+            format!(
+                "table \"t\" ({}) was created with 2 different primary keys; using (id INTEGER), \
+                 not (k TEXT) at {}; rows whose keys do not fit are kept but not shown",
+                id(1),
+                h(5)
+            ),
+        ),
+        c(
+            1,
+            Some(0x10),
+            ConflictKind::KeyColumnRedeclared,
+            format!(
+                "column \"id\" ({}) of table \"t\" ({}) is a primary-key column but was also \
+                 added as a ANY lww column; it is shown as a key column",
+                id(0x10),
+                id(1)
+            ),
+        ),
+        c(
+            1,
+            Some(0x20),
+            ConflictKind::ColumnDefinition,
+            format!(
+                "column \"n\" ({}) of table \"t\" ({}) was declared in 2 different ways; using \
+                 INTEGER lww (declared at {}), not INTEGER counter at {}; every write is kept",
+                id(0x20),
+                id(1),
+                h(12),
+                h(11)
+            ),
+        ),
+        c(
+            1,
+            Some(0x30),
+            ConflictKind::ReservedName,
+            format!(
+                "column {} of table \"t\" ({}) is named \"shoal_x\", a name reserved for Shoal \
+                 and SQLite; it is hidden (its data is kept) until renamed",
+                id(0x30),
+                id(1)
+            ),
+        ),
+        c(
+            1,
+            Some(0x40),
+            ConflictKind::ColumnName,
+            format!(
+                "column {} of table \"t\" ({}) is named \"dup\" like column {} (which has the \
+                 later name); it is hidden (its data is kept) until one of them is renamed",
+                id(0x40),
+                id(1),
+                id(0x41)
+            ),
+        ),
+        c(
+            1,
+            Some(0x50),
+            ConflictKind::ColumnName,
+            format!(
+                "column {} of table \"t\" ({}) is named \"ID\" like a key column; it is hidden \
+                 (its data is kept) until one of them is renamed",
+                id(0x50),
+                id(1)
+            ),
+        ),
+        c(
+            1,
+            Some(0x60),
+            ConflictKind::TooManyColumns,
+            format!(
+                "column \"late\" ({}) of table \"t\" ({}) comes after the first 3 columns (the \
+                 most a table shows, in the order columns were declared); it is hidden (its \
+                 data is kept) until other columns are dropped",
+                id(0x60),
+                id(1)
+            ),
+        ),
+        c(
+            2,
+            Some(0x70),
+            ConflictKind::ColumnName,
+            format!(
+                "key columns {} and {} of table \"u\" ({}) are both named \"a\"; column {} has \
+                 the later name and keeps it, column {} is shown as \"a_{}\"",
+                id(0x71),
+                id(0x70),
+                id(2),
+                id(0x71),
+                id(0x70),
+                id(0x70)
+            ),
+        ),
+        c(
+            3,
+            None,
+            ConflictKind::TableName,
+            format!(
+                "tables {} and {} are both named \"v\"; table {} has the later name and keeps \
+                 it, table {} is hidden (its data is kept) until one of them is renamed",
+                id(5),
+                id(3),
+                id(5),
+                id(3)
+            ),
+        ),
+        c(
+            3,
+            Some(0x80),
+            ConflictKind::ColumnName,
+            format!(
+                "key columns {} and {} of table \"v\" ({}) are both named \"X\"; column {} has \
+                 the later name and keeps it, column {} is shown as \"X_{}\"",
+                id(0x81),
+                id(0x80),
+                id(3),
+                id(0x81),
+                id(0x80),
+                id(0x80)
+            ),
+        ),
+        c(
+            4,
+            Some(0x90),
+            ConflictKind::ReservedName,
+            format!(
+                "key column {} of table \"w\" ({}) is named \"sqlite_k\", a name reserved for \
+                 Shoal and SQLite; it is shown as \"column_{}\" until renamed",
+                id(0x90),
+                id(4),
+                id(0x90)
+            ),
+        ),
+        c(
+            6,
+            None,
+            ConflictKind::ReservedName,
+            format!(
+                "table {} is named \"Shoal_t\", a name reserved for Shoal and SQLite \
+                 (\"shoal_\", \"sqlite_\"); it is hidden (its data is kept) until renamed",
+                id(6)
+            ),
+        ),
+    ];
+    want.sort();
+    let got = m.conflicts();
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+        assert_eq!(g.to_string(), w.message, "Display shows the message");
+    }
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+
+    // Every live table, shown or not, with its key width; dropped ones are left out.
+    let keys: Vec<(TableId, String, usize)> = m.live_table_keys();
+    let keys: Vec<(u64, &str, usize)> =
+        keys.iter().map(|(t, n, k)| (t.as_u64(), n.as_str(), *k)).collect();
+    assert_eq!(
+        keys,
+        [
+            (1, "t", 1),
+            (2, "u", 2),
+            (3, "v", 2),
+            (4, "w", 1),
+            (5, "V", 1),
+            (6, "Shoal_t", 1),
+            (8, "back", 1)
+        ]
+    );
+    assert_eq!(m.column_budget(), 3);
+}
