@@ -11,7 +11,7 @@
 use shoal::Workspace;
 use shoal_core::SyncError;
 use shoal_sqlite::{TablesMaterializer, from_sql, quote_ident};
-use shoal_tables::{HiddenDump, TablesDump, TablesModel, Value};
+use shoal_tables::{HiddenDump, TablesModel, Value};
 
 /// One replica's (or the model's) state: the hidden state and the views.
 #[derive(Debug, PartialEq)]
@@ -49,29 +49,7 @@ impl Snapshot {
     }
 
     pub(crate) fn of_model(model: &TablesModel) -> Snapshot {
-        let dump: TablesDump = model.dump();
-        let views = dump
-            .tables
-            .iter()
-            .map(|t| {
-                let mut rows: Vec<Vec<Value>> = t
-                    .rows
-                    .iter()
-                    .map(|r| {
-                        r.values
-                            .iter()
-                            .map(|v| match v {
-                                Value::Real(f) if f.is_nan() => Value::Null,
-                                other => other.clone(),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                rows.sort();
-                (t.name.clone(), rows)
-            })
-            .collect();
-        Snapshot { hidden: model.hidden_dump(), views }
+        Snapshot { hidden: model.hidden_dump(), views: model.dump().rows_as_sql_shows() }
     }
 
     /// The first difference from `expected`, described, if any.

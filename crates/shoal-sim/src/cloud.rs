@@ -191,12 +191,7 @@ impl Cloud {
                 self.stats.deliveries += 1;
             }
             None => {
-                let path = self.roots[t.to].join(&t.rel);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err("deleting", &path, e)),
-                }
+                self.remove(t.to, &t.rel)?;
                 self.stats.deliveries += 1;
             }
         }
@@ -212,20 +207,22 @@ impl Cloud {
         std::fs::write(&path, bytes).map_err(|e| io_err("writing", &path, e))
     }
 
+    fn remove(&self, to: usize, rel: &str) -> Result<(), String> {
+        let path = self.roots[to].join(rel);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("deleting", &path, e)),
+        }
+    }
+
     /// Delivers everything in flight, completely, in queue order (bringing folders back).
     pub(crate) fn deliver_all(&mut self) -> Result<(), String> {
         self.bring_back_all()?;
         for t in std::mem::take(&mut self.in_flight) {
             match &t.content {
                 Some(bytes) => self.write(t.to, &t.rel, bytes)?,
-                None => {
-                    let path = self.roots[t.to].join(&t.rel);
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_err("deleting", &path, e)),
-                    }
-                }
+                None => self.remove(t.to, &t.rel)?,
             }
             self.stats.deliveries += 1;
         }

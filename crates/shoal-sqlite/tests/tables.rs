@@ -177,29 +177,6 @@ fn views(conn: &Connection, schema: &TablesDump) -> Vec<(String, Vec<Vec<Value>>
         .collect()
 }
 
-fn model_views(dump: &TablesDump) -> Vec<(String, Vec<Vec<Value>>)> {
-    dump.tables
-        .iter()
-        .map(|t| {
-            let mut rows: Vec<Vec<Value>> = t
-                .rows
-                .iter()
-                .map(|r| {
-                    r.values
-                        .iter()
-                        .map(|v| match v {
-                            Value::Real(f) if f.is_nan() => Value::Null,
-                            other => other.clone(),
-                        })
-                        .collect()
-                })
-                .collect();
-            rows.sort();
-            (t.name.clone(), rows)
-        })
-        .collect()
-}
-
 fn run(steps: Vec<Step>, shuffle_seed: u64, limits: Limits) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -241,7 +218,7 @@ fn run(steps: Vec<Step>, shuffle_seed: u64, limits: Limits) {
             model.apply_payload(e.payload().unwrap()).unwrap();
         }
         let expected_hidden = model.hidden_dump();
-        let expected_views = model_views(&model.dump());
+        let expected_views = model.dump().rows_as_sql_shows();
 
         for r in &replicas {
             r.with_reader(|conn| {

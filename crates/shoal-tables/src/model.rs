@@ -89,6 +89,34 @@ pub struct TablesDump {
     pub tables: Vec<TableView>,
 }
 
+impl TablesDump {
+    /// Each visible table's rows as a SQL view shows them — a NaN reads as NULL, since
+    /// SQLite stores no NaN — each table's rows sorted: what a materializer's views are
+    /// compared with.
+    pub fn rows_as_sql_shows(&self) -> Vec<(String, Vec<Vec<Value>>)> {
+        self.tables
+            .iter()
+            .map(|t| {
+                let mut rows: Vec<Vec<Value>> = t
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        r.values
+                            .iter()
+                            .map(|v| match v {
+                                Value::Real(f) if f.is_nan() => Value::Null,
+                                other => other.clone(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                rows.sort();
+                (t.name.clone(), rows)
+            })
+            .collect()
+    }
+}
+
 /// One visible table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableView {
