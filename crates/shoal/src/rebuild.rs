@@ -73,7 +73,37 @@ impl Workspace {
     /// Rebuilds the materialized state from this file's oplog in a temporary replica and
     /// compares it with the file's own (see the module doc). `progress` gets the running
     /// count of entries fed.
+    ///
+    /// Another process may write the file meanwhile (a `sync --watch`, a `put`): every
+    /// change moves a cursor or an applied count, so they are read before and after, and a
+    /// check that saw the file change is run again (at most five times, then an error says
+    /// the file kept changing).
     pub fn verify_state(&self, mut progress: impl FnMut(u64)) -> Result<StateCheck> {
+        let positions = |ws: &Workspace| -> Result<_> {
+            let applied: Vec<_> = ws
+                .replica()
+                .origin_status()?
+                .into_iter()
+                .map(|o| (o.origin, o.next, o.materialized))
+                .collect();
+            Ok((ws.replica().durable_cursors()?, applied))
+        };
+        for _ in 0..5 {
+            let before = positions(self)?;
+            let check = self.verify_state_once(&mut progress)?;
+            if positions(self)? == before {
+                return Ok(check);
+            }
+        }
+        Err(Error::Path {
+            path: self.path().to_owned(),
+            reason: "the file kept changing while it was verified (a sync or a write in \
+                     another process); verify it when it is quiet"
+                .into(),
+        })
+    }
+
+    fn verify_state_once(&self, mut progress: impl FnMut(u64)) -> Result<StateCheck> {
         let dir = tempfile::tempdir().map_err(|e| Error::Path {
             path: std::env::temp_dir(),
             reason: format!("cannot make a directory for the rebuild: {e}"),
