@@ -280,3 +280,354 @@ fn a_row_without_cells_arriving_after_the_schema_shows() {
     };
     run(vec![(0, vec![put], 0, 0, 0), (1, vec![create], 0, 0, 0)], 0, None);
 }
+
+// ---------------------------------------------------------------------------------------
+// Exact rules, driven on `TablesMaterializer` directly: one materializer per connection,
+// each entry in its own transaction, the way the replica drives it (begin, apply, then
+// commit and `committed`, or rollback and `rolled_back`).
+
+use shoal_sqlite::{MaterializeError, Materializer, TableChange, live_row};
+use tokio::sync::broadcast::error::TryRecvError;
+
+/// One connection to a replica file and the materializer that owns it.
+struct Direct {
+    conn: Connection,
+    m: TablesMaterializer,
+}
+
+impl Direct {
+    fn open(path: &std::path::Path) -> Direct {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let mut m = TablesMaterializer::new();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        m.init(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        Direct { conn, m }
+    }
+
+    /// Applies one entry stamped `hlc` (op `i` at `hlc + i`) in a transaction of its own,
+    /// committed if `apply` succeeds and rolled back otherwise.
+    fn entry(&mut self, hlc: u64, ops: Vec<Op>) -> Result<(), MaterializeError> {
+        let payload = Payload { hlc: Hlc::from_u64(hlc), author: None, ops };
+        self.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        self.m.begin(&self.conn).unwrap();
+        let origin =
+            PeerId::derive(&workspace(), &DeviceKey::from_secret_bytes(&[7; 32]).public_key());
+        let r = self.m.apply(&self.conn, origin, 0, &payload);
+        if r.is_ok() {
+            self.conn.execute_batch("COMMIT").unwrap();
+            self.m.committed();
+        } else {
+            self.conn.execute_batch("ROLLBACK").unwrap();
+            self.m.rolled_back();
+        }
+        r
+    }
+
+    fn ops(&mut self, hlc: u64, ops: &[TableOp]) {
+        self.entry(hlc, ops.iter().map(|o| o.to_op().unwrap()).collect()).unwrap();
+    }
+
+    /// The rows of the view `name`, sorted.
+    fn rows(&self, name: &str) -> Vec<Vec<Value>> {
+        let mut stmt = self.conn.prepare(&format!("SELECT * FROM {}", quote_ident(name))).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<Vec<Value>> = stmt
+            .query_map([], |r| Ok((0..n).map(|i| from_sql(r.get_ref(i).unwrap())).collect()))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        rows
+    }
+
+    fn table_names(&mut self) -> Vec<String> {
+        self.m.schema_from(&self.conn).unwrap().tables.into_iter().map(|t| t.name).collect()
+    }
+}
+
+fn todo_create() -> TableOp {
+    TableOp::CreateTable {
+        table: t1(),
+        name: "todo".into(),
+        primary_key: vec![PkColumn::new(t1(), "id", ColumnType::Text)],
+    }
+}
+
+fn title_add() -> TableOp {
+    TableOp::AddColumn {
+        table: t1(),
+        column: col(t1(), "title"),
+        name: "title".into(),
+        ty: ColumnType::Any,
+        merge: MergeKind::Lww,
+    }
+}
+
+fn key(s: &str) -> RowKey {
+    RowKey::from_values(&[Value::text(s).unwrap()]).unwrap()
+}
+
+fn put_title(k: &str, v: i64) -> TableOp {
+    TableOp::Put {
+        table: t1(),
+        key: key(k),
+        cells: vec![(col(t1(), "title"), CellWrite::Set(Value::Integer(v)))],
+    }
+}
+
+fn del(k: &str) -> TableOp {
+    TableOp::Delete { table: t1(), key: key(k) }
+}
+
+fn row(k: &str, v: i64) -> Vec<Value> {
+    vec![Value::text(k).unwrap(), Value::Integer(v)]
+}
+
+/// A `todo` table with an LWW `title`, declared at HLC 1.
+fn todo_db(dir: &std::path::Path) -> Direct {
+    let mut d = Direct::open(&dir.join("r.shoal"));
+    d.ops(1, &[todo_create(), title_add()]);
+    d
+}
+
+fn events(rx: &mut tokio::sync::broadcast::Receiver<TableChange>) -> Vec<TableChange> {
+    let mut out = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(c) => out.push(c),
+            Err(TryRecvError::Empty) => return out,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+#[test]
+fn deletes_hide_and_later_puts_revive_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = todo_db(dir.path());
+    let mut rx = d.m.handle().subscribe();
+    let tc = |k: &str, columns: Vec<ColumnId>, live| TableChange {
+        table: t1(),
+        key: key(k),
+        columns,
+        live,
+    };
+    let title = col(t1(), "title");
+
+    d.ops(10, &[put_title("a", 1)]);
+    assert_eq!(d.rows("todo"), vec![row("a", 1)]);
+    assert_eq!(live_row(&d.conn, "todo", &key("a")).unwrap(), Some(row("a", 1)));
+    assert_eq!(events(&mut rx), vec![tc("a", vec![title], true)]);
+
+    // The same value again at a later HLC: nothing visible changes, no event.
+    d.ops(11, &[put_title("a", 1)]);
+    assert_eq!(events(&mut rx), vec![]);
+
+    // A delete hides the row and reports it gone.
+    d.ops(20, &[del("a")]);
+    assert_eq!(d.rows("todo"), Vec::<Vec<Value>>::new());
+    assert_eq!(live_row(&d.conn, "todo", &key("a")).unwrap(), None);
+    assert_eq!(events(&mut rx), vec![tc("a", vec![], false)]);
+
+    // A put older than the tombstone does not revive, and reports nothing.
+    d.ops(15, &[put_title("a", 2)]);
+    assert_eq!(d.rows("todo"), Vec::<Vec<Value>>::new());
+    assert_eq!(events(&mut rx), vec![]);
+    // A put at the tombstone's own HLC does not either (op 0 of an entry at 20).
+    d.ops(20, &[put_title("a", 2)]);
+    assert_eq!(d.rows("todo"), Vec::<Vec<Value>>::new());
+    // An older delete arriving late does not lower the tombstone, and reports nothing.
+    d.ops(12, &[del("a")]);
+    assert_eq!(events(&mut rx), vec![]);
+    d.ops(16, &[put_title("a", 3)]);
+    assert_eq!(d.rows("todo"), Vec::<Vec<Value>>::new());
+    // Deleting a row that is not live reports nothing.
+    d.ops(21, &[del("a")]);
+    assert_eq!(events(&mut rx), vec![]);
+    let hidden = d.m.hidden_dump(&d.conn).unwrap();
+    let state = &hidden.tables[&t1()].rows[&key("a")];
+    assert_eq!(state.tombstone, Some(Hlc::from_u64(21)));
+    assert_eq!(state.last_write, None);
+    assert!(state.cells.is_empty(), "{state:?}");
+
+    // A put after the tombstone revives the row with only what was written after it.
+    d.ops(30, &[TableOp::Put { table: t1(), key: key("a"), cells: vec![] }]);
+    assert_eq!(d.rows("todo"), vec![vec![Value::text("a").unwrap(), Value::Null]]);
+    assert_eq!(events(&mut rx), vec![tc("a", vec![], true)]);
+    d.ops(31, &[put_title("a", 4)]);
+    assert_eq!(d.rows("todo"), vec![row("a", 4)]);
+    assert_eq!(events(&mut rx), vec![tc("a", vec![title], true)]);
+
+    // A delete of a row never written leaves a tombstone: a put before it stays hidden.
+    d.ops(40, &[del("b")]);
+    assert_eq!(events(&mut rx), vec![]);
+    d.ops(35, &[put_title("b", 5)]);
+    d.ops(41, &[put_title("c", 6)]);
+    assert_eq!(d.rows("todo"), vec![row("a", 4), row("c", 6)]);
+    let hidden = d.m.hidden_dump(&d.conn).unwrap();
+    assert_eq!(hidden.tables[&t1()].rows[&key("b")].tombstone, Some(Hlc::from_u64(40)));
+}
+
+#[test]
+fn a_column_drop_ignores_older_cell_writes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = todo_db(dir.path());
+    let title = col(t1(), "title");
+    d.ops(10, &[put_title("a", 1)]);
+    d.ops(20, &[TableOp::DropColumn { table: t1(), column: title }]);
+    // Older than the drop: the row is written (it is not deleted) but the cell is not;
+    // newer: both are.
+    d.ops(15, &[put_title("b", 2)]);
+    d.ops(25, &[put_title("c", 3)]);
+    let hidden = d.m.hidden_dump(&d.conn).unwrap();
+    let rows = &hidden.tables[&t1()].rows;
+    let cells = |k: &str| rows[&key(k)].cells.keys().copied().collect::<Vec<_>>();
+    assert_eq!(cells("a"), vec![], "the drop forgets the older cell");
+    assert_eq!(cells("b"), vec![]);
+    assert_eq!(rows[&key("b")].last_write, Some(Hlc::from_u64(15)));
+    assert_eq!(cells("c"), vec![title]);
+    assert_eq!(
+        d.rows("todo"),
+        vec![
+            vec![Value::text("a").unwrap()],
+            vec![Value::text("b").unwrap()],
+            vec![Value::text("c").unwrap()]
+        ]
+    );
+}
+
+#[test]
+fn a_schema_change_through_one_connection_is_seen_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.shoal");
+    let mut a = Direct::open(&path);
+    let mut b = Direct::open(&path);
+    assert_eq!(b.table_names(), Vec::<String>::new());
+    a.ops(1, &[todo_create(), title_add()]);
+    // `b` loaded its caches before: it must notice the change and reload.
+    assert_eq!(b.table_names(), vec!["todo".to_owned()]);
+    b.ops(10, &[put_title("a", 1)]);
+    assert_eq!(a.rows("todo"), vec![row("a", 1)]);
+    a.ops(20, &[TableOp::RenameTable { table: t1(), name: "tasks".into() }]);
+    assert_eq!(b.table_names(), vec!["tasks".to_owned()]);
+    b.ops(21, &[put_title("b", 2)]);
+    assert_eq!(a.rows("tasks"), vec![row("a", 1), row("b", 2)]);
+    assert_eq!(b.m.hidden_dump(&b.conn).unwrap(), a.m.hidden_dump(&a.conn).unwrap());
+}
+
+#[test]
+fn a_rolled_back_schema_change_is_forgotten_even_if_the_generation_matches_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.shoal");
+    let mut a = Direct::open(&path);
+    let mut b = Direct::open(&path);
+    // `a` applies a table declaration, then its transaction rolls back.
+    a.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    a.m.begin(&a.conn).unwrap();
+    let payload =
+        Payload { hlc: Hlc::from_u64(1), author: None, ops: vec![todo_create().to_op().unwrap()] };
+    let origin = PeerId::derive(&workspace(), &DeviceKey::from_secret_bytes(&[7; 32]).public_key());
+    a.m.apply(&a.conn, origin, 0, &payload).unwrap();
+    a.conn.execute_batch("ROLLBACK").unwrap();
+    a.m.rolled_back();
+    // `b` makes the same number of schema changes: the counter in the file reaches the
+    // value `a` counted for its rolled-back change, yet `a` must reload.
+    let note = TableOp::CreateTable {
+        table: t2(),
+        name: "note".into(),
+        primary_key: vec![PkColumn::new(t2(), "a", ColumnType::Integer)],
+    };
+    b.ops(2, &[note]);
+    assert_eq!(a.table_names(), vec!["note".to_owned()]);
+}
+
+#[test]
+fn an_op_of_an_unknown_kind_needs_an_upgrade_and_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Direct::open(&dir.path().join("r.shoal"));
+    let unknown = Op { domain: Domain::TABLES, kind: 9999, body: vec![] };
+    let r = d.entry(1, vec![todo_create().to_op().unwrap(), unknown]);
+    assert!(matches!(r, Err(MaterializeError::NeedsUpgrade(_))), "{r:?}");
+    assert_eq!(d.table_names(), Vec::<String>::new());
+    // A known kind whose body does not decode is malformed, not newer.
+    let bad = Op { domain: Domain::TABLES, kind: todo_create().kind(), body: vec![0xff; 3] };
+    let r = d.entry(2, vec![todo_create().to_op().unwrap(), bad]);
+    assert!(matches!(r, Err(MaterializeError::Malformed(_))), "{r:?}");
+    assert_eq!(d.table_names(), Vec::<String>::new());
+    // Ops of other domains are skipped (they are other materializers'); the rest applies.
+    let doc = Op { domain: Domain::DOCS, kind: 1, body: vec![0xff] };
+    d.entry(3, vec![doc, todo_create().to_op().unwrap()]).unwrap();
+    assert_eq!(d.table_names(), vec!["todo".to_owned()]);
+}
+
+#[test]
+fn change_events_go_out_on_commit_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = todo_db(dir.path());
+    let mut rx = d.m.handle().subscribe();
+    let mut schema = d.m.handle().schema_changes();
+    let seen = *schema.borrow_and_update();
+    // An entry that fails after a put: rolled back, nothing is sent, now or later.
+    let unknown = Op { domain: Domain::TABLES, kind: 9999, body: vec![] };
+    let r = d.entry(5, vec![put_title("x", 1).to_op().unwrap(), unknown]);
+    assert!(r.is_err());
+    // A put applied in a transaction that rolls back.
+    d.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    d.m.begin(&d.conn).unwrap();
+    let payload = Payload {
+        hlc: Hlc::from_u64(6),
+        author: None,
+        ops: vec![put_title("y", 1).to_op().unwrap()],
+    };
+    let origin = PeerId::derive(&workspace(), &DeviceKey::from_secret_bytes(&[7; 32]).public_key());
+    d.m.apply(&d.conn, origin, 0, &payload).unwrap();
+    assert_eq!(events(&mut rx), vec![], "sent before the commit");
+    d.conn.execute_batch("ROLLBACK").unwrap();
+    d.m.rolled_back();
+    d.ops(7, &[put_title("z", 1)]);
+    let got: Vec<RowKey> = events(&mut rx).into_iter().map(|c| c.key).collect();
+    assert_eq!(got, vec![key("z")]);
+    assert_eq!(d.rows("todo"), vec![row("z", 1)]);
+    // A schema change moves the schema counter up.
+    d.ops(8, &[TableOp::RenameTable { table: t1(), name: "tasks".into() }]);
+    assert!(*schema.borrow_and_update() > seen);
+}
+
+#[test]
+fn drops_report_the_rows_they_touch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = todo_db(dir.path());
+    let title = col(t1(), "title");
+    let mut rx = d.m.handle().subscribe();
+    d.ops(10, &[put_title("a", 1)]);
+    d.ops(35, &[put_title("b", 2)]);
+    // Written at the very HLC of the table drop below (another device's clock): the drop
+    // covers it.
+    d.ops(30, &[put_title("c", 3)]);
+    events(&mut rx);
+    // A column drop: every live row stays live and its column changed.
+    d.ops(20, &[TableOp::DropColumn { table: t1(), column: title }]);
+    let tc = |k: &str, columns: Vec<ColumnId>, live| TableChange {
+        table: t1(),
+        key: key(k),
+        columns,
+        live,
+    };
+    assert_eq!(
+        events(&mut rx),
+        vec![tc("a", vec![title], true), tc("b", vec![title], true), tc("c", vec![title], true)]
+    );
+    // A table drop: rows written before it are gone, rows written after it stay.
+    d.ops(30, &[TableOp::DropTable { table: t1() }]);
+    assert_eq!(
+        events(&mut rx),
+        vec![tc("a", vec![], false), tc("b", vec![], true), tc("c", vec![], false)]
+    );
+    let hidden = d.m.hidden_dump(&d.conn).unwrap();
+    let rows = &hidden.tables[&t1()].rows;
+    assert!(!rows.contains_key(&key("a")), "{rows:?}");
+    assert!(!rows.contains_key(&key("c")), "{rows:?}");
+    assert_eq!(rows[&key("b")].last_write, Some(Hlc::from_u64(35)));
+}
