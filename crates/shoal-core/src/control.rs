@@ -26,7 +26,7 @@
 use crate::codec::{DecodeError, Reader};
 use crate::entry::{ChainHash, Domain, EntryBody, Op};
 use crate::error::RejectReason;
-use crate::ids::{DeviceKey, PeerId, PublicKey, WorkspaceId};
+use crate::ids::{DeviceKey, ExchangeKey, PeerId, PublicKey, WorkspaceId};
 
 /// The prefix of the message a predecessor key signs to name its successor
 /// (`docs/FORMAT.md` §3.4).
@@ -38,6 +38,69 @@ pub mod kind {
     pub const GENESIS: u32 = 1;
     /// [`super::ControlOp::Successor`].
     pub const SUCCESSOR: u32 = 2;
+    /// [`super::ControlOp::Policy`].
+    pub const POLICY: u32 = 3;
+    /// [`super::ControlOp::Invite`].
+    pub const INVITE: u32 = 4;
+    /// [`super::ControlOp::Join`].
+    pub const JOIN: u32 = 5;
+    /// [`super::ControlOp::Request`].
+    pub const REQUEST: u32 = 6;
+    /// [`super::ControlOp::SetRole`].
+    pub const SET_ROLE: u32 = 7;
+    /// [`super::ControlOp::RevokeInvite`].
+    pub const REVOKE_INVITE: u32 = 8;
+    /// [`super::ControlOp::Remove`].
+    pub const REMOVE: u32 = 9;
+    /// [`super::ControlOp::Leave`].
+    pub const LEAVE: u32 = 10;
+    /// [`super::ControlOp::Ack`].
+    pub const ACK: u32 = 11;
+}
+
+/// The prefix of the message an invite secret signs to admit a joining device
+/// (`docs/FORMAT.md` §3.4).
+const JOIN_PROOF_PREFIX: &[u8] = b"shoal 2026-11 join v1\0";
+
+/// At most this many cursors in one [`ControlOp::Ack`] (a bound for decoders; a workspace
+/// with more devices writes several acks).
+pub const MAX_ACK_CURSORS: u64 = 4096;
+
+/// At most this many bytes of wrapped key material in one [`ControlOp::Invite`].
+pub const MAX_WRAPPED_KEY_BYTES: u64 = 1024;
+
+/// What a member may do. Part of the format (the byte values): never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads and writes data.
+    Member = 1,
+    /// Also invites, admits, promotes and removes devices.
+    Admin = 2,
+}
+
+impl Role {
+    /// The role of byte `b`, if it names one.
+    pub fn from_byte(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Member),
+            2 => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name (`member`, `admin`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A control op this version understands.
@@ -65,6 +128,77 @@ pub enum ControlOp {
         chain: ChainHash,
         /// The predecessor key's signature of the successor proof message.
         proof: [u8; 64],
+    },
+    /// The workspace's policy, fixed for life: only in the genesis entry, beside the
+    /// [`ControlOp::Genesis`]. A workspace whose genesis has no policy was created before
+    /// membership existed and admits every authentic device (`docs/ARCHITECTURE.md`).
+    Policy {
+        /// Data entries are encrypted (DESIGN §8).
+        encrypted: bool,
+        /// The creator's X25519 key, for receiving wrapped workspace keys.
+        creator_exchange: ExchangeKey,
+    },
+    /// An admin's invitation: whoever holds the invite secret (given as an invite code) may
+    /// join with `role`, before `expires` (Unix ms; 0 = never), while fewer than `uses`
+    /// joins redeemed it and it is not revoked.
+    Invite {
+        /// The Ed25519 public key of the invite secret (it checks join proofs).
+        invite_key: PublicKey,
+        /// The role a device joining with it gets.
+        role: Role,
+        /// Unix milliseconds after which a join stamped later is refused (0: never).
+        expires: u64,
+        /// How many devices may join with it (at least 1).
+        uses: u32,
+        /// The workspace key wrapped for the invite secret (encrypted workspaces; else
+        /// empty).
+        wrapped: Vec<u8>,
+    },
+    /// Entry 0 of a device joining with an invite: the join is the admission.
+    Join {
+        /// Which invite it redeems.
+        invite_key: PublicKey,
+        /// The joiner's X25519 key.
+        exchange: ExchangeKey,
+        /// The invite secret's signature of the join message (workspace, joiner, exchange
+        /// key): only a holder of the code can make it, and it cannot be moved.
+        proof: [u8; 64],
+    },
+    /// Entry 0 of a device joining without an invite: its entries stay pending until an
+    /// admin admits it with [`ControlOp::SetRole`].
+    Request {
+        /// The requester's X25519 key.
+        exchange: ExchangeKey,
+    },
+    /// An admin admits a requesting device or raises a member's role. Roles only rise: to
+    /// lower one, remove the device and invite it again.
+    SetRole {
+        /// The device.
+        target: PeerId,
+        /// Its role from now on.
+        role: Role,
+    },
+    /// An admin withdraws an invite: joins redeeming it that no member had acknowledged
+    /// before seeing the revocation are refused.
+    RevokeInvite {
+        /// The invite's key.
+        invite_key: PublicKey,
+    },
+    /// An admin removes a device: its entries from `cut` on (extended by what other members
+    /// acknowledged before they saw the removal) are never applied.
+    Remove {
+        /// The removed device.
+        target: PeerId,
+        /// The first index not applied: the remover's cursor for the target.
+        cut: u64,
+    },
+    /// The device leaves: nothing after this entry is applied (DESIGN §8 calls it `Seal`).
+    Leave,
+    /// What the author had stored of each origin when it wrote this (next index per
+    /// origin, ascending origin order): who has seen what.
+    Ack {
+        /// `(origin, next)` pairs, strictly ascending by origin.
+        cursors: Vec<(PeerId, u64)>,
     },
 }
 
@@ -96,7 +230,7 @@ impl ControlOp {
     pub fn founds(&self) -> Option<WorkspaceId> {
         match self {
             ControlOp::Genesis { creator, salt } => Some(WorkspaceId::derive(creator, salt)),
-            ControlOp::Successor { .. } => None,
+            _ => None,
         }
     }
 
@@ -127,7 +261,43 @@ impl ControlOp {
             ControlOp::Successor { predecessor_key, cut, .. } => {
                 Some((PeerId::derive(workspace, predecessor_key), *cut))
             }
-            ControlOp::Genesis { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The join op of a device with key `joiner` in `workspace`, redeeming the invite whose
+    /// secret is `invite`.
+    pub fn join(invite: &DeviceKey, workspace: WorkspaceId, joiner: &DeviceKey) -> ControlOp {
+        let exchange = joiner.exchange_key();
+        let message = join_message(&workspace, &joiner.peer_id(&workspace), &exchange);
+        ControlOp::Join { invite_key: invite.public_key(), exchange, proof: invite.sign(&message) }
+    }
+
+    /// An ack of `cursors` (in any order; for an origin named twice, the greater cursor),
+    /// in the canonical ascending form.
+    pub fn ack(cursors: impl IntoIterator<Item = (PeerId, u64)>) -> ControlOp {
+        let mut by_origin = std::collections::BTreeMap::new();
+        for (origin, next) in cursors {
+            let c = by_origin.entry(origin).or_insert(next);
+            *c = (*c).max(next);
+        }
+        ControlOp::Ack { cursors: by_origin.into_iter().collect() }
+    }
+
+    /// The op's kind number.
+    pub fn kind(&self) -> u32 {
+        match self {
+            ControlOp::Genesis { .. } => kind::GENESIS,
+            ControlOp::Successor { .. } => kind::SUCCESSOR,
+            ControlOp::Policy { .. } => kind::POLICY,
+            ControlOp::Invite { .. } => kind::INVITE,
+            ControlOp::Join { .. } => kind::JOIN,
+            ControlOp::Request { .. } => kind::REQUEST,
+            ControlOp::SetRole { .. } => kind::SET_ROLE,
+            ControlOp::RevokeInvite { .. } => kind::REVOKE_INVITE,
+            ControlOp::Remove { .. } => kind::REMOVE,
+            ControlOp::Leave => kind::LEAVE,
+            ControlOp::Ack { .. } => kind::ACK,
         }
     }
 
@@ -147,6 +317,58 @@ impl ControlOp {
                 body.extend_from_slice(&chain.0);
                 body.extend_from_slice(proof);
                 Op { domain: Domain::CONTROL, kind: kind::SUCCESSOR, body }
+            }
+            ControlOp::Policy { encrypted, creator_exchange } => {
+                let mut body = Vec::with_capacity(33);
+                body.push(u8::from(*encrypted));
+                body.extend_from_slice(&creator_exchange.0);
+                Op { domain: Domain::CONTROL, kind: kind::POLICY, body }
+            }
+            ControlOp::Invite { invite_key, role, expires, uses, wrapped } => {
+                let mut body = Vec::with_capacity(48 + wrapped.len());
+                body.extend_from_slice(invite_key.as_bytes());
+                body.push(*role as u8);
+                body.extend_from_slice(&expires.to_le_bytes());
+                body.extend_from_slice(&uses.to_le_bytes());
+                crate::codec::put_bytes(&mut body, wrapped);
+                Op { domain: Domain::CONTROL, kind: kind::INVITE, body }
+            }
+            ControlOp::Join { invite_key, exchange, proof } => {
+                let mut body = Vec::with_capacity(128);
+                body.extend_from_slice(invite_key.as_bytes());
+                body.extend_from_slice(&exchange.0);
+                body.extend_from_slice(proof);
+                Op { domain: Domain::CONTROL, kind: kind::JOIN, body }
+            }
+            ControlOp::Request { exchange } => {
+                Op { domain: Domain::CONTROL, kind: kind::REQUEST, body: exchange.0.to_vec() }
+            }
+            ControlOp::SetRole { target, role } => {
+                let mut body = Vec::with_capacity(17);
+                body.extend_from_slice(target.as_bytes());
+                body.push(*role as u8);
+                Op { domain: Domain::CONTROL, kind: kind::SET_ROLE, body }
+            }
+            ControlOp::RevokeInvite { invite_key } => Op {
+                domain: Domain::CONTROL,
+                kind: kind::REVOKE_INVITE,
+                body: invite_key.as_bytes().to_vec(),
+            },
+            ControlOp::Remove { target, cut } => {
+                let mut body = Vec::with_capacity(24);
+                body.extend_from_slice(target.as_bytes());
+                body.extend_from_slice(&cut.to_le_bytes());
+                Op { domain: Domain::CONTROL, kind: kind::REMOVE, body }
+            }
+            ControlOp::Leave => Op { domain: Domain::CONTROL, kind: kind::LEAVE, body: Vec::new() },
+            ControlOp::Ack { cursors } => {
+                let mut body = Vec::with_capacity(2 + cursors.len() * 20);
+                crate::codec::put_varint(&mut body, cursors.len() as u64);
+                for (origin, next) in cursors {
+                    body.extend_from_slice(origin.as_bytes());
+                    crate::codec::put_varint(&mut body, *next);
+                }
+                Op { domain: Domain::CONTROL, kind: kind::ACK, body }
             }
         }
     }
@@ -187,6 +409,64 @@ impl ControlOp {
                     let proof = r.array("successor proof")?;
                     ControlOp::Successor { predecessor_key, cut, chain, proof }
                 }
+                kind::POLICY => {
+                    let at = r.offset();
+                    let encrypted = match r.u8("policy flags")? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(invalid(at, "unknown policy flags").into()),
+                    };
+                    ControlOp::Policy {
+                        encrypted,
+                        creator_exchange: ExchangeKey(r.array("creator exchange key")?),
+                    }
+                }
+                kind::INVITE => {
+                    let invite_key = public_key(&mut r, "invite key")?;
+                    let role = role(&mut r)?;
+                    let expires = r.u64_le("invite expiry")?;
+                    let at = r.offset();
+                    let uses = r.u32_le("invite uses")?;
+                    if uses == 0 {
+                        return Err(invalid(at, "an invite for no uses").into());
+                    }
+                    let wrapped = r.bytes("wrapped key", MAX_WRAPPED_KEY_BYTES)?.to_vec();
+                    ControlOp::Invite { invite_key, role, expires, uses, wrapped }
+                }
+                kind::JOIN => {
+                    let invite_key = public_key(&mut r, "join invite key")?;
+                    let exchange = ExchangeKey(r.array("join exchange key")?);
+                    let proof = r.array("join proof")?;
+                    ControlOp::Join { invite_key, exchange, proof }
+                }
+                kind::REQUEST => {
+                    ControlOp::Request { exchange: ExchangeKey(r.array("request exchange key")?) }
+                }
+                kind::SET_ROLE => {
+                    let target = PeerId::from_bytes(r.array("role target")?);
+                    ControlOp::SetRole { target, role: role(&mut r)? }
+                }
+                kind::REVOKE_INVITE => ControlOp::RevokeInvite {
+                    invite_key: public_key(&mut r, "revoked invite key")?,
+                },
+                kind::REMOVE => {
+                    let target = PeerId::from_bytes(r.array("removed device")?);
+                    ControlOp::Remove { target, cut: r.u64_le("removal cut")? }
+                }
+                kind::LEAVE => ControlOp::Leave,
+                kind::ACK => {
+                    let n = r.bounded_varint("ack cursor count", MAX_ACK_CURSORS)?;
+                    let mut cursors: Vec<(PeerId, u64)> = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let at = r.offset();
+                        let origin = PeerId::from_bytes(r.array("ack origin")?);
+                        if cursors.last().is_some_and(|(last, _)| *last >= origin) {
+                            return Err(invalid(at, "ack origins not strictly ascending").into());
+                        }
+                        cursors.push((origin, r.varint("ack cursor")?));
+                    }
+                    ControlOp::Ack { cursors }
+                }
                 other => return Err(ControlError::NeedsUpgrade { kind: other }),
             };
         r.finish()?;
@@ -198,6 +478,31 @@ impl From<DecodeError> for ControlError {
     fn from(e: DecodeError) -> Self {
         ControlError::Malformed(e)
     }
+}
+
+fn invalid(offset: usize, why: &'static str) -> DecodeError {
+    DecodeError { offset, what: crate::codec::DecodeProblem::Invalid(why) }
+}
+
+fn public_key(r: &mut Reader<'_>, reading: &'static str) -> Result<PublicKey, DecodeError> {
+    let at = r.offset();
+    PublicKey::from_bytes(&r.array(reading)?).map_err(|_| invalid(at, "not an Ed25519 public key"))
+}
+
+fn role(r: &mut Reader<'_>) -> Result<Role, DecodeError> {
+    let at = r.offset();
+    Role::from_byte(r.u8("role")?).ok_or_else(|| invalid(at, "unknown role"))
+}
+
+/// The message an invite secret signs to admit `joiner` with `exchange`
+/// (`docs/FORMAT.md` §3.4).
+fn join_message(workspace: &WorkspaceId, joiner: &PeerId, exchange: &ExchangeKey) -> Vec<u8> {
+    let mut m = Vec::with_capacity(JOIN_PROOF_PREFIX.len() + 64);
+    m.extend_from_slice(JOIN_PROOF_PREFIX);
+    m.extend_from_slice(workspace.as_bytes());
+    m.extend_from_slice(joiner.as_bytes());
+    m.extend_from_slice(&exchange.0);
+    m
 }
 
 /// The message a predecessor's key signs to name `successor` (`docs/FORMAT.md` §3.4).
@@ -230,6 +535,31 @@ pub fn check_entry(
     body: &EntryBody,
 ) -> Result<(), RejectReason> {
     let EntryBody::Live(payload) = body else { return Ok(()) };
+    let decoded: Vec<ControlOp> = payload
+        .ops
+        .iter()
+        .filter(|o| o.domain == Domain::CONTROL)
+        .filter_map(|o| ControlOp::decode(o).ok())
+        .collect();
+    let genesis = decoded.iter().any(|o| matches!(o, ControlOp::Genesis { .. }));
+    let admissions = decoded
+        .iter()
+        .filter(|o| matches!(o, ControlOp::Join { .. } | ControlOp::Request { .. }))
+        .count();
+    let policies = decoded.iter().filter(|o| matches!(o, ControlOp::Policy { .. })).count();
+    if policies > usize::from(genesis)
+        || admissions > 1
+        || (admissions == 1 && (index != 0 || genesis))
+    {
+        return Err(RejectReason::MisplacedControl);
+    }
+    for op in &decoded {
+        if let ControlOp::Join { exchange, proof, invite_key } = op
+            && !invite_key.verify(&join_message(workspace, origin, exchange), proof)
+        {
+            return Err(RejectReason::ForgedJoin);
+        }
+    }
     for op in payload.ops.iter().filter(|o| o.domain == Domain::CONTROL) {
         if let Ok(ControlOp::Genesis { creator, salt }) = ControlOp::decode(op) {
             let founds_this = WorkspaceId::derive(&creator, &salt) == *workspace;
@@ -257,6 +587,7 @@ mod tests {
     use crate::entry::Payload;
     use crate::hlc::Hlc;
     use crate::ids::DeviceKey;
+    use proptest::prelude::*;
 
     fn body(op: Op) -> EntryBody {
         EntryBody::Live(Payload { hlc: Hlc::from_millis(1), author: None, ops: vec![op] })
@@ -324,6 +655,109 @@ mod tests {
         let own = ControlOp::successor(&old, ws, old.peer_id(&ws), 7, chain);
         let got = check_entry(&ws, &old.peer_id(&ws), 3, &body(own.to_op()));
         assert_eq!(got, Err(RejectReason::ForgedSuccessor));
+    }
+
+    #[test]
+    fn a_join_needs_its_invite_secrets_proof_for_this_device_and_workspace() {
+        let ws = WorkspaceId::from_bytes([9; 16]);
+        let invite = DeviceKey::from_secret_bytes(&[4; 32]);
+        let joiner = DeviceKey::from_secret_bytes(&[5; 32]);
+        let join = ControlOp::join(&invite, ws, &joiner);
+        assert_eq!(ControlOp::decode(&join.to_op()), Ok(join.clone()));
+        let me = joiner.peer_id(&ws);
+        assert_eq!(check_entry(&ws, &me, 0, &body(join.to_op())), Ok(()));
+        // Moved to another device or workspace, or signed by another key.
+        let other = DeviceKey::from_secret_bytes(&[6; 32]).peer_id(&ws);
+        assert_eq!(check_entry(&ws, &other, 0, &body(join.to_op())), Err(RejectReason::ForgedJoin));
+        let ws2 = WorkspaceId::from_bytes([8; 16]);
+        let moved = check_entry(&ws2, &joiner.peer_id(&ws2), 0, &body(join.to_op()));
+        assert_eq!(moved, Err(RejectReason::ForgedJoin));
+        let ControlOp::Join { exchange, .. } = join.clone() else { unreachable!() };
+        let forged = ControlOp::Join {
+            invite_key: invite.public_key(),
+            exchange,
+            proof: joiner.sign(b"anything"),
+        };
+        assert_eq!(check_entry(&ws, &me, 0, &body(forged.to_op())), Err(RejectReason::ForgedJoin));
+        // A join anywhere but entry 0, or two admission ops in one entry.
+        assert_eq!(
+            check_entry(&ws, &me, 1, &body(join.to_op())),
+            Err(RejectReason::MisplacedControl)
+        );
+        let request = ControlOp::Request { exchange: joiner.exchange_key() };
+        let both = EntryBody::Live(Payload {
+            hlc: Hlc::from_millis(1),
+            author: None,
+            ops: vec![join.to_op(), request.to_op()],
+        });
+        assert_eq!(check_entry(&ws, &me, 0, &both), Err(RejectReason::MisplacedControl));
+        // A policy outside the genesis entry.
+        let policy = ControlOp::Policy { encrypted: true, creator_exchange: exchange };
+        assert_eq!(
+            check_entry(&ws, &me, 0, &body(policy.to_op())),
+            Err(RejectReason::MisplacedControl)
+        );
+    }
+
+    fn any_peer() -> impl Strategy<Value = PeerId> {
+        any::<[u8; 16]>().prop_map(PeerId::from_bytes)
+    }
+
+    fn any_op() -> impl Strategy<Value = ControlOp> {
+        let key = (1u8..=255).prop_map(|n| DeviceKey::from_secret_bytes(&[n; 32]).public_key());
+        let role = prop_oneof![Just(Role::Member), Just(Role::Admin)];
+        let exchange = any::<[u8; 32]>().prop_map(ExchangeKey);
+        prop_oneof![
+            (key.clone(), any::<[u8; 16]>())
+                .prop_map(|(creator, salt)| ControlOp::Genesis { creator, salt }),
+            (any::<bool>(), exchange.clone()).prop_map(|(encrypted, creator_exchange)| {
+                ControlOp::Policy { encrypted, creator_exchange }
+            }),
+            (
+                key.clone(),
+                role.clone(),
+                any::<u64>(),
+                1..u32::MAX,
+                proptest::collection::vec(any::<u8>(), 0..80)
+            )
+                .prop_map(|(invite_key, role, expires, uses, wrapped)| {
+                    ControlOp::Invite { invite_key, role, expires, uses, wrapped }
+                }),
+            (key.clone(), exchange.clone(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
+                |(invite_key, exchange, a, b)| {
+                    let mut proof = [0; 64];
+                    proof[..32].copy_from_slice(&a);
+                    proof[32..].copy_from_slice(&b);
+                    ControlOp::Join { invite_key, exchange, proof }
+                }
+            ),
+            exchange.prop_map(|exchange| ControlOp::Request { exchange }),
+            (any_peer(), role).prop_map(|(target, role)| ControlOp::SetRole { target, role }),
+            key.prop_map(|invite_key| ControlOp::RevokeInvite { invite_key }),
+            (any_peer(), any::<u64>()).prop_map(|(target, cut)| ControlOp::Remove { target, cut }),
+            Just(ControlOp::Leave),
+            proptest::collection::btree_map(any_peer(), any::<u64>(), 0..20)
+                .prop_map(|m| ControlOp::Ack { cursors: m.into_iter().collect() }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_op_round_trips_and_its_bytes_are_canonical(op in any_op()) {
+            let encoded = op.to_op();
+            prop_assert_eq!(encoded.kind, op.kind());
+            let decoded = ControlOp::decode(&encoded).unwrap();
+            prop_assert_eq!(&decoded, &op);
+            prop_assert_eq!(decoded.to_op(), encoded);
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic_and_decode_canonically(kind in 0u32..14, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let op = Op { domain: Domain::CONTROL, kind, body };
+            if let Ok(decoded) = ControlOp::decode(&op) {
+                prop_assert_eq!(decoded.to_op(), op);
+            }
+        }
     }
 
     #[test]

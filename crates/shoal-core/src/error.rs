@@ -170,6 +170,12 @@ pub enum RejectReason {
     /// A successor op whose proof is not its predecessor key's signature naming this
     /// origin in this workspace (forged, moved, or altered).
     ForgedSuccessor,
+    /// A join whose proof is not the invite secret's signature for this device in this
+    /// workspace (forged, or moved from another device or workspace).
+    ForgedJoin,
+    /// A control op where the format does not allow it: a policy outside the genesis entry,
+    /// a join or request other than as a device's entry 0, or two of them in one entry.
+    MisplacedControl,
 }
 
 impl fmt::Display for RejectReason {
@@ -190,6 +196,12 @@ impl fmt::Display for RejectReason {
             RejectReason::WrongOrigin => "an entry of another origin in this origin's log",
             RejectReason::ForgedSuccessor => {
                 "a successor op not signed by its predecessor's key for this origin (forged)"
+            }
+            RejectReason::ForgedJoin => {
+                "a join not signed by its invite's secret for this device (forged or moved)"
+            }
+            RejectReason::MisplacedControl => {
+                "a policy, join or request op where the format does not allow one"
             }
         })
     }

@@ -213,6 +213,35 @@ impl DeviceKey {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
+
+    /// The X25519 secret this device receives wrapped workspace keys with (DESIGN §8). It is
+    /// derived from the signing key, so the one key file holds both and they cannot drift
+    /// apart; the derivation is one-way, so the exchange key reveals nothing of the signing
+    /// key.
+    pub fn exchange_secret(&self) -> x25519_dalek::StaticSecret {
+        let seed = blake3::derive_key(EXCHANGE_KEY_CONTEXT, &self.0.to_bytes());
+        x25519_dalek::StaticSecret::from(seed)
+    }
+
+    /// The public half of [`DeviceKey::exchange_secret`], published in the device's
+    /// genesis policy or join.
+    pub fn exchange_key(&self) -> ExchangeKey {
+        ExchangeKey(x25519_dalek::PublicKey::from(&self.exchange_secret()).to_bytes())
+    }
+}
+
+/// The blake3 context that derives a device's X25519 secret from its Ed25519 secret.
+const EXCHANGE_KEY_CONTEXT: &str = "shoal 2026-11 exchange key v1";
+
+/// An X25519 public key: where a member receives wrapped workspace keys (DESIGN §8). Any 32
+/// bytes are a valid X25519 public key, so this type carries no check.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExchangeKey(pub [u8; 32]);
+
+impl fmt::Debug for ExchangeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExchangeKey({})", hex::encode(&self.0[..4]))
+    }
 }
 
 impl fmt::Debug for DeviceKey {

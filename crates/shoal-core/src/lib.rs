@@ -55,6 +55,8 @@ mod error;
 mod hlc;
 mod ids;
 mod ingest;
+pub mod invite;
+pub mod membership;
 mod memory;
 mod sync;
 mod sync_loop;
@@ -72,8 +74,8 @@ pub use hlc::{
     clock_ahead, human_duration,
 };
 pub use ids::{
-    DeviceKey, IdParseError, InvalidKey, PeerId, PublicKey, RandomnessUnavailable, UserId,
-    WorkspaceId, random_bytes,
+    DeviceKey, ExchangeKey, IdParseError, InvalidKey, PeerId, PublicKey, RandomnessUnavailable,
+    UserId, WorkspaceId, random_bytes,
 };
 pub use ingest::{Ingest, Membership, OpenMembership, VerifiedRun, chain_through};
 pub use memory::MemoryReplica;
