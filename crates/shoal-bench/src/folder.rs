@@ -76,7 +76,7 @@ pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
     std::fs::create_dir(&folder)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let clock = ManualClock::new(1_700_000_000_000);
-    let options = || WorkspaceOptions { clock: Arc::new(clock.clone()) };
+    let options = || WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() };
     let first = Workspace::create(dir.path().join("d0.shoal"), options())?;
     first.declare(&spec())?;
     let mut devices = vec![first];
@@ -182,7 +182,11 @@ pub fn catchup_child(folder: &Path, workspace: &str, file: &Path) -> anyhow::Res
     let id = workspace.parse().context("workspace id")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let clock = ManualClock::new(1_700_000_000_000);
-    let late = Workspace::join(file, id, WorkspaceOptions { clock: Arc::new(clock) })?;
+    let late = Workspace::join(
+        file,
+        id,
+        WorkspaceOptions { clock: Arc::new(clock), ..Default::default() },
+    )?;
     let (res, time) = timed(|| rt.block_on(late.sync_folder(folder)));
     let out = res?;
     anyhow::ensure!(out.status.in_sync(), "not in sync: {:?}", out.status);

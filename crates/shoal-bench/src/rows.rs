@@ -118,7 +118,7 @@ fn spec() -> TableSpec {
 }
 
 fn options() -> WorkspaceOptions {
-    WorkspaceOptions { clock: Arc::new(ManualClock::new(1_700_000_000_000)) }
+    WorkspaceOptions { clock: Arc::new(ManualClock::new(1_700_000_000_000)), ..Default::default() }
 }
 
 /// Builds the op of one row's put as `Transaction::put` and `Transaction::commit` do: the

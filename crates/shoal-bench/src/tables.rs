@@ -38,7 +38,7 @@ fn row_id(tx: usize, row: usize) -> String {
 }
 
 fn options() -> WorkspaceOptions {
-    WorkspaceOptions { clock: Arc::new(ManualClock::new(1_700_000_000_000)) }
+    WorkspaceOptions { clock: Arc::new(ManualClock::new(1_700_000_000_000)), ..Default::default() }
 }
 
 fn plain_db(path: &Path, sync: &str) -> anyhow::Result<Connection> {

@@ -85,7 +85,7 @@ pub(crate) fn sim_config(faults: &Arc<DeviceFaults>) -> Config {
 
 impl Device {
     pub(crate) fn options(&self) -> WorkspaceOptions {
-        WorkspaceOptions { clock: Arc::new(self.clock.clone()) }
+        WorkspaceOptions { clock: Arc::new(self.clock.clone()), ..Default::default() }
     }
 
     /// The open workspace. Between steps a device is always open (see the module doc).

@@ -40,6 +40,7 @@
 mod guard;
 mod keyfile;
 mod materialize;
+mod members;
 mod replica;
 mod schema;
 mod succession;

@@ -76,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) cursors: CursorBroadcast,
     pub(crate) clock: Arc<dyn WallClock>,
     ingest: Ingest,
+    /// The membership roster as last folded (`members`).
+    pub(crate) roster: crate::members::RosterCache,
     /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
     read_only: bool,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -299,6 +301,7 @@ impl SqliteReplica {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(sql)?;
             tx.execute_batch(crate::succession::DDL).map_err(sql)?;
+            crate::members::ensure(&tx).map_err(sql)?;
             writer.materializer.init(&tx).map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
@@ -318,6 +321,7 @@ impl SqliteReplica {
                 app_readers: Mutex::new(Vec::new()),
                 cursors: CursorBroadcast::new(cursors),
                 ingest,
+                roster: std::sync::Mutex::new(None),
                 clock: options.clock,
                 read_only,
                 poller: Mutex::new(None),
@@ -512,6 +516,8 @@ impl SqliteReplica {
                             entry.seal.as_ref().map(|s| s.signature.as_slice()),
                         ])
                         .map_err(self.backend("append to the oplog"))?;
+                    crate::members::record(&tx, entry, bytes)
+                        .map_err(self.backend("record a control entry"))?;
                     // Our own origin only stalls materialization if a newer version wrote
                     // this log before (a restored backup); keep entries in order then.
                     if materialized == entry.index {
@@ -574,15 +580,18 @@ impl SqliteReplica {
         self.check_writable()?;
         let mut entries = entries;
         let successor = entries.iter().any(crate::succession::names_a_successor);
+        let control = entries.iter().any(crate::members::is_control);
+        self.ack_before_cutting(&entries)?;
         loop {
             let position = self.position(origin)?;
             let cut = self.superseded(origin)?.map(|s| s.from);
             let run = self.inner.ingest.verify_with(origin, position, entries, cut);
             match self.store_verified(run)? {
                 Ok(applied) => {
-                    if successor {
-                        // Entries applied here may be superseded now (rebuild), and stalls
-                        // on superseded entries end.
+                    if successor || control {
+                        // Entries applied here may be superseded now (rebuild), stalls on
+                        // superseded entries end, and entries held for membership may
+                        // apply now.
                         self.resume_materialization()?;
                     }
                     return applied;
@@ -636,6 +645,18 @@ impl SqliteReplica {
                     return Ok(Attempt::Moved);
                 }
                 let superseded = |index: u64| cut.is_some_and(|c| index >= c);
+                // Entries past the origin's membership limit are stored, held (not applied).
+                let roster =
+                    crate::members::roster_with(&self.inner.roster, &tx, &ws, run.entries())
+                        .map_err(self.backend("read the membership"))?;
+                let limit = self.limit_of(&roster, &origin);
+                if let Some(first) = run.entries().iter().find(|e| e.index >= limit)
+                    && stall.as_ref().is_none_or(|(i, _)| *i > first.index)
+                {
+                    let why = crate::members::hold(&roster, &origin, first.index, &first.body)
+                        .unwrap_or_else(|| "not a member".into());
+                    stall = Some((first.index, why));
+                }
                 materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
                 let mut clock =
                     HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
@@ -665,6 +686,8 @@ impl SqliteReplica {
                                 e.seal.as_ref().map(|s| s.signature.as_slice()),
                             ])
                             .map_err(self.backend("append to the oplog"))?;
+                        crate::members::record(&tx, e, &buf)
+                            .map_err(self.backend("record a control entry"))?;
                         let stalled_here = stall.as_ref().is_some_and(|(i, _)| *i <= e.index);
                         if materialized != e.index || stalled_here || superseded(e.index) {
                             continue;
@@ -940,7 +963,8 @@ impl SqliteReplica {
         // then everything is materialized again (at most once per new successor).
         for _ in 0..8 {
             self.rematerialize_behind()?;
-            if !self.settle_successions()? {
+            let rebuild = self.settle_successions()?;
+            if !(self.settle_membership()? || rebuild) {
                 break;
             }
         }
@@ -948,7 +972,11 @@ impl SqliteReplica {
     }
 
     fn rematerialize_behind(&self) -> Result<(), SyncError> {
-        let applicable = |s: &OriginStatus| s.superseded.map_or(s.next, |c| c.from.min(s.next));
+        let roster = self.roster()?;
+        let applicable = |s: &OriginStatus| {
+            let next = s.superseded.map_or(s.next, |c| c.from.min(s.next));
+            next.min(self.limit_of(&roster, &s.origin))
+        };
         let behind: Vec<OriginStatus> =
             self.origin_status()?.into_iter().filter(|s| s.materialized < applicable(s)).collect();
         for status in behind {

@@ -184,7 +184,7 @@ fn recompute_clock(conn: &Connection, wall: u64) -> rusqlite::Result<()> {
 /// Starts a rebuild of the materialized state inside `conn`'s transaction: every domain's
 /// state is forgotten, every origin's `materialized` goes back to 0 (the stored log is
 /// untouched), and the clock is recomputed.
-fn start_rebuild(w: &mut Writer, wall: u64) -> rusqlite::Result<()> {
+pub(crate) fn start_rebuild(w: &mut Writer, wall: u64) -> rusqlite::Result<()> {
     w.materializer.reset(&w.conn)?;
     w.conn.execute("UPDATE shoal_origins SET materialized = 0", [])?;
     recompute_clock(&w.conn, wall)

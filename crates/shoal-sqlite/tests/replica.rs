@@ -149,6 +149,11 @@ async fn an_origin_stamped_too_far_ahead_stalls_alone() {
     let fast = device(&dir, "fast", ws, 1, &fast_clock);
     let honest = device(&dir, "honest", ws, 2, &clock);
     let b = device(&dir, "b", ws, 3, &clock);
+    // The workspace's genesis: until it arrives, a replica applies nothing of others.
+    let founder = device(&dir, "founder", ws, 100, &clock);
+    let genesis = shoal_core::control::ControlOp::genesis(workspace().1.public_key(), [0; 16]);
+    founder.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }]).unwrap();
+    pull(&founder, &b).await.unwrap();
     fast.append_local(vec![tx(1)]).unwrap();
     honest.append_local(vec![tx(2)]).unwrap();
 

@@ -69,7 +69,8 @@ impl Workspace {
             .map_err(|e| Error::Path { path: self.path().to_owned(), reason: e.to_string() })?;
         let succession = self.replica().succeed(key, cut)?;
         let path = self.path().to_owned();
-        let options = WorkspaceOptions { clock: self.replica().wall_clock().clone() };
+        let options =
+            WorkspaceOptions { clock: self.replica().wall_clock().clone(), ..Default::default() };
         drop(self);
         let reopened = Workspace::open(&path, options)?;
         Ok((reopened, ClockRecovery { was_ahead, succession }))

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("{0}")]
     Forked(String),
 
+    /// A membership operation this device may not make (not an admin, not a member, an
+    /// unknown device), or an invite code for another workspace.
+    #[error("{0}")]
+    Membership(String),
+
     /// No visible table has this name.
     #[error("no table named {name:?} (see `shoal table list`)")]
     UnknownTable {

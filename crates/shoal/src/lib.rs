@@ -29,12 +29,14 @@
 mod clock;
 mod error;
 mod folder;
+mod members;
 mod rebuild;
 mod workspace;
 
 pub use clock::ClockRecovery;
 pub use error::{Error, Result};
 pub use folder::{FolderSync, LastSync, SyncLock};
+pub use members::{Member, Members};
 pub use rebuild::{StateCheck, StateDifference};
 pub use shoal_core as core;
 pub use shoal_filelog as filelog;

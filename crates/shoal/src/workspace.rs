@@ -32,11 +32,14 @@ use crate::error::{Error, Result};
 pub struct WorkspaceOptions {
     /// The wall clock (the system clock unless a test injects one).
     pub clock: Arc<dyn WallClock>,
+    /// For [`Workspace::create`]: the workspace admits only invited devices (DESIGN §8;
+    /// `docs/ARCHITECTURE.md`, "Membership"). Fixed for life by the genesis entry.
+    pub members_only: bool,
 }
 
 impl Default for WorkspaceOptions {
     fn default() -> Self {
-        WorkspaceOptions { clock: Arc::new(SystemClock) }
+        WorkspaceOptions { clock: Arc::new(SystemClock), members_only: false }
     }
 }
 
@@ -199,10 +202,18 @@ impl Workspace {
         let id = genesis.founds().ok_or_else(|| {
             Error::Sync(shoal_core::SyncError::Bug("a genesis founds a workspace".into()))
         })?;
-        Self::create_file(path.as_ref(), id, key, options, Some(genesis))
+        let mut first = vec![genesis];
+        if options.members_only {
+            first
+                .push(ControlOp::Policy { encrypted: false, creator_exchange: key.exchange_key() });
+        }
+        Self::create_file(path.as_ref(), id, key, options, first)
     }
 
     /// Creates a file for a new device of the existing workspace `id`; it fills by syncing.
+    /// In a members-only workspace its entry 0 asks to join, and its writes stay pending
+    /// until an admin admits it ([`Workspace::admit`]); with an invite code, use
+    /// [`Workspace::join_with_code`].
     pub fn join(
         path: impl AsRef<Path>,
         id: WorkspaceId,
@@ -221,7 +232,31 @@ impl Workspace {
         key: DeviceKey,
         options: WorkspaceOptions,
     ) -> Result<Workspace> {
-        Self::create_file(path.as_ref(), id, key, options, None)
+        let request = ControlOp::Request { exchange: key.exchange_key() };
+        Self::create_file(path.as_ref(), id, key, options, vec![request])
+    }
+
+    /// Creates a file for a new device joining with an invite code: its entry 0 redeems
+    /// the invite, and the join is the admission (no admin needs to be online).
+    pub fn join_with_code(
+        path: impl AsRef<Path>,
+        code: &shoal_core::invite::InviteCode,
+        options: WorkspaceOptions,
+    ) -> Result<Workspace> {
+        let key = DeviceKey::generate()
+            .map_err(|e| Error::Path { path: path.as_ref().to_owned(), reason: e.to_string() })?;
+        Self::join_with_code_and_key(path, code, key, options)
+    }
+
+    /// [`Workspace::join_with_code`] with a device key of the caller's.
+    pub fn join_with_code_and_key(
+        path: impl AsRef<Path>,
+        code: &shoal_core::invite::InviteCode,
+        key: DeviceKey,
+        options: WorkspaceOptions,
+    ) -> Result<Workspace> {
+        let join = code.join_op(&key);
+        Self::create_file(path.as_ref(), code.workspace, key, options, vec![join])
     }
 
     /// Creates the file atomically: it is built and closed under a hidden temporary name
@@ -233,7 +268,7 @@ impl Workspace {
         id: WorkspaceId,
         key: DeviceKey,
         options: WorkspaceOptions,
-        genesis: Option<ControlOp>,
+        first: Vec<ControlOp>,
     ) -> Result<Workspace> {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(parent) = parent
@@ -260,9 +295,9 @@ impl Workspace {
                 Some(key),
                 Options { clock: options.clock.clone(), domains: vec![Box::new(m)] },
             )?;
-            if let Some(genesis) = genesis {
-                replica.append_local(vec![LocalTx { ops: vec![genesis.to_op()], author: None }])?;
-            }
+            // Entry 0: the genesis (and policy) of a new workspace, or how this device joins.
+            let ops: Vec<_> = first.iter().map(ControlOp::to_op).collect();
+            replica.append_local(vec![LocalTx { ops, author: None }])?;
             drop(replica);
             // The replica's last connections to close are read-only ones, which cannot merge
             // the WAL: one read-write connection, closed last, merges it into the file and
@@ -369,6 +404,14 @@ impl Workspace {
 
     pub(crate) fn set_own_log_checked(&self) {
         self.own_checked.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What every local write checks first: the file is writable, this device's log is not
+    /// forked, and its own log was looked at in its folder since opening.
+    pub(crate) fn before_local_write(&self) -> Result<()> {
+        self.replica.check_writable()?;
+        self.refuse_if_forked()?;
+        self.own_log_first()
     }
 
     fn refuse_if_forked(&self) -> Result<()> {
@@ -690,9 +733,7 @@ impl Workspace {
 
     fn commit_ops(&self, ops: Vec<TableOp>) -> Result<Commit> {
         let ops = ops.iter().map(|o| o.to_op()).collect::<Result<Vec<_>, _>>()?;
-        self.replica.check_writable()?;
-        self.refuse_if_forked()?;
-        self.own_log_first()?;
+        self.before_local_write()?;
         let n_ops = ops.len() as u64;
         let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;
         let c = commits.first().ok_or_else(|| {

@@ -112,7 +112,7 @@ fn a_column_added_under_a_name_whose_id_is_taken_gets_another_id() {
 async fn schema_changes_travel_to_other_devices() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
-    let opts = || WorkspaceOptions { clock: Arc::new(clock.clone()) };
+    let opts = || WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() };
     let a = Workspace::create(dir.path().join("a.shoal"), opts()).unwrap();
     let b = Workspace::join(dir.path().join("b.shoal"), a.id(), opts()).unwrap();
     a.declare(&todo()).unwrap();

@@ -70,7 +70,7 @@ async fn status_counts_rows_written_under_a_losing_definition() {
 
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
-    let opts = || WorkspaceOptions { clock: Arc::new(clock.clone()) };
+    let opts = || WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() };
     let a = Workspace::create(dir.path().join("a.shoal"), opts()).unwrap();
     let b = Workspace::join(dir.path().join("b.shoal"), a.id(), opts()).unwrap();
     pull(a.replica(), b.replica()).await.unwrap();

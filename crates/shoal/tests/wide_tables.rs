@@ -21,7 +21,7 @@ fn text(s: &str) -> Value {
 }
 
 fn opts(clock: &ManualClock) -> WorkspaceOptions {
-    WorkspaceOptions { clock: Arc::new(clock.clone()) }
+    WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() }
 }
 
 /// Two devices of one workspace, sharing a manual clock.

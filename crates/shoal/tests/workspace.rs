@@ -20,7 +20,7 @@ fn todo() -> TableSpec {
 }
 
 fn opts(clock: &ManualClock) -> WorkspaceOptions {
-    WorkspaceOptions { clock: Arc::new(clock.clone()) }
+    WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() }
 }
 
 /// Two devices of one workspace, sharing a manual clock.
@@ -208,11 +208,9 @@ async fn data_before_its_schema_shows_once_the_schema_arrives() {
 
     // C hears from B first: rows of a table it does not know yet are kept, not shown.
     let b_origin = b.device().unwrap();
-    let b_entries = b.replica().history(Some(b_origin), 0, usize::MAX).unwrap();
-    for e in b_entries {
-        use shoal::core::LogProcessor;
-        c.replica().apply(e).await.unwrap();
-    }
+    // Its whole log, as one sealed run (its entry 0 is its join request).
+    let b_entries = b.replica().read_page(b_origin, 0).unwrap();
+    c.replica().apply_entries(b_origin, b_entries).unwrap();
     assert!(c.schema().unwrap().table("todo").is_none());
     pull(a.replica(), c.replica()).await.unwrap();
     assert_eq!(rows(&c, "SELECT id, title FROM todo"), vec![vec![text("1"), text("written by b")]]);

@@ -69,7 +69,7 @@ impl Setup {
     }
 
     fn options(clock: &ManualClock) -> WorkspaceOptions {
-        WorkspaceOptions { clock: Arc::new(clock.clone()) }
+        WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() }
     }
 
     fn create(&self, name: &str) -> Device {

@@ -34,7 +34,9 @@ impl WallClock for OffsetClock {
 /// The options every command opens or creates a workspace with.
 pub fn options() -> WorkspaceOptions {
     match std::env::var(OFFSET_VAR).ok().and_then(|v| v.trim().parse::<i64>().ok()) {
-        Some(offset) => WorkspaceOptions { clock: Arc::new(OffsetClock(offset)) },
+        Some(offset) => {
+            WorkspaceOptions { clock: Arc::new(OffsetClock(offset)), ..Default::default() }
+        }
         None => WorkspaceOptions::default(),
     }
 }

@@ -68,7 +68,7 @@ pub async fn run(ctx: &mut Ctx, a: DemoArgs) -> Result<Outcome> {
     let folder = dir.join("shared");
     std::fs::create_dir(&folder)?;
     let clock = ManualClock::new(START);
-    let opts = || WorkspaceOptions { clock: Arc::new(clock.clone()) };
+    let opts = || WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() };
     let out = &mut ctx.out;
     out.line("Shoal demo: three devices, one shared folder, offline edits that conflict.")?;
     out.line(format!(
