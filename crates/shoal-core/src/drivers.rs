@@ -44,7 +44,11 @@ where
     let have = source.cursors().await?;
     let mut report = PullReport::default();
     let mut targets = target.cursors().await?;
-    for (origin, _, to) in have.ahead_of(&targets) {
+    let first = target.pull_first();
+    let mut order = have.ahead_of(&targets);
+    // Stable: the named origins first, the rest in id order.
+    order.sort_by_key(|(origin, _, _)| !first.contains(origin));
+    for (origin, _, to) in order {
         // Another writer may have advanced the target meanwhile; re-reading is cheap.
         let from = targets.get(&origin);
         match pull_origin(source, target, origin, from, to).await {

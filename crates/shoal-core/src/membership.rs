@@ -131,6 +131,9 @@ pub struct Roster {
     pub encrypted: bool,
     /// The creator, once its genesis is known.
     pub creator: Option<PeerId>,
+    /// Whether the genesis is known. Before it is, nothing is known to be valid (every
+    /// limit is 0), and nobody can tell whether the workspace is open.
+    pub founded: bool,
     devices: BTreeMap<PeerId, DeviceStatus>,
     invites: Vec<InviteStatus>,
 }
@@ -270,6 +273,15 @@ impl Roster {
         &self.invites
     }
 
+    /// The admitted admins, active or not.
+    pub fn admins(&self) -> Vec<PeerId> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.role == Some(Role::Admin))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Whether `origin` is an admitted admin whose entry `index` counts.
     pub fn is_admin_at(&self, origin: &PeerId, index: u64) -> bool {
         self.devices
@@ -317,6 +329,7 @@ fn base_roster(log: &ControlLog, workspace: &WorkspaceId, floor: &BTreeMap<PeerI
         open: false,
         encrypted: false,
         creator: None,
+        founded: false,
         devices: BTreeMap::new(),
         invites: Vec::new(),
     };
@@ -330,6 +343,7 @@ fn base_roster(log: &ControlLog, workspace: &WorkspaceId, floor: &BTreeMap<PeerI
         return roster;
     };
     roster.creator = Some(creator);
+    roster.founded = true;
     let policy = genesis.ops.iter().find_map(|o| match o {
         ControlOp::Policy { encrypted, creator_exchange } => Some((*encrypted, *creator_exchange)),
         _ => None,

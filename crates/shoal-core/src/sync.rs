@@ -96,6 +96,13 @@ pub trait LogProcessor<E: LogPosition + Send + 'static>: HasCursors {
         let out = self.apply_batch(origin, vec![entry]).await?;
         Ok(Applied { new: out.new > 0 })
     }
+
+    /// Origins a pull should take before the others (a replica that judges membership
+    /// names its admins, so that in one pass a removal is stored before the removed
+    /// device's later entries are). Default: none, in id order.
+    fn pull_first(&self) -> Vec<PeerId> {
+        Vec::new()
+    }
 }
 
 /// Both sides: a replica can serve, relay and merge logs. The SQL oplog is one.

@@ -53,6 +53,17 @@ SELECT o.origin, l.id & 1099511627775, l.payload FROM shoal_oplog l
 JOIN shoal_origins o ON o.no = (l.id >> 40)
 WHERE l.expunged = 0 AND substr(l.payload, 1, 1) = x'00'";
 
+/// Metadata key and value: this device joined with an invite, so the workspace is
+/// members-only whatever arrives first.
+const EXPECT_KEY: &str = "membership";
+const EXPECT_MEMBERS: &[u8] = b"members-only";
+
+/// Whether the file records that the workspace is members-only (see
+/// [`SqliteReplica::expect_members_only`]).
+pub(crate) fn members_expected(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(crate::schema::meta(conn, EXPECT_KEY)?.as_deref() == Some(EXPECT_MEMBERS))
+}
+
 /// The roster as last folded, with the table's row count it was folded from.
 pub(crate) type RosterCache = std::sync::Mutex<Option<(i64, Arc<Roster>)>>;
 
@@ -187,10 +198,31 @@ impl SqliteReplica {
         })
     }
 
-    /// The first index of `origin` that may not be applied here (this device's own log is
-    /// never held here).
+    /// The first index of `origin` that may not be applied here. This device's own log is
+    /// never held here. Before the genesis is here, nobody can tell whether the workspace
+    /// is open: a device that joined by workspace id applies what is authentic (and
+    /// rebuilds without what the policy refuses once the genesis arrives), one that joined
+    /// with an invite ([`SqliteReplica::expect_members_only`]) holds everything.
     pub(crate) fn limit_of(&self, roster: &Roster, origin: &PeerId) -> u64 {
-        if self.own_origin() == Some(*origin) { u64::MAX } else { roster.limit(origin) }
+        let unknown_policy = !roster.founded && !self.members_expected();
+        if self.own_origin() == Some(*origin) || unknown_policy {
+            u64::MAX
+        } else {
+            roster.limit(origin)
+        }
+    }
+
+    fn members_expected(&self) -> bool {
+        self.inner.members_expected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records that this workspace admits members only before its genesis is here (a
+    /// device joining with an invite knows it): until the genesis arrives, nothing of other
+    /// devices is applied.
+    pub fn expect_members_only(&self) -> Result<(), SyncError> {
+        self.set_meta(EXPECT_KEY, EXPECT_MEMBERS)?;
+        self.inner.members_expected.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// The replica's duty before storing `entries` of another origin (see the module doc):
@@ -214,7 +246,7 @@ impl SqliteReplica {
                 SyncError::backend(format!("{}: read the membership", path.display()), e)
             })
         })?;
-        if now.open || now.limit(&own) != u64::MAX {
+        if now.open || !now.founded || now.limit(&own) != u64::MAX {
             return Ok(()); // not a member: its acks would count for nothing
         }
         let cuts = self
@@ -247,7 +279,7 @@ impl SqliteReplica {
         w.conn.execute_batch("BEGIN IMMEDIATE").map_err(self.backend("begin settling"))?;
         let result = (|| -> rusqlite::Result<bool> {
             let roster = roster(&self.inner.roster, &w.conn, &ws)?;
-            if roster.open {
+            if roster.open || (!roster.founded && !self.members_expected()) {
                 return Ok(false);
             }
             let rows: Vec<(Vec<u8>, i64, i64, Option<String>)> = w

@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     ingest: Ingest,
     /// The membership roster as last folded (`members`).
     pub(crate) roster: crate::members::RosterCache,
+    /// The file records that the workspace is members-only (`members`).
+    pub(crate) members_expected: std::sync::atomic::AtomicBool,
     /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
     read_only: bool,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -185,6 +187,10 @@ pub struct OriginStatus {
     /// The origin's successor, if one took over: entries from `from` on are stored, never
     /// applied, and are not a stall.
     pub superseded: Option<crate::succession::Superseded>,
+    /// Why entries of the origin are held by membership (a device not admitted, removed,
+    /// or gone): stored and forwarded, not applied, and not a stall: that is the rule
+    /// working, not something to fix here.
+    pub pending: Option<String>,
 }
 
 impl SqliteReplica {
@@ -306,6 +312,7 @@ impl SqliteReplica {
             tx.commit().map_err(sql)?;
         }
         let cursors = read_cursors(&writer.conn).map_err(sql)?;
+        let members_expected = crate::members::members_expected(&writer.conn).map_err(sql)?;
         let ingest = Ingest::new(workspace).with_clock(options.clock.clone());
         let ingest = match &device {
             Some(key) => ingest.with_own_origin(key.peer_id(&workspace)),
@@ -322,6 +329,7 @@ impl SqliteReplica {
                 cursors: CursorBroadcast::new(cursors),
                 ingest,
                 roster: std::sync::Mutex::new(None),
+                members_expected: std::sync::atomic::AtomicBool::new(members_expected),
                 clock: options.clock,
                 read_only,
                 poller: Mutex::new(None),
@@ -463,6 +471,7 @@ impl SqliteReplica {
         }
         let ws = self.inner.workspace;
         let origin = key.peer_id(&ws);
+        let control = txs.iter().any(|t| t.class() == Ok(shoal_core::EntryClass::Control));
         let mut guard = self.writer();
         guard.set_durability(Durability::Full).map_err(self.backend("set synchronous"))?;
         let Writer { conn, materializer, .. } = &mut *guard;
@@ -559,6 +568,10 @@ impl SqliteReplica {
                 materializer.committed();
                 drop(guard);
                 self.inner.cursors.publish(&[(origin, next)].into_iter().collect());
+                if control {
+                    // An admission, removal or ack of this device's changes what applies.
+                    self.resume_materialization()?;
+                }
                 Ok(commits)
             }
             Err(e) => {
@@ -649,13 +662,14 @@ impl SqliteReplica {
                 let roster =
                     crate::members::roster_with(&self.inner.roster, &tx, &ws, run.entries())
                         .map_err(self.backend("read the membership"))?;
-                let limit = self.limit_of(&roster, &origin);
-                if let Some(first) = run.entries().iter().find(|e| e.index >= limit)
-                    && stall.as_ref().is_none_or(|(i, _)| *i > first.index)
+                // Held from the first entry not yet applied at or past the limit.
+                let held_from = self.limit_of(&roster, &origin).max(row.materialized);
+                if let Some(first) = run.entries().iter().find(|e| e.index >= held_from)
+                    && stall.as_ref().is_none_or(|(i, _)| *i > held_from)
                 {
-                    let why = crate::members::hold(&roster, &origin, first.index, &first.body)
+                    let why = crate::members::hold(&roster, &origin, held_from, &first.body)
                         .unwrap_or_else(|| "not a member".into());
-                    stall = Some((first.index, why));
+                    stall = Some((held_from, why));
                 }
                 materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
                 let mut clock =
@@ -870,8 +884,10 @@ impl SqliteReplica {
     /// Per-origin status: cursor, materialization progress, stall reason.
     pub fn origin_status(&self) -> Result<Vec<OriginStatus>, SyncError> {
         let path = self.inner.path.clone();
+        let ws = self.inner.workspace;
         self.with_reader(|conn| {
             let sql = |e| SyncError::backend(format!("{}: read origin status", path.display()), e);
+            let roster = crate::members::roster(&self.inner.roster, conn, &ws).map_err(sql)?;
             let mut stmt = conn
                 .prepare_cached("SELECT origin, next, materialized, stalled, stalled_at FROM shoal_origins ORDER BY origin")
                 .map_err(sql)?;
@@ -885,13 +901,22 @@ impl SqliteReplica {
                 let (origin, next, materialized, stalled, at) = row.map_err(sql)?;
                 let origin = PeerId::from_slice(&origin).ok_or_else(|| damaged_row(&path, "an origin id is not 16 bytes"))?;
                 let superseded = crate::succession::superseded(conn, &origin).map_err(sql)?;
+                let (next, materialized) = (next as u64, materialized as u64);
+                let held = materialized < next && materialized >= self.limit_of(&roster, &origin);
+                let (stalled, pending) = if held {
+                    let why = crate::members::hold(&roster, &origin, materialized, &EntryBody::Expunged(EntryHash([0; 32])));
+                    (None, why.or(stalled))
+                } else {
+                    (stalled, None)
+                };
                 out.push(OriginStatus {
                     origin,
-                    next: next as u64,
-                    materialized: materialized as u64,
+                    next,
+                    materialized,
                     stalled,
-                    stalled_at: at.map(|t| t as u64),
+                    stalled_at: if held { None } else { at.map(|t| t as u64) },
                     superseded,
+                    pending,
                 });
             }
             Ok(out)
@@ -1149,6 +1174,12 @@ impl LogProcessor<Entry> for SqliteReplica {
     ) -> Result<BatchApplied, SyncError> {
         let me = self.clone();
         run_blocking(move || me.apply_entries(origin, entries)).await
+    }
+
+    fn pull_first(&self) -> Vec<PeerId> {
+        // Admins' logs first: a removal is then stored before the removed device's later
+        // entries of the same pass (which would otherwise be applied and acknowledged).
+        self.roster().map(|r| r.admins()).unwrap_or_default()
     }
 }
 

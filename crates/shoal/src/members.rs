@@ -31,6 +31,8 @@ pub struct Members {
     /// The workspace was created without membership: every device that can write the
     /// folder may write.
     pub open: bool,
+    /// The workspace's genesis is here: whether it is open is known.
+    pub founded: bool,
     /// Every device known, by peer id.
     pub devices: Vec<Member>,
 }
@@ -94,7 +96,7 @@ impl Workspace {
                 is_self: Some(id) == me,
             });
         }
-        Ok(Members { open: roster.open, devices })
+        Ok(Members { open: roster.open, founded: roster.founded, devices })
     }
 
     /// Creates an invite: `role`, valid for `valid_for` (forever if `None`), for `uses`

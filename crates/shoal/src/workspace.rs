@@ -298,6 +298,10 @@ impl Workspace {
             // Entry 0: the genesis (and policy) of a new workspace, or how this device joins.
             let ops: Vec<_> = first.iter().map(ControlOp::to_op).collect();
             replica.append_local(vec![LocalTx { ops, author: None }])?;
+            if first.iter().any(|o| matches!(o, ControlOp::Join { .. })) {
+                // Invites exist only in members-only workspaces.
+                replica.expect_members_only()?;
+            }
             drop(replica);
             // The replica's last connections to close are read-only ones, which cannot merge
             // the WAL: one read-write connection, closed last, merges it into the file and

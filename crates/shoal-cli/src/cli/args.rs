@@ -52,9 +52,11 @@ Examples:
   shoal init -w laptop.shoal                      a new workspace; prints its id
   shoal init -w phone.shoal --folder shared       join the one workspace in a sync folder
   shoal init -w phone.shoal --join 5d1c...e07a    join by id (then `shoal sync`)
+  shoal init -w laptop.shoal --members            only invited devices may write
 
-Until the security issue lands, anyone who can read the folder can join: there is no
-membership check yet.")]
+In a members-only workspace a device that joins without an invite only asks to join: its
+writes stay pending until an admin runs `shoal admit`. Join with `shoal join CODE` instead.
+A workspace created without --members lets any device that can write its folder write.")]
     Init(InitArgs),
 
     /// Create, change or list tables.
@@ -150,6 +152,51 @@ Every other device then stops waiting for the writes stamped in the future and a
 their re-issued copies; nothing is lost or applied twice. Refused if the clock is not ahead.")]
     RecoverClock(RecoverClockArgs),
 
+    /// Create an invite code for a new device (members-only workspaces; admins only).
+    #[command(after_help = "\
+Examples:
+  shoal invite --folder ~/Dropbox/shoal                  one member, never expires
+  shoal invite --role admin --expires 7d --uses 3 --folder ~/Dropbox/shoal
+
+Give the printed code to the person over a channel you trust: whoever holds it can join
+(up to --uses devices, until --expires). With --folder the invite is published at once
+and the code names the folder, so the new device joins while you are offline.")]
+    Invite(InviteArgs),
+
+    /// Join a workspace with an invite code: creates the workspace file and syncs once.
+    #[command(after_help = "\
+Examples:
+  shoal join -w phone.shoal 'shoal-invite:AR2f...'       the folder named in the code
+  shoal join -w phone.shoal 'shoal-invite:AR2f...' --folder ~/Dropbox/shoal")]
+    Join(JoinArgs),
+
+    /// List the workspace's devices: role, who admitted each, when, state, pending entries.
+    #[command(after_help = "\
+Examples:
+  shoal members
+  shoal members --json")]
+    Members,
+
+    /// Admit a device that joined without an invite, or make a member an admin (admins).
+    #[command(after_help = "\
+Examples:
+  shoal admit 1a2b3c4d --folder ~/Dropbox/shoal          the device id or a unique prefix
+  shoal admit 1a2b3c4d --role admin")]
+    Admit(AdmitArgs),
+
+    /// Remove a device (admins): nothing it writes past what this device holds of it is
+    /// applied anywhere.
+    #[command(after_help = "\
+Examples:
+  shoal remove 1a2b3c4d --folder ~/Dropbox/shoal")]
+    Remove(DeviceArgs),
+
+    /// Leave the workspace: nothing this device writes afterwards is applied elsewhere.
+    #[command(after_help = "\
+Examples:
+  shoal leave --folder ~/Dropbox/shoal")]
+    Leave(FolderArg),
+
     /// Three devices edit offline, conflict, sync through a folder and converge.
     #[command(after_help = "\
 Examples:
@@ -168,6 +215,76 @@ pub struct InitArgs {
 
     /// Join the workspace found in this sync folder (without --join: the only one there),
     /// and sync with it once.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+
+    /// Create a members-only workspace: only devices with an invite (`shoal invite`) or
+    /// admitted by an admin (`shoal admit`) can write to it. Fixed for life.
+    #[arg(long, conflicts_with = "join")]
+    pub members: bool,
+}
+
+/// `shoal invite`.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// The role of a device that joins with it.
+    #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+    pub role: String,
+
+    /// How long the invite can be used (e.g. `7d`, `12h`, `30m`); never expires if absent.
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+
+    /// How many devices can join with it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub uses: u32,
+
+    /// The sync folder: the invite is published there at once, and the code names it.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The invite code (`shoal-invite:...`).
+    pub code: String,
+
+    /// The sync folder (default: the one named in the code).
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal admit`.
+#[derive(Debug, Args)]
+pub struct AdmitArgs {
+    /// The device id (32 hex digits) or a unique prefix of at least 8.
+    pub device: String,
+
+    /// Its role.
+    #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+    pub role: String,
+
+    /// Sync with this folder before (to see the device) and after (to publish).
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// `shoal remove`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device id (32 hex digits) or a unique prefix of at least 8.
+    pub device: String,
+
+    /// Sync with this folder before and after.
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+}
+
+/// A command's optional sync folder.
+#[derive(Debug, Args)]
+pub struct FolderArg {
+    /// Sync with this folder before and after.
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! `shoal init`: creates a workspace file — a new workspace, or a new device of an existing
-//! one, named by `--join <id>` or found in a sync folder with `--folder`. Joining this way
-//! has no membership check yet: that arrives with the security issue (docs/CLI.md).
+//! one, named by `--join <id>` or found in a sync folder with `--folder`. A device joining
+//! this way asks to join: in a members-only workspace (`--members`) its writes stay pending
+//! until an admin admits it; `shoal join CODE` joins with an invite instead (docs/CLI.md).
 
 use std::path::Path;
 
@@ -44,7 +45,10 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
     };
     let ws = match join {
         Some(id) => Workspace::join(&path, id, super::clock::options())?,
-        None => Workspace::create(&path, super::clock::options())?,
+        None => Workspace::create(
+            &path,
+            shoal::WorkspaceOptions { members_only: a.members, ..super::clock::options() },
+        )?,
     };
     let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
     ctx.out.emit(
@@ -59,10 +63,32 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
     let verb = if join.is_some() { "joined" } else { "created" };
     ctx.out.line(format!("{verb} workspace {} in {}", ws.id(), path.display()))?;
     ctx.out.line(format!("this device is {device}"))?;
-    match &a.folder {
-        Some(folder) => sync::sync_once(ctx, &ws, folder).await,
-        None => Ok(Outcome::Ok),
+    if a.members {
+        ctx.out.line("members only: add devices with `shoal invite`")?;
     }
+    let outcome = match &a.folder {
+        Some(folder) => sync::sync_once(ctx, &ws, folder).await?,
+        None => Outcome::Ok,
+    };
+    if join.is_some() {
+        // Without an invite this device only asked to join: say what that means once the
+        // workspace's policy is known.
+        let members = ws.members()?;
+        let me = members.devices.iter().find(|m| m.is_self);
+        if members.founded && !members.open && me.is_some_and(|m| m.role.is_none()) {
+            super::out::warn(
+                "this workspace admits members only and this device joined without an \
+                 invite: its writes stay pending until an admin admits it (`shoal admit \
+                 DEVICE`); with an invite code, use `shoal join CODE` instead",
+            );
+        } else if a.folder.is_none() {
+            ctx.out.line(
+                "if the workspace admits members only, this device's writes stay pending \
+                 until an admin admits it (or join with `shoal join CODE`)",
+            )?;
+        }
+    }
+    Ok(outcome)
 }
 
 /// The one workspace that has a directory in the sync folder `folder`.

@@ -202,14 +202,81 @@ impl Names {
     }
 }
 
+/// One control op for people, and as JSON.
+fn describe_control(op: &ControlOp) -> (String, Json) {
+    let j = |name: &str, extra: Json| {
+        let mut out = json!({ "domain": "control", "op": name });
+        if let (Some(o), Json::Object(e)) = (out.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        out
+    };
+    match op {
+        ControlOp::Genesis { creator, salt } => {
+            let key = creator.as_bytes();
+            (
+                format!("genesis: workspace founded by key {}", hex(key)),
+                j("genesis", json!({ "creator_key": hex(key), "salt": hex(salt) })),
+            )
+        }
+        ControlOp::Successor { predecessor_key, cut, .. } => (
+            format!("successor of key {} from its entry {cut}", hex(predecessor_key.as_bytes())),
+            j(
+                "successor",
+                json!({ "predecessor_key": hex(predecessor_key.as_bytes()), "cut": cut }),
+            ),
+        ),
+        ControlOp::Policy { encrypted, .. } => (
+            format!("policy: members only{}", if *encrypted { ", encrypted" } else { "" }),
+            j("policy", json!({ "members_only": true, "encrypted": encrypted })),
+        ),
+        ControlOp::Invite { invite_key, role, expires, uses, .. } => (
+            format!(
+                "invite {} for {uses} {role} device(s){}",
+                &hex(invite_key.as_bytes())[..8],
+                if *expires == 0 {
+                    String::new()
+                } else {
+                    format!(", until {}", time_text(*expires))
+                }
+            ),
+            j(
+                "invite",
+                json!({ "invite_key": hex(invite_key.as_bytes()), "role": role.name(), "uses": uses, "expires_ms": expires }),
+            ),
+        ),
+        ControlOp::Join { invite_key, .. } => (
+            format!("join with invite {}", &hex(invite_key.as_bytes())[..8]),
+            j("join", json!({ "invite_key": hex(invite_key.as_bytes()) })),
+        ),
+        ControlOp::Request { .. } => ("asks to join (no invite)".into(), j("request", json!({}))),
+        ControlOp::SetRole { target, role } => (
+            format!("admit {} as {role}", target.short()),
+            j("set_role", json!({ "device": target.to_hex(), "role": role.name() })),
+        ),
+        ControlOp::RevokeInvite { invite_key } => (
+            format!("revoke invite {}", &hex(invite_key.as_bytes())[..8]),
+            j("revoke_invite", json!({ "invite_key": hex(invite_key.as_bytes()) })),
+        ),
+        ControlOp::Remove { target, cut } => (
+            format!("remove {} from its entry {cut}", target.short()),
+            j("remove", json!({ "device": target.to_hex(), "cut": cut })),
+        ),
+        ControlOp::Leave => ("leaves the workspace".into(), j("leave", json!({}))),
+        ControlOp::Ack { cursors } => (
+            format!("acknowledges {} device(s)' entries", cursors.len()),
+            j(
+                "ack",
+                json!({ "cursors": cursors.iter().map(|(o, n)| json!({ "device": o.to_hex(), "next": n })).collect::<Vec<_>>() }),
+            ),
+        ),
+    }
+}
+
 /// One op for people, and as JSON.
 fn describe(names: &Names, op: &Op) -> (String, Json) {
-    if let Ok(ControlOp::Genesis { creator, salt }) = ControlOp::decode(op) {
-        let key = creator.as_bytes();
-        return (
-            format!("genesis: workspace founded by key {}", hex(key)),
-            json!({ "domain": "control", "op": "genesis", "creator_key": hex(key), "salt": hex(&salt) }),
-        );
+    if let Ok(control) = ControlOp::decode(op) {
+        return describe_control(&control);
     }
     if op.domain != Domain::TABLES {
         return (

@@ -15,6 +15,7 @@ mod clock;
 mod demo;
 mod init;
 mod log;
+mod members;
 mod out;
 mod rows;
 mod sync;
@@ -153,6 +154,12 @@ async fn run(command: Command, ctx: &mut Ctx) -> Result<Outcome> {
         Command::Log(a) => log::run(ctx, a),
         Command::Verify(a) => verify::run(ctx, a),
         Command::Demo(a) => demo::run(ctx, a).await,
+        Command::Invite(a) => members::invite(ctx, a).await,
+        Command::Join(a) => members::join(ctx, a).await,
+        Command::Members => members::list(ctx),
+        Command::Admit(a) => members::admit(ctx, a).await,
+        Command::Remove(a) => members::remove(ctx, a).await,
+        Command::Leave(a) => members::leave(ctx, a).await,
     }
 }
 

@@ -492,6 +492,7 @@ pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
                 "behind": behind,
                 "stalled": reason,
                 "stalled_since": local.and_then(|l| l.stalled_at).map(time_text),
+                "pending": local.and_then(|l| l.pending.clone()),
                 "superseded": local.and_then(|l| l.superseded).map(|s| json!({
                     "successor": s.successor.to_hex(),
                     "from": s.from,
@@ -501,6 +502,9 @@ pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
         let bad = bad_files.iter().filter(|b| b.origin == *origin).count();
         let state = match (&reason, this) {
             (Some(r), _) => format!("stalled at entry {applied}: {r}"),
+            (None, _) if let Some(p) = local.and_then(|l| l.pending.as_ref()) => {
+                format!("{} entries pending (stored, not applied): {p}", held - applied)
+            }
             (None, _) if bad > 0 => format!("{bad} bad file(s) in the folder (below)"),
             (None, _) if let Some(s) = local.and_then(|l| l.superseded) => format!(
                 "superseded from entry {} by device {} (clock recovery): not applied",

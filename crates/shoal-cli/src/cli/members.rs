@@ -1,0 +1,248 @@
+//! `shoal invite`, `join`, `members`, `admit`, `remove`, `leave`: membership from the
+//! command line (docs/CLI.md, "Membership"). Glue over `Workspace`'s membership methods;
+//! the rules are the library's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::json;
+use shoal::core::PeerId;
+use shoal::core::control::Role;
+use shoal::core::invite::InviteCode;
+use shoal::core::membership::DeviceState;
+use shoal::{Member, Workspace};
+
+use super::args::{AdmitArgs, DeviceArgs, FolderArg, InviteArgs, JoinArgs};
+use super::{Ctx, Outcome, out, sync};
+
+fn role(text: &str) -> Role {
+    if text == "admin" { Role::Admin } else { Role::Member }
+}
+
+/// Syncs once if a folder was given (the outcome of a sync that found problems is kept).
+async fn maybe_sync(ctx: &mut Ctx, ws: &Workspace, folder: Option<&Path>) -> Result<Outcome> {
+    match folder {
+        Some(folder) => {
+            sync::check_folder_exists(folder)?;
+            sync::sync_once(ctx, ws, folder).await
+        }
+        None => Ok(Outcome::Ok),
+    }
+}
+
+/// `shoal invite`.
+pub async fn invite(ctx: &mut Ctx, a: InviteArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    let valid_for: Option<Duration> = match &a.expires {
+        None => None,
+        Some(text) => Some(humantime::parse_duration(text).map_err(|e| {
+            anyhow!("--expires {text:?}: not a duration such as 7d, 12h or 30m ({e})")
+        })?),
+    };
+    if let Some(folder) = &a.folder {
+        sync::check_folder_exists(folder)?;
+    }
+    let hint = a.folder.as_deref().map(|f| f.display().to_string()).unwrap_or_default();
+    let code = ws.invite(role(&a.role), valid_for, a.uses, &hint)?;
+    let text = code.encode();
+    ctx.out.emit(
+        "invite",
+        json!({
+            "code": text,
+            "role": a.role,
+            "uses": a.uses,
+            "expires_in_ms": valid_for.map(|d| d.as_millis() as u64),
+            "folder": hint,
+        }),
+    )?;
+    ctx.out.line(&text)?;
+    out::warn(format!(
+        "give this code to the person joining, over a channel you trust: it lets {} device{} \
+         join as {}{}",
+        a.uses,
+        if a.uses == 1 { "" } else { "s" },
+        a.role,
+        match &a.expires {
+            Some(e) => format!(" within {e}"),
+            None => String::new(),
+        }
+    ));
+    if a.folder.is_none() {
+        out::warn("the invite is published with this device's next `shoal sync`");
+    }
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await
+}
+
+/// `shoal join`.
+pub async fn join(ctx: &mut Ctx, a: JoinArgs) -> Result<Outcome> {
+    let path = ctx.workspace_path()?.to_owned();
+    let code = InviteCode::parse(&a.code).map_err(|e| anyhow!("the invite code: {e}"))?;
+    let folder: Option<PathBuf> = match (&a.folder, code.hint.as_str()) {
+        (Some(f), _) => Some(f.clone()),
+        (None, "") => None,
+        (None, hint) if Path::new(hint).is_dir() => Some(PathBuf::from(hint)),
+        (None, hint) => bail!(
+            "the invite names the sync folder {hint:?}, which is not a directory here: \
+             give the folder with --folder DIR"
+        ),
+    };
+    if let Some(folder) = &folder {
+        sync::check_folder_exists(folder)?;
+    }
+    let ws = Workspace::join_with_code(&path, &code, super::clock::options())?;
+    let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
+    ctx.out.emit(
+        "workspace",
+        json!({
+            "workspace": ws.id().to_hex(),
+            "device": device,
+            "path": path.display().to_string(),
+            "created": false,
+        }),
+    )?;
+    ctx.out.line(format!("joined workspace {} in {}", ws.id(), path.display()))?;
+    ctx.out.line(format!("this device is {device}"))?;
+    match &folder {
+        Some(folder) => sync::sync_once(ctx, &ws, folder).await,
+        None => {
+            out::warn("no sync folder: run `shoal sync --folder DIR` to fetch the workspace");
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn state_text(s: &DeviceState) -> String {
+    match s {
+        DeviceState::Active => "active".into(),
+        DeviceState::Pending(why) => format!("pending: {why}"),
+        DeviceState::Removed { by, cut } => format!("removed by {} from entry {cut}", by.short()),
+        DeviceState::Left { cut } => format!("left at entry {cut}"),
+    }
+}
+
+fn state_json(s: &DeviceState) -> serde_json::Value {
+    match s {
+        DeviceState::Active => json!({"state": "active"}),
+        DeviceState::Pending(why) => json!({"state": "pending", "reason": why}),
+        DeviceState::Removed { by, cut } => {
+            json!({"state": "removed", "by": by.to_hex(), "cut": cut})
+        }
+        DeviceState::Left { cut } => json!({"state": "left", "cut": cut}),
+    }
+}
+
+/// `shoal members`.
+pub fn list(ctx: &mut Ctx) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    let members = ws.members()?;
+    if members.open {
+        ctx.out.line(
+            "this workspace was created without membership: every device that can write its \
+             folder may write (create one with `shoal init --members` for invites and roles)",
+        )?;
+    }
+    for m in &members.devices {
+        ctx.out.emit(
+            "member",
+            json!({
+                "device": m.device.to_hex(),
+                "role": m.role.map(Role::name),
+                "admitted_by": m.admitted_by.map(|p| p.to_hex()),
+                "joined_at_ms": m.joined_at.map(|h| h.millis()),
+                "status": state_json(&m.state),
+                "stored": m.stored,
+                "pending": m.pending,
+                "this_device": m.is_self,
+            }),
+        )?;
+        ctx.out.line(member_line(m))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn member_line(m: &Member) -> String {
+    let mut line = format!(
+        "{}{}  {}  {}",
+        m.device.short(),
+        if m.is_self { " (this device)" } else { "" },
+        m.role.map_or("-", Role::name),
+        state_text(&m.state)
+    );
+    if let Some(by) = m.admitted_by {
+        line.push_str(&format!("; admitted by {}", by.short()));
+    }
+    if let Some(at) = m.joined_at {
+        line.push_str(&format!("; joined {}", out::time_text(at.millis())));
+    }
+    if m.pending > 0 {
+        line.push_str(&format!("; {} of {} entries pending", m.pending, m.stored));
+    }
+    line
+}
+
+/// The device named by `text`: a full id or a unique prefix of at least 8 hex digits among
+/// the devices this workspace knows.
+fn find_device(ws: &Workspace, text: &str) -> Result<PeerId> {
+    let text = text.trim().to_ascii_lowercase();
+    if let Ok(id) = text.parse::<PeerId>() {
+        return Ok(id);
+    }
+    if text.len() < 8 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{text:?}: not a device id (32 hex digits, or a unique prefix of at least 8)");
+    }
+    let known: Vec<PeerId> = ws
+        .members()?
+        .devices
+        .iter()
+        .map(|m| m.device)
+        .filter(|d| d.to_hex().starts_with(&text))
+        .collect();
+    match known.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!("no device {text}... is known here (sync first, or see `shoal members`)"),
+        many => bail!(
+            "{text}... names {} devices ({}); give more digits",
+            many.len(),
+            many.iter().map(|d| d.to_hex()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `shoal admit`.
+pub async fn admit(ctx: &mut Ctx, a: AdmitArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    // A first sync to see the device; what it reports is reported again by the second.
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await?;
+    let device = find_device(&ws, &a.device)?;
+    ws.admit(device, role(&a.role)).with_context(|| format!("admit {device}"))?;
+    ctx.out.emit("admitted", json!({"device": device.to_hex(), "role": a.role}))?;
+    ctx.out.line(format!("admitted {device} as {}", a.role))?;
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await
+}
+
+/// `shoal remove`.
+pub async fn remove(ctx: &mut Ctx, a: DeviceArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    // A first sync to see the device; what it reports is reported again by the second.
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await?;
+    let device = find_device(&ws, &a.device)?;
+    ws.remove_device(device).with_context(|| format!("remove {device}"))?;
+    ctx.out.emit("removed", json!({"device": device.to_hex()}))?;
+    ctx.out.line(format!(
+        "removed {device}: nothing it writes past what this device holds of it is applied"
+    ))?;
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await
+}
+
+/// `shoal leave`.
+pub async fn leave(ctx: &mut Ctx, a: FolderArg) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    // A first sync to see the device; what it reports is reported again by the second.
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await?;
+    ws.leave()?;
+    ctx.out.emit("left", json!({"device": ws.device().map(|d| d.to_hex())}))?;
+    ctx.out
+        .line("left the workspace: nothing this device writes from now on is applied elsewhere")?;
+    maybe_sync(ctx, &ws, a.folder.as_deref()).await
+}
