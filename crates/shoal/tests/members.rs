@@ -122,7 +122,8 @@ async fn an_uninvited_device_stays_pending_everywhere_until_an_admin_admits_it()
         assert!(mx.pending >= 3, "{mx:?}");
         let status = ws.status().unwrap();
         let held = status.origins.iter().find(|o| Some(o.origin) == x.device()).unwrap();
-        assert!(held.stalled.as_deref().unwrap().contains("not a member"), "{held:?}");
+        assert!(held.pending.as_deref().unwrap().contains("not a member"), "{held:?}");
+        assert!(held.stalled.is_none(), "held by membership is pending, not a stall");
     }
     // The device sees its own writes; they are pending for everyone else.
     assert_eq!(ids(&x), ["a1", "x1"]);
@@ -196,4 +197,97 @@ async fn a_workspace_created_without_membership_stays_open() {
     assert!(a.members().unwrap().open);
     let err = a.invite(Role::Member, None, 1, "").unwrap_err();
     assert!(err.to_string().contains("without membership"), "{err}");
+}
+
+/// The outsider: it can write the folder and runs `init --join <id>`, then deletes
+/// every row, defaces values, sets a counter to −999, renames and drops columns and
+/// tables, and shadows a table with one of its own. None of it is applied anywhere; the
+/// owner's later writes land in the owner's table.
+#[tokio::test]
+async fn every_edit_of_an_outsider_changes_nothing_on_the_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("shared");
+    std::fs::create_dir(&folder).unwrap();
+    let admin = Workspace::create(dir.path().join("a.shoal"), members_only()).unwrap();
+    let todo = TableSpec::new("todo")
+        .key("id", ColumnType::Text)
+        .column("title", ColumnType::Text)
+        .counter("votes");
+    admin.declare(&todo).unwrap();
+    admin.declare(&TableSpec::new("notes").key("k", ColumnType::Text)).unwrap();
+    for (id, title) in [("t1", "milk"), ("t2", "bread")] {
+        let mut tx = admin.transaction().unwrap();
+        tx.put("todo", &[("id", Value::text(id).unwrap()), ("title", Value::text(title).unwrap())])
+            .unwrap();
+        tx.increment("todo", &[Value::text(id).unwrap()], "votes", 3).unwrap();
+        tx.commit().unwrap();
+    }
+    let code = admin.invite(Role::Member, None, 1, "").unwrap();
+    admin.sync_folder(&folder).await.unwrap();
+    let member =
+        Workspace::join_with_code(dir.path().join("m.shoal"), &code, members_only()).unwrap();
+    member.sync_folder(&folder).await.unwrap();
+    let snapshot = |ws: &Workspace| {
+        let rows = ws.query("SELECT id, title, votes FROM todo ORDER BY id", &[]).unwrap().rows;
+        let tables: Vec<String> = ws
+            .schema()
+            .unwrap()
+            .tables
+            .iter()
+            .map(|t| {
+                let cols: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+                format!("{}({})", t.name, cols.join(","))
+            })
+            .collect();
+        format!("{rows:?} {tables:?}")
+    };
+    let before = snapshot(&admin);
+    assert_eq!(snapshot(&member), before);
+
+    let x = Workspace::join(dir.path().join("x.shoal"), admin.id(), WorkspaceOptions::default())
+        .unwrap();
+    x.sync_folder(&folder).await.unwrap();
+    let key = |id: &str| vec![Value::text(id).unwrap()];
+    {
+        let mut tx = x.transaction().unwrap();
+        tx.delete("todo", &key("t1")).unwrap();
+        tx.put(
+            "todo",
+            &[("id", Value::text("t2").unwrap()), ("title", Value::text("DEFACED").unwrap())],
+        )
+        .unwrap();
+        tx.increment("todo", &key("t2"), "votes", -999).unwrap();
+        tx.commit().unwrap();
+    }
+    x.rename_column("todo", "title", "pwned").unwrap();
+    x.drop_column("todo", "votes").unwrap();
+    x.rename_table("notes", "gone").unwrap();
+    // Shadow: drop the owner's table and declare one of its own under the same name.
+    x.drop_table("todo").unwrap();
+    x.declare(
+        &TableSpec::new("todo").key("id", ColumnType::Text).column("title", ColumnType::Text),
+    )
+    .unwrap();
+    x.sync_folder(&folder).await.unwrap();
+
+    for ws in [&admin, &member] {
+        ws.sync_folder(&folder).await.unwrap();
+        assert_eq!(snapshot(ws), before, "nothing of the outsider is applied");
+        let mx = member_of(ws, &x);
+        assert!(matches!(mx.state, DeviceState::Pending(_)), "{mx:?}");
+        assert_eq!(mx.pending, mx.stored);
+    }
+    // The owner's later writes land in the owner's table, on every member.
+    let mut tx = admin.transaction().unwrap();
+    tx.put("todo", &[("id", Value::text("t3").unwrap()), ("title", Value::text("eggs").unwrap())])
+        .unwrap();
+    tx.commit().unwrap();
+    admin.sync_folder(&folder).await.unwrap();
+    member.sync_folder(&folder).await.unwrap();
+    assert_eq!(snapshot(&member), snapshot(&admin));
+    assert_eq!(ids(&member), ["t1", "t2", "t3"]);
+}
+
+fn member_of(ws: &Workspace, of: &Workspace) -> Member {
+    member(&ws.members().unwrap(), of).clone()
 }
