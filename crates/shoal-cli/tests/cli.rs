@@ -166,7 +166,21 @@ fn error_sync_folder_not_writable() {
 fn error_corrupted_segment_met_during_sync() {
     let s = Sandbox::new();
     std::fs::create_dir(s.path("shared")).unwrap();
-    let id = s.workspace_with_todo("a.shoal");
+    // An open workspace: a new device applies B's entries without A's genesis, which is
+    // in the damaged file (a members-only one holds them until the genesis is readable).
+    let id =
+        s.json(&["init", "-w", "a.shoal", "--open"])[0].1["workspace"].as_str().unwrap().to_owned();
+    s.ok(&[
+        "table",
+        "create",
+        "-w",
+        "a.shoal",
+        "todo",
+        "--key",
+        "id:text",
+        "--column",
+        "title:text",
+    ]);
     s.ok(&["put", "-w", "a.shoal", "todo", "id=a1", "title=from a"]);
     s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
     let b = s.json(&["init", "-w", "b.shoal", "--join", &id]);
@@ -447,11 +461,11 @@ fn tables_keep_the_column_order_typed_and_can_be_altered() {
 fn log_shows_a_row_a_table_or_everything_with_devices_and_ops() {
     let s = Sandbox::new();
     std::fs::create_dir(s.path("shared")).unwrap();
-    let id = s.workspace_with_todo("a.shoal");
+    s.workspace_with_todo("a.shoal");
     s.ok(&["put", "-w", "a.shoal", "todo", "id=t1", "title=milk"]);
     s.ok(&["put", "-w", "a.shoal", "todo", "id=t2", "title=bread"]);
     s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
-    s.json(&["init", "-w", "b.shoal", "--join", &id, "--folder", "shared"]);
+    s.join("b.shoal", "a.shoal", "shared");
     s.ok(&["put", "-w", "b.shoal", "todo", "id=t1", "done=1", "votes+=2"]);
     s.ok(&["delete", "-w", "b.shoal", "todo", "t2"]);
 
@@ -459,7 +473,7 @@ fn log_shows_a_row_a_table_or_everything_with_devices_and_ops() {
     assert_eq!(row.len(), 2, "{row:?}");
     let last = &row[1].1;
     assert_eq!(last["this_device"], true);
-    assert_eq!(last["index"], 1, "entry 0 is b's join request");
+    assert_eq!(last["index"], 1, "entry 0 is b's join");
     assert!(last["time"].as_str().unwrap().ends_with('Z'));
     let ops = last["ops"].as_array().unwrap();
     assert_eq!(ops[0]["op"], "put");
@@ -474,8 +488,9 @@ fn log_shows_a_row_a_table_or_everything_with_devices_and_ops() {
     let table = s.json(&["log", "-w", "b.shoal", "--table", "todo"]);
     assert_eq!(table.len(), 5, "create, two puts, b's put and delete");
     let all = s.json(&["log", "-w", "b.shoal"]);
-    assert_eq!(all.len(), 7, "and the genesis, and b's join request");
-    assert!(all.iter().any(|e| e.1["ops"][0]["op"] == "request"), "{all:?}");
+    assert_eq!(all.len(), 9, "and the genesis, a's ack and invite, and b's join");
+    assert!(all.iter().any(|e| e.1["ops"][0]["op"] == "join"), "{all:?}");
+    assert!(all.iter().any(|e| e.1["ops"][0]["op"] == "invite"), "{all:?}");
     assert_eq!(all[0].1["ops"][0]["op"], "genesis");
     let latest = s.json(&["log", "-w", "b.shoal", "--limit", "1"]);
     assert_eq!(latest[0].1["ops"][0]["op"], "delete");

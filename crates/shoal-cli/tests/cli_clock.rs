@@ -24,10 +24,10 @@ fn ids(s: &Sandbox, ws: &str) -> String {
 fn a_put_in_2100_warns_stalls_others_and_recover_clock_heals_everyone() {
     let s = Sandbox::new();
     std::fs::create_dir(s.path("shared")).unwrap();
-    let id = s.workspace_with_todo("a.shoal");
+    s.workspace_with_todo("a.shoal");
     s.ok(&["put", "-w", "a.shoal", "todo", "id=r1", "votes+=1"]);
     s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
-    s.json(&["init", "-w", "b.shoal", "--join", &id, "--folder", "shared"]);
+    s.join("b.shoal", "a.shoal", "shared");
 
     // One put with the machine's clock in 2100; it already warns.
     let out = s

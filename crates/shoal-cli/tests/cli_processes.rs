@@ -48,7 +48,7 @@ fn two_watching_devices_converge_while_other_processes_write() {
     std::fs::create_dir(s.path("shared")).unwrap();
     s.workspace_with_todo("a.shoal");
     s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
-    s.ok(&["init", "-w", "b.shoal", "--folder", "shared"]);
+    s.join("b.shoal", "a.shoal", "shared");
 
     let spawn = |ws: &str| spawn_logged(&s, ws, &format!("{ws}.log"));
     let mut watchers = Watchers(vec![spawn("a.shoal"), spawn("b.shoal")]);

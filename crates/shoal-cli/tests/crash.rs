@@ -221,11 +221,12 @@ fn run_epoch(seed: u64, len: Duration) -> Stats {
         .collect();
 
     // The first device creates the workspace and the shared table; the others join.
-    devices[0].init(&s, false);
+    devices[0].init(&s, None);
     devices[0].create_shared_table(&s);
     devices[0].sync_must_pass(&s);
+    let code = s.invite(devices[0].ws, FOLDER);
     for d in &mut devices[1..] {
-        d.init(&s, true);
+        d.init(&s, Some(&code));
     }
     for d in &mut devices {
         d.learn_own_dir(&s);
@@ -354,10 +355,10 @@ impl Device {
 
     /// `init` (joining through the folder when `join`), killed at random until a workspace
     /// exists; a killed init leaves none or a complete one.
-    fn init(&mut self, s: &Sandbox, join: bool) {
+    fn init(&mut self, s: &Sandbox, invite: Option<&str>) {
         let mut args = vec!["init", "-w", self.ws];
-        if join {
-            args.extend(["--folder", FOLDER]);
+        if let Some(code) = invite {
+            args = vec!["join", "-w", self.ws, code, "--folder", FOLDER];
         }
         // How long an init takes here, from one on a scratch path (a device that joins
         // publishes nothing, so the probe adds nothing to the folder).
@@ -390,7 +391,7 @@ impl Device {
             if s.path(self.ws).exists() {
                 self.stats.init_complete += 1;
                 self.after_kill(s, &args, Vec::new());
-                if join {
+                if invite.is_some() {
                     // Joined but perhaps not synced yet: the first sync fills it.
                     self.sync_must_pass(s);
                 }
@@ -915,7 +916,7 @@ fn a_long_catch_up_killed_again_and_again_resumes_and_loses_nothing() {
     std::fs::create_dir(s.path(FOLDER)).unwrap();
     s.workspace_with_todo("a.shoal");
     s.ok(&["sync", "-w", "a.shoal", "--folder", FOLDER]);
-    s.ok(&["init", "-w", "b.shoal", "--folder", FOLDER]);
+    s.join("b.shoal", "a.shoal", FOLDER);
     {
         let ws =
             shoal::Workspace::open(s.path("a.shoal"), shoal::WorkspaceOptions::default()).unwrap();

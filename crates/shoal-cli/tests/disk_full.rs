@@ -155,7 +155,7 @@ fn a_full_folder_fails_publishing_cleanly_and_recovers() {
     std::fs::create_dir(s.path(folder)).unwrap();
     s.workspace_with_todo("a.shoal");
     s.ok(&["sync", "-w", "a.shoal", "--folder", folder]);
-    s.ok(&["init", "-w", "b.shoal", "--folder", folder]);
+    s.join("b.shoal", "a.shoal", folder);
     let mut acked = Vec::new();
     let mut put = |s: &Sandbox, id: String| {
         s.ok(&["put", "-w", "a.shoal", "todo", &format!("id={id}"), "title=x"]);
@@ -243,7 +243,7 @@ fn a_full_disk_under_the_workspace_fails_writes_cleanly_and_recovers() {
     let a = "mnt/a.shoal";
     s.workspace_with_todo(a);
     s.ok(&["sync", "-w", a, "--folder", "shared"]);
-    s.ok(&["init", "-w", "b.shoal", "--folder", "shared"]);
+    s.join("b.shoal", a, "shared");
     let mut acked: Vec<String> = Vec::new();
     for i in 0..5 {
         s.ok(&["put", "-w", a, "todo", &format!("id=a{i}"), "title=before"]);

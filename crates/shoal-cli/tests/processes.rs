@@ -37,6 +37,13 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Creates device `file` joining with an invite of the admin `admin` through `folder`.
+fn join(file: &Path, admin: &Path, folder: &Path) {
+    let folder = folder.to_str().unwrap();
+    let code = ok(&["invite", "-w", admin.to_str().unwrap(), "--folder", folder]);
+    ok(&["join", "-w", file.to_str().unwrap(), code.trim(), "--folder", folder]);
+}
+
 fn watch(workspace: &Path, folder: &Path) -> Background {
     let child = Command::new(SHOAL)
         .args(["sync", "--watch", "--workspace"])
@@ -88,7 +95,7 @@ fn setup(dir: &Path, devices: usize) -> (PathBuf, Vec<PathBuf>) {
     ]);
     ok(&["sync", "-w", first, "--folder", folder.to_str().unwrap()]);
     for f in &files[1..] {
-        ok(&["init", "-w", f.to_str().unwrap(), "--folder", folder.to_str().unwrap()]);
+        join(f, &files[0], &folder);
     }
     (folder, files)
 }
@@ -123,7 +130,7 @@ fn three_device_processes_converge_and_a_late_fourth_catches_up() {
 
     // A fourth device starts late and catches up from the folder alone.
     let late = path(dir.path(), "late.shoal");
-    ok(&["init", "-w", late.to_str().unwrap(), "--folder", folder.to_str().unwrap()]);
+    join(&late, &files[0], &folder);
     assert_eq!(rows(&late), rows(&files[0]));
 }
 

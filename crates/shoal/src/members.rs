@@ -178,9 +178,9 @@ impl Workspace {
         })?;
         if roster.open {
             return Err(Error::Membership(
-                "this workspace was created without membership (every device may write): \
-                 there are no invites or roles to manage; create a members-only workspace \
-                 (`shoal init --members`) to use them"
+                "this workspace was created open, without membership (every device may \
+                 write): there are no invites or roles to manage; a members-only workspace \
+                 (the default of `shoal init`; `WorkspaceOptions::members_only`) has them"
                     .into(),
             ));
         }

@@ -196,7 +196,7 @@ async fn a_workspace_created_without_membership_stays_open() {
     assert_eq!(ids(&a), ["b1"]);
     assert!(a.members().unwrap().open);
     let err = a.invite(Role::Member, None, 1, "").unwrap_err();
-    assert!(err.to_string().contains("without membership"), "{err}");
+    assert!(err.to_string().contains("created open"), "{err}");
 }
 
 /// The outsider: it can write the folder and runs `init --join <id>`, then deletes

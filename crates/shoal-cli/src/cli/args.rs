@@ -13,7 +13,8 @@ Examples:
   shoal table create -w laptop.shoal todo --key id:text --column title:text --counter votes
   shoal put -w laptop.shoal todo id=t1 title=\"buy milk\" votes+=1
   shoal sync -w laptop.shoal --folder ~/Dropbox/shoal
-  shoal init -w phone.shoal --folder ~/Dropbox/shoal   a second device joins
+  shoal invite -w laptop.shoal --folder ~/Dropbox/shoal  prints an invite code
+  shoal join -w phone.shoal CODE                 a second device joins with it
   shoal sql -w phone.shoal \"SELECT * FROM todo\"
 
 Exit codes: 0 ok, 1 nothing found (get), 2 error. Errors go to stderr as `shoal: ...`.
@@ -50,13 +51,13 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   shoal init -w laptop.shoal                      a new workspace; prints its id
-  shoal init -w phone.shoal --folder shared       join the one workspace in a sync folder
-  shoal init -w phone.shoal --join 5d1c...e07a    join by id (then `shoal sync`)
-  shoal init -w laptop.shoal --members            only invited devices may write
+  shoal init -w phone.shoal --folder shared       ask to join the workspace in a folder
+  shoal init -w phone.shoal --join 5d1c...e07a    ask to join by id (then `shoal sync`)
+  shoal init -w lab.shoal --open                  any device may write (no invites)
 
-In a members-only workspace a device that joins without an invite only asks to join: its
-writes stay pending until an admin runs `shoal admit`. Join with `shoal join CODE` instead.
-A workspace created without --members lets any device that can write its folder write.")]
+A new workspace admits members only: devices join with an invite (`shoal invite`, then
+`shoal join CODE`). A device that joins with `init --join`/`--folder` only asks to join:
+its writes stay pending until an admin runs `shoal admit`.")]
     Init(InitArgs),
 
     /// Create, change or list tables.
@@ -218,10 +219,11 @@ pub struct InitArgs {
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
 
-    /// Create a members-only workspace: only devices with an invite (`shoal invite`) or
-    /// admitted by an admin (`shoal admit`) can write to it. Fixed for life.
-    #[arg(long, conflicts_with = "join")]
-    pub members: bool,
+    /// Create an open workspace: any device that can write its folder may write (no
+    /// invites, no roles). By default a new workspace admits only devices with an invite
+    /// (`shoal invite`) or admitted by an admin (`shoal admit`). Fixed for life.
+    #[arg(long, conflicts_with_all = ["join", "folder"])]
+    pub open: bool,
 }
 
 /// `shoal invite`.

@@ -1,7 +1,8 @@
-//! `shoal init`: creates a workspace file — a new workspace, or a new device of an existing
-//! one, named by `--join <id>` or found in a sync folder with `--folder`. A device joining
-//! this way asks to join: in a members-only workspace (`--members`) its writes stay pending
-//! until an admin admits it; `shoal join CODE` joins with an invite instead (docs/CLI.md).
+//! `shoal init`: creates a workspace file — a new workspace (members-only unless `--open`),
+//! or a new device of an existing one, named by `--join <id>` or found in a sync folder
+//! with `--folder`. A device joining this way asks to join: in a members-only workspace its
+//! writes stay pending until an admin admits it; `shoal join CODE` joins with an invite
+//! instead (docs/CLI.md).
 
 use std::path::Path;
 
@@ -47,7 +48,7 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
         Some(id) => Workspace::join(&path, id, super::clock::options())?,
         None => Workspace::create(
             &path,
-            shoal::WorkspaceOptions { members_only: a.members, ..super::clock::options() },
+            shoal::WorkspaceOptions { members_only: !a.open, ..super::clock::options() },
         )?,
     };
     let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
@@ -63,7 +64,7 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
     let verb = if join.is_some() { "joined" } else { "created" };
     ctx.out.line(format!("{verb} workspace {} in {}", ws.id(), path.display()))?;
     ctx.out.line(format!("this device is {device}"))?;
-    if a.members {
+    if join.is_none() && !a.open {
         ctx.out.line("members only: add devices with `shoal invite`")?;
     }
     let outcome = match &a.folder {

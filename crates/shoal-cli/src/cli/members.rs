@@ -2,6 +2,7 @@
 //! command line (docs/CLI.md, "Membership"). Glue over `Workspace`'s membership methods;
 //! the rules are the library's.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,22 +57,46 @@ pub async fn invite(ctx: &mut Ctx, a: InviteArgs) -> Result<Outcome> {
             "folder": hint,
         }),
     )?;
+    // The code alone on stdout, so `shoal join -w F "$(shoal invite ...)"` works; the
+    // advice only for a person at a terminal.
     ctx.out.line(&text)?;
-    out::warn(format!(
-        "give this code to the person joining, over a channel you trust: it lets {} device{} \
-         join as {}{}",
-        a.uses,
-        if a.uses == 1 { "" } else { "s" },
-        a.role,
-        match &a.expires {
-            Some(e) => format!(" within {e}"),
-            None => String::new(),
-        }
-    ));
-    if a.folder.is_none() {
-        out::warn("the invite is published with this device's next `shoal sync`");
+    if std::io::stdout().is_terminal() {
+        out::warn(format!(
+            "give this code to the person joining, over a channel you trust: it lets {} \
+             device{} join as {}{}",
+            a.uses,
+            if a.uses == 1 { "" } else { "s" },
+            a.role,
+            match &a.expires {
+                Some(e) => format!(" within {e}"),
+                None => String::new(),
+            }
+        ));
     }
-    maybe_sync(ctx, &ws, a.folder.as_deref()).await
+    let Some(folder) = &a.folder else {
+        out::warn("the invite is published with this device's next `shoal sync`");
+        return Ok(Outcome::Ok);
+    };
+    // Published quietly: the output is the code.
+    let done = match ws.sync_folder(folder).await {
+        Ok(done) => done,
+        Err(shoal::Error::SyncBusy { .. }) => {
+            out::warn("a sync of this workspace is running: it publishes the invite");
+            return Ok(Outcome::Ok);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if done.status.in_sync() {
+        Ok(Outcome::Ok)
+    } else {
+        out::warn(format!(
+            "the invite is published, but the sync with {} found problems: see `shoal status \
+             --folder {}`",
+            folder.display(),
+            folder.display()
+        ));
+        Ok(Outcome::Failed)
+    }
 }
 
 /// `shoal join`.
@@ -138,8 +163,8 @@ pub fn list(ctx: &mut Ctx) -> Result<Outcome> {
     let members = ws.members()?;
     if members.open {
         ctx.out.line(
-            "this workspace was created without membership: every device that can write its \
-             folder may write (create one with `shoal init --members` for invites and roles)",
+            "this workspace was created open (`shoal init --open`): every device that can \
+             write its folder may write; there are no invites or roles",
         )?;
     }
     for m in &members.devices {

@@ -100,6 +100,20 @@ impl Sandbox {
         ]);
         id
     }
+
+    /// An invite code from the admin workspace `admin` (published to `folder`), for as
+    /// many devices as a test needs.
+    pub fn invite(&self, admin: &str, folder: &str) -> String {
+        let code = self.ok(&["invite", "-w", admin, "--uses", "100", "--folder", folder]);
+        code.trim().to_owned()
+    }
+
+    /// Creates device `name` joining with an invite of `admin` through `folder` (synced
+    /// once); returns its `init`-style envelopes.
+    pub fn join(&self, name: &str, admin: &str, folder: &str) -> Vec<(String, Json)> {
+        let code = self.invite(admin, folder);
+        self.json(&["join", "-w", name, &code, "--folder", folder])
+    }
 }
 
 pub fn text(bytes: &[u8]) -> String {
