@@ -51,6 +51,7 @@ fn control_vectors() -> String {
     let code = InviteCode::from_parts(ws, "/srv/shared", [3; 32]);
     let target = joiner.peer_id(&ws);
     let ops = [
+        ControlOp::successor(&creator, ws, target, 7, ChainHash([9; 32])),
         ControlOp::Policy { encrypted: true, creator_exchange: creator.exchange_key() },
         code.invite_op(Role::Member, 1_700_000_000_000, 2, vec![0xaa, 0xbb]),
         code.join_op(&joiner),
@@ -78,7 +79,7 @@ fn control_op_and_invite_code_vectors_decode_and_reencode() {
     let text = include_str!("../testdata/control-ops.txt");
     assert_eq!(control_vectors(), text, "the writer no longer produces the vector bytes");
     let mut lines = text.lines();
-    for line in lines.by_ref().take(9) {
+    for line in lines.by_ref().take(10) {
         let (kind, body) = line.split_once(' ').expect("`<kind> <hex>`");
         let op = Op {
             domain: Domain::CONTROL,

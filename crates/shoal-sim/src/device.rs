@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal::{Workspace, WorkspaceOptions};
+use shoal_core::invite::InviteCode;
 use shoal_core::{DeviceKey, ManualClock, WorkspaceId};
 use shoal_filelog::Config;
 use shoal_filelog::faults::Faults;
@@ -155,6 +156,7 @@ impl Device {
     pub(crate) fn rebuild(
         &mut self,
         workspace: WorkspaceId,
+        invite: Option<&InviteCode>,
         secret: [u8; 32],
         new_path: PathBuf,
     ) -> Result<(), String> {
@@ -167,8 +169,11 @@ impl Device {
         self.path = new_path;
         self.faults.restart();
         let key = DeviceKey::from_secret_bytes(&secret);
-        let ws = Workspace::join_with_key(&self.path, workspace, key, self.options())
-            .map_err(|e| format!("device {}: joining again: {e}", self.slot))?;
+        let ws = match invite {
+            Some(code) => Workspace::join_with_code_and_key(&self.path, code, key, self.options()),
+            None => Workspace::join_with_key(&self.path, workspace, key, self.options()),
+        }
+        .map_err(|e| format!("device {}: joining again: {e}", self.slot))?;
         self.ws = Some(ws);
         Ok(())
     }

@@ -14,7 +14,11 @@
 //! simulated cloud folder (`cloud`: late, out of order, partial, duplicated deliveries,
 //! conflict copies, folders that vanish for a while), crash between any two steps or in
 //! the middle of a folder write, are restored from old backups, or lose their files and
-//! are rebuilt from the folder. Then the faults heal, everything quiesces, and every
+//! are rebuilt from the folder. Odd seeds run a members-only workspace: the founder makes
+//! an invite (its secret derived from the seed) and every device joins, and joins again
+//! when rebuilt, with it, so entries are held until the invite and the genesis arrive
+//! (membership changes, removals and encrypted workspaces are not drawn yet). Then the
+//! faults heal, everything quiesces, and every
 //! replica must hold exactly the state (hidden state and views) of the independent
 //! in-memory model (`shoal_tables::TablesModel`) fed with every write that was
 //! acknowledged. A failure names the seed and the command that replays it.
@@ -41,7 +45,9 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use shoal::{Error as ShoalError, Workspace};
+use shoal::{Error as ShoalError, Workspace, WorkspaceOptions};
+use shoal_core::control::Role;
+use shoal_core::invite::InviteCode;
 use shoal_core::{DeviceKey, ManualClock, SyncError, WorkspaceId};
 use shoal_tables::TablesModel;
 
@@ -60,11 +66,22 @@ pub struct SimOptions {
     pub devices: Option<usize>,
     /// Steps before healing.
     pub steps: usize,
+    /// A members-only workspace, every device joining with an invite; `None` decides by
+    /// the seed (odd seeds), without drawing from the seeded generator, so a seed's
+    /// workload is the same either way.
+    pub members_only: Option<bool>,
+}
+
+impl SimOptions {
+    /// Whether the run for `seed` is members-only.
+    pub fn members_only_for(&self, seed: u64) -> bool {
+        self.members_only.unwrap_or(seed % 2 == 1)
+    }
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { devices: None, steps: 150 }
+        SimOptions { devices: None, steps: 150, members_only: None }
     }
 }
 
@@ -75,6 +92,8 @@ pub struct Report {
     pub seed: u64,
     /// Devices simulated.
     pub devices: usize,
+    /// The workspace admits members only (every device joined with an invite).
+    pub members_only: bool,
     /// Writes acknowledged (committed entries fed to the model).
     pub acknowledged: u64,
     /// Writes the API refused as documented.
@@ -119,6 +138,9 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     }
     if options.steps != SimOptions::default().steps {
         cmd.push_str(&format!(" --steps {}", options.steps));
+    }
+    if let Some(m) = options.members_only {
+        cmd.push_str(if m { " --members-only" } else { " --open" });
     }
     cmd
 }
@@ -168,6 +190,8 @@ struct Sim {
     devices: Vec<Device>,
     cloud: Cloud,
     model: TablesModel,
+    /// The invite every device of a members-only run joins with (again, when rebuilt).
+    invite: Option<InviteCode>,
     wide_left: bool,
     steps: usize,
     report: Report,
@@ -184,6 +208,8 @@ impl Sim {
         let wide_left = rng.random_bool(1.0 / 30.0);
         let mut devices = Vec::with_capacity(n);
         let mut workspace = None;
+        let members_only = options.members_only_for(seed);
+        let mut invite: Option<InviteCode> = None;
         for slot in 0..n {
             let folder = root.join(format!("folder-{slot}"));
             std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
@@ -205,13 +231,29 @@ impl Sim {
                 restored_unchecked: false,
             };
             let key = DeviceKey::from_secret_bytes(&rng.random::<[u8; 32]>());
-            let ws = match workspace {
-                None => {
-                    Workspace::create_with_key(&device.path, key, rng.random(), device.options())
+            let ws = match (workspace, &invite) {
+                (None, _) => {
+                    let options = WorkspaceOptions { members_only, ..device.options() };
+                    Workspace::create_with_key(&device.path, key, rng.random(), options)
                 }
-                Some(id) => Workspace::join_with_key(&device.path, id, key, device.options()),
+                (Some(_), Some(code)) => {
+                    Workspace::join_with_code_and_key(&device.path, code, key, device.options())
+                }
+                (Some(id), None) => {
+                    Workspace::join_with_key(&device.path, id, key, device.options())
+                }
             }
             .map_err(|e| format!("creating device {slot}: {e}"))?;
+            if workspace.is_none() && members_only {
+                // The invite's secret derives from the seed (not drawn from the generator).
+                let secret =
+                    *blake3::hash(&[b"shoal-sim invite".as_slice(), &seed.to_le_bytes()].concat())
+                        .as_bytes();
+                let code = InviteCode::from_parts(ws.id(), "", secret);
+                ws.invite_with_code(code.clone(), Role::Member, None, 10_000)
+                    .map_err(|e| format!("device {slot} invites: {e}"))?;
+                invite = Some(code);
+            }
             workspace = Some(ws.id());
             device.ws = Some(ws);
             devices.push(device);
@@ -226,9 +268,10 @@ impl Sim {
             devices,
             cloud,
             model: TablesModel::new(),
+            invite,
             wide_left,
             steps: options.steps,
-            report: Report { seed, devices: n, ..Report::default() },
+            report: Report { seed, devices: n, members_only, ..Report::default() },
             trace: Vec::new(),
         };
         // The genesis is the founder's first acknowledged write.
@@ -331,7 +374,13 @@ impl Sim {
     fn write(&mut self, d: usize) -> Result<(), String> {
         let wide = self.wide_left;
         let ws = self.devices[d].ws()?;
-        let before = ws.status().map_err(|e| e.to_string())?;
+        // This device's own cursor, to check that a refused write commits nothing (the
+        // stored cursors are enough: a full status also checks conflicts and the schema).
+        let own_next = |ws: &shoal::Workspace| -> Result<Option<u64>, String> {
+            let cursors = ws.replica().durable_cursors().map_err(|e| e.to_string())?;
+            Ok(ws.device().map(|me| cursors.get(&me)))
+        };
+        let before = own_next(ws)?;
         let written = random_write(&mut self.rng, ws, wide)?;
         match written {
             Written::Committed(c) => {
@@ -352,11 +401,8 @@ impl Sim {
             Written::Refused(why) => {
                 self.report.refused += 1;
                 // A refused write commits nothing.
-                let after = self.devices[d].ws()?.status().map_err(|e| e.to_string())?;
-                let own = |s: &shoal::Status| {
-                    s.origins.iter().find(|o| Some(o.origin) == s.device).map(|o| o.next)
-                };
-                if own(&before) != own(&after) {
+                let after = own_next(self.devices[d].ws()?)?;
+                if before != after {
                     return Err(format!("device {d}: a refused write ({why}) grew the log"));
                 }
                 Ok(())
@@ -452,7 +498,7 @@ impl Sim {
         let generation = self.devices[d].generation + 1;
         let path = self.root.join(format!("device-{d}-{generation}.shoal"));
         let secret = self.rng.random::<[u8; 32]>();
-        self.devices[d].rebuild(self.workspace, secret, path)
+        self.devices[d].rebuild(self.workspace, self.invite.as_ref(), secret, path)
     }
 
     async fn heal(&mut self) -> Result<(), String> {

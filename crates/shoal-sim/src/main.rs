@@ -30,11 +30,23 @@ struct Args {
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
+    /// Every run members-only, every device joining with an invite (default: odd seeds).
+    #[arg(long, conflicts_with = "open")]
+    members_only: bool,
+    /// Every run in an open workspace (default: even seeds).
+    #[arg(long)]
+    open: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let options = SimOptions { devices: args.devices.map(|d| d as usize), steps: args.steps };
+    let members_only = match (args.members_only, args.open) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let options =
+        SimOptions { devices: args.devices.map(|d| d as usize), steps: args.steps, members_only };
     if let Some(seed) = args.seed {
         return match run(seed, &options) {
             Ok(report) => {

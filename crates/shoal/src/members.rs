@@ -111,6 +111,25 @@ impl Workspace {
     ) -> Result<InviteCode> {
         let code = InviteCode::generate(self.id(), hint)
             .map_err(|e| Error::Membership(format!("cannot make an invite secret: {e}")))?;
+        self.invite_with_code(code, role, valid_for, uses)
+    }
+
+    /// [`Workspace::invite`] with an invite secret of the caller's (a reproducible
+    /// simulation); the code must be for this workspace.
+    pub fn invite_with_code(
+        &self,
+        code: InviteCode,
+        role: Role,
+        valid_for: Option<Duration>,
+        uses: u32,
+    ) -> Result<InviteCode> {
+        if code.workspace != self.id() {
+            return Err(Error::Membership(format!(
+                "the invite code is for workspace {}, not {}",
+                code.workspace,
+                self.id()
+            )));
+        }
         let expires = match valid_for {
             None => 0,
             Some(d) => self
