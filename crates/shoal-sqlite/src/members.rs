@@ -274,10 +274,7 @@ impl SqliteReplica {
         let ws = self.inner.workspace;
         let own = self.own_origin();
         let wall = self.inner.clock.now_millis();
-        let mut guard = self.writer();
-        let w = &mut *guard;
-        w.conn.execute_batch("BEGIN IMMEDIATE").map_err(self.backend("begin settling"))?;
-        let result = (|| -> rusqlite::Result<bool> {
+        self.in_write_transaction("settle membership", |w| {
             let roster = roster(&self.inner.roster, &w.conn, &ws)?;
             if roster.open || (!roster.founded && !self.members_expected()) {
                 return Ok(false);
@@ -307,23 +304,9 @@ impl SqliteReplica {
                 }
             }
             if rebuild {
-                w.materializer.begin(&w.conn)?;
                 crate::succession::start_rebuild(w, wall)?;
             }
             Ok(rebuild)
-        })();
-        match result.map_err(self.backend("settle membership")).and_then(|r| {
-            w.conn.execute_batch("COMMIT").map_err(self.backend("commit settling")).map(|()| r)
-        }) {
-            Ok(rebuild) => {
-                w.materializer.committed();
-                Ok(rebuild)
-            }
-            Err(e) => {
-                let _ = w.conn.execute_batch("ROLLBACK");
-                w.materializer.rolled_back();
-                Err(e)
-            }
-        }
+        })
     }
 }

@@ -396,6 +396,36 @@ impl SqliteReplica {
         &self.inner.clock
     }
 
+    /// Runs `f` in an immediate write transaction of the writer connection, with the
+    /// materializer begun: committed if `f` succeeds, rolled back (materializer included)
+    /// if anything fails. `what` names the step in errors.
+    pub(crate) fn in_write_transaction<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Writer) -> rusqlite::Result<T>,
+    ) -> Result<T, SyncError> {
+        let mut guard = self.writer();
+        let w = &mut *guard;
+        w.conn.execute_batch("BEGIN IMMEDIATE").map_err(self.backend(&format!("begin: {what}")))?;
+        let result = w.materializer.begin(&w.conn).and_then(|()| f(w));
+        match result.map_err(self.backend(what)).and_then(|r| {
+            w.conn
+                .execute_batch("COMMIT")
+                .map_err(self.backend(&format!("commit: {what}")))
+                .map(|()| r)
+        }) {
+            Ok(r) => {
+                w.materializer.committed();
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = w.conn.execute_batch("ROLLBACK");
+                w.materializer.rolled_back();
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while the writer was held cannot leave a half-done transaction behind:
         // rusqlite rolls back an uncommitted transaction when it is dropped during unwinding.

@@ -243,10 +243,7 @@ impl SqliteReplica {
     /// re-materializes).
     pub(crate) fn settle_successions(&self) -> Result<bool, SyncError> {
         let wall = self.inner.clock.now_millis();
-        let mut guard = self.writer();
-        let w = &mut *guard;
-        w.conn.execute_batch("BEGIN IMMEDIATE").map_err(self.backend("begin settling"))?;
-        let result = (|| -> rusqlite::Result<bool> {
+        self.in_write_transaction("settle successors", |w| {
             if !has_table(&w.conn)? {
                 return Ok(false);
             }
@@ -263,24 +260,10 @@ impl SqliteReplica {
                 |r| r.get(0),
             )?;
             if applied_past > 0 {
-                w.materializer.begin(&w.conn)?;
                 start_rebuild(w, wall)?;
             }
             Ok(applied_past > 0)
-        })();
-        match result.map_err(self.backend("settle successors")).and_then(|r| {
-            w.conn.execute_batch("COMMIT").map_err(self.backend("commit settling")).map(|()| r)
-        }) {
-            Ok(rebuild) => {
-                w.materializer.committed();
-                Ok(rebuild)
-            }
-            Err(e) => {
-                let _ = w.conn.execute_batch("ROLLBACK");
-                w.materializer.rolled_back();
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Hands this device's log over to `new_key`: the current origin (the predecessor) is

@@ -51,19 +51,7 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
             shoal::WorkspaceOptions { members_only: !a.open, ..super::clock::options() },
         )?,
     };
-    let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
-    ctx.out.emit(
-        "workspace",
-        json!({
-            "workspace": ws.id().to_hex(),
-            "device": device,
-            "path": path.display().to_string(),
-            "created": join.is_none(),
-        }),
-    )?;
-    let verb = if join.is_some() { "joined" } else { "created" };
-    ctx.out.line(format!("{verb} workspace {} in {}", ws.id(), path.display()))?;
-    ctx.out.line(format!("this device is {device}"))?;
+    announce(ctx, &ws, &path, join.is_none())?;
     if join.is_none() && !a.open {
         ctx.out.line("members only: add devices with `shoal invite`")?;
     }
@@ -90,6 +78,25 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
         }
     }
     Ok(outcome)
+}
+
+/// Prints the new workspace file: its workspace, this device, and whether it was created
+/// or joined (the `workspace` envelope of `init` and `join`).
+pub fn announce(ctx: &mut Ctx, ws: &Workspace, path: &Path, created: bool) -> Result<()> {
+    let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
+    ctx.out.emit(
+        "workspace",
+        json!({
+            "workspace": ws.id().to_hex(),
+            "device": device,
+            "path": path.display().to_string(),
+            "created": created,
+        }),
+    )?;
+    let verb = if created { "created" } else { "joined" };
+    ctx.out.line(format!("{verb} workspace {} in {}", ws.id(), path.display()))?;
+    ctx.out.line(format!("this device is {device}"))?;
+    Ok(())
 }
 
 /// The one workspace that has a directory in the sync folder `folder`.

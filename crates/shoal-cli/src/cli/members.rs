@@ -116,18 +116,7 @@ pub async fn join(ctx: &mut Ctx, a: JoinArgs) -> Result<Outcome> {
         sync::check_folder_exists(folder)?;
     }
     let ws = Workspace::join_with_code(&path, &code, super::clock::options())?;
-    let device = ws.device().map(|d| d.to_hex()).unwrap_or_default();
-    ctx.out.emit(
-        "workspace",
-        json!({
-            "workspace": ws.id().to_hex(),
-            "device": device,
-            "path": path.display().to_string(),
-            "created": false,
-        }),
-    )?;
-    ctx.out.line(format!("joined workspace {} in {}", ws.id(), path.display()))?;
-    ctx.out.line(format!("this device is {device}"))?;
+    super::init::announce(ctx, &ws, &path, false)?;
     match &folder {
         Some(folder) => sync::sync_once(ctx, &ws, folder).await,
         None => {
