@@ -13,8 +13,11 @@
 //!   statement per shard).
 //! - A put reads the row head and the cells it writes with one statement per shard it
 //!   touches and writes them back with one upsert per shard; a narrow table has one shard,
-//!   so the common case is one read and one upsert. Statements are built once per
-//!   (table, cell signature, key width) and dropped when a part moves.
+//!   so the common case is one read and one upsert. A one-shard, LWW-only put whose plan
+//!   last found its row new skips the read: it inserts the state a new row gets with
+//!   `ON CONFLICT DO NOTHING`, and reads and merges only if that changed nothing (the row
+//!   exists). Statements are built once per (table, cell signature, key width) and dropped
+//!   when a part moves.
 //!
 //! Never: decides what is visible (views do), changes the physical layout other than
 //! through `ensure_*`, or sums counters in SQL (SQLite's `sum` fails on overflow; counters
