@@ -5,8 +5,8 @@
 //!
 //! SQLite's default moves the write-ahead log into the database file (a checkpoint) inside
 //! the commit that grows the log past 1,000 pages, on the committing thread: during a
-//! catch-up that was about a third of every commit's time, and a commit is on the critical
-//! path of every apply. Here the writer's hook only wakes the checkpointer thread, which
+//! catch-up of one-row entries that was more than half of the commits' wall time (copying
+//! and fsyncs), and commits are on the critical path of every apply. Here the writer's hook only wakes the checkpointer thread, which
 //! runs a `PASSIVE` checkpoint (it copies what no reader still needs, waits for nobody) on
 //! its own connection while the writer goes on.
 //!
