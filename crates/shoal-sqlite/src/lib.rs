@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+mod checkpoint;
 mod guard;
 mod keyfile;
 mod materialize;

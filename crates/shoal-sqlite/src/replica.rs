@@ -47,6 +47,7 @@ use shoal_core::{
     VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
+use crate::checkpoint::Checkpointer;
 use crate::guard::AppReader;
 use crate::keyfile;
 use crate::materialize::{DomainRouter, MaterializeError, Materializer};
@@ -90,6 +91,18 @@ pub(crate) struct Writer {
     pub(crate) materializer: DomainRouter,
     /// The connection's `synchronous` setting, so a commit sets it only when it changes.
     durability: Option<Durability>,
+    /// Checkpoints the write-ahead log off this thread (none when read-only).
+    checkpointer: Option<Checkpointer>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Before the connection closes, so that the last connection to close (one of the
+        // replica's) still merges the log into the file.
+        if let Some(c) = &mut self.checkpointer {
+            c.stop(&mut self.conn);
+        }
+    }
 }
 
 /// How durable a write transaction's commit is (`PRAGMA synchronous`).
@@ -296,9 +309,14 @@ impl SqliteReplica {
                 }
             }
         };
-        let mut writer =
-            Writer { conn, materializer: DomainRouter::new(options.domains), durability: None };
+        let mut writer = Writer {
+            conn,
+            materializer: DomainRouter::new(options.domains),
+            durability: None,
+            checkpointer: None,
+        };
         if !read_only {
+            writer.checkpointer = Some(Checkpointer::start(path, &mut writer.conn).map_err(sql)?);
             // IMMEDIATE: another process may be writing this file; taking the write lock up
             // front lets the busy timeout wait for it (a deferred transaction that reads and
             // then writes fails at once with SQLITE_BUSY instead).

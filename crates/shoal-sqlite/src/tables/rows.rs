@@ -13,8 +13,11 @@
 //!   statement per shard).
 //! - A put reads the row head and the cells it writes with one statement per shard it
 //!   touches and writes them back with one upsert per shard; a narrow table has one shard,
-//!   so the common case is one read and one upsert. Statements are built once per
-//!   (table, cell signature, key width) and dropped when a part moves.
+//!   so the common case is one read and one upsert. A one-shard, LWW-only put whose plan
+//!   last found its row new skips the read: it inserts the state a new row gets with
+//!   `ON CONFLICT DO NOTHING`, and reads and merges only if that changed nothing (the row
+//!   exists). Statements are built once per (table, cell signature, key width) and dropped
+//!   when a part moves.
 //!
 //! Never: decides what is visible (views do), changes the physical layout other than
 //! through `ensure_*`, or sums counters in SQL (SQLite's `sum` fails on overflow; counters
@@ -22,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -54,6 +58,15 @@ pub(super) struct PutPlan {
     shards: Vec<ShardPlan>,
     /// Per cell, in signature order: (index in `shards`, offset in that shard's state).
     slots: Vec<(usize, usize)>,
+    /// For a one-shard plan of LWW cells only: the main shard's upsert with `DO NOTHING`
+    /// on conflict, which writes a row only if it is new (see [`PutPlan::fresh`]).
+    insert: Option<String>,
+    /// The last put of this plan found its row new, so the next one first tries `insert`
+    /// as if its row were new too, without reading it; if the row exists after all, the
+    /// insert changes nothing and the put takes the reading path. A catch-up of new rows
+    /// thus costs one statement per row, an update-heavy workload one failed insert per
+    /// switch from new rows to existing ones.
+    fresh: AtomicBool,
 }
 
 /// Puts are keyed by table, the (column, part) of each cell, and the number of key values.
@@ -107,13 +120,21 @@ impl TablesMaterializer {
             )
         };
         let plan = self.put_plan(table, signature, values.len());
+        // Guess that the row is new (no read) when the last put of this plan found so.
+        let guess_new = plan.insert.is_some() && plan.fresh.load(Ordering::Relaxed);
 
         // One read of the main shard: the row's tombstone, last write and the cells there.
         let main = &plan.shards[0];
-        let current: Option<(Option<i64>, Option<i64>, Vec<SqlValue>)> = conn
-            .prepare_cached(&main.select)?
-            .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, read_values(r, 2)?)))
-            .optional()?;
+        let current: Option<(Option<i64>, Option<i64>, Vec<SqlValue>)> = if guess_new {
+            None
+        } else {
+            conn.prepare_cached(&main.select)?
+                .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, read_values(r, 2)?)))
+                .optional()?
+        };
+        if !guess_new && plan.insert.is_some() {
+            plan.fresh.store(current.is_none(), Ordering::Relaxed);
+        }
         let (tomb, written, main_state) = match current {
             Some((t, w, state)) => {
                 (t.map(hlc_from_sql), w.filter(|w| *w != 0).map(hlc_from_sql), state)
@@ -191,6 +212,20 @@ impl TablesMaterializer {
         for (i, (s, state)) in plan.shards.iter().zip(states).enumerate() {
             let mut args: Vec<SqlValue> = Vec::with_capacity(3 + values.len() + state.len());
             args.push(SqlValue::Blob(key.as_bytes().to_vec()));
+            if guess_new {
+                // A one-shard plan: write the row only if it is new; if it exists, nothing
+                // was written or recorded yet, and the put reads it and merges.
+                args.push(SqlValue::Integer(values.len() as i64));
+                args.push(SqlValue::Integer(hlc_sql(hlc)));
+                args.extend(values.iter().map(to_sql));
+                args.extend(state);
+                let insert = plan.insert.as_deref().unwrap_or(&s.upsert);
+                if conn.prepare_cached(insert)?.execute(rusqlite::params_from_iter(args))? == 0 {
+                    plan.fresh.store(false, Ordering::Relaxed);
+                    return self.put(conn, hlc, table, key, cells);
+                }
+                break;
+            }
             if i == 0 {
                 args.push(SqlValue::Integer(values.len() as i64));
                 args.push(SqlValue::Integer(written.max(Some(hlc)).map_or(0, hlc_sql)));
@@ -266,7 +301,13 @@ impl TablesMaterializer {
             shards.push(ShardPlan { shard, select, upsert, width: state_cols.len() });
         }
         debug_assert!(shards.first().is_some_and(|s| s.shard == 0));
-        let plan = Arc::new(PutPlan { shards, slots });
+        let insert =
+            (shards.len() == 1 && signature.iter().all(|(_, p)| *p == Part::Lww)).then(|| {
+                let upsert = &shards[0].upsert;
+                let at = upsert.find(" ON CONFLICT").unwrap_or(upsert.len());
+                format!("{} ON CONFLICT (key) DO NOTHING", &upsert[..at])
+            });
+        let plan = Arc::new(PutPlan { shards, slots, insert, fresh: AtomicBool::new(false) });
         self.put_sql.insert(cache_key, plan.clone());
         plan
     }
