@@ -29,7 +29,10 @@
 //!   `k` valid if `k` was below `T`'s limit in the roster of exactly what the ack covers.
 //!   A replica that acks what it has before it stores control entries that would cut what
 //!   it applied (the replica's duty, `docs/ARCHITECTURE.md`) therefore never sees an
-//!   applied entry turn invalid, and new logs only ever make more entries valid.
+//!   applied entry turn invalid, and new logs only ever make more entries valid. An ack
+//!   also witnesses *admission*: a device it saw admitted stays admitted (its join keeps
+//!   its use, whatever revocation or better-ranked join arrives later); only removal or
+//!   leaving ends it.
 //!
 //! Invariants: [`ControlLog::roster`] depends only on the set of entries inserted, never on
 //! their order or on any clock; claimed HLCs play no part except an invite's expiry, which
@@ -185,8 +188,10 @@ impl ControlLog {
         // The floor only rises, and the rules are applied again with it (an invite below a
         // witnessed limit counts, say), until it stops rising.
         let mut floor: BTreeMap<PeerId, u64> = BTreeMap::new();
+        // Devices whose admission a member's ack saw: admitted whatever arrives later.
+        let mut witnessed: BTreeSet<PeerId> = BTreeSet::new();
         loop {
-            let roster = base_roster(self, workspace, &floor);
+            let roster = base_roster(self, workspace, &floor, &witnessed);
             if roster.open {
                 return roster;
             }
@@ -216,10 +221,14 @@ impl ControlLog {
                             if target == *member {
                                 continue;
                             }
-                            let witnessed = next.min(seen.limit(&target));
+                            let valid = next.min(seen.limit(&target));
                             let f = floor.entry(target).or_insert(0);
-                            if witnessed > *f {
-                                *f = witnessed;
+                            if valid > *f {
+                                *f = valid;
+                                raised = true;
+                            }
+                            let admitted = seen.device(&target).is_some_and(|d| d.role.is_some());
+                            if next > 0 && admitted && witnessed.insert(target) {
                                 raised = true;
                             }
                         }
@@ -319,7 +328,12 @@ enum Admission {
 /// The rules of the module doc, with the limits witnessed so far (`floor`) as a lower bound.
 /// Grants are a least fixed point from "only the creator"; removals are then applied one at
 /// a time in seniority order, each judged under the grants the earlier ones left.
-fn base_roster(log: &ControlLog, workspace: &WorkspaceId, floor: &BTreeMap<PeerId, u64>) -> Roster {
+fn base_roster(
+    log: &ControlLog,
+    workspace: &WorkspaceId,
+    floor: &BTreeMap<PeerId, u64>,
+    witnessed: &BTreeSet<PeerId>,
+) -> Roster {
     let genesis = log.entries.iter().find_map(|(origin, l)| {
         let e = l.get(&0)?;
         let founds = e.ops.iter().any(|o| o.founds() == Some(*workspace));
@@ -386,7 +400,8 @@ fn base_roster(log: &ControlLog, workspace: &WorkspaceId, floor: &BTreeMap<PeerI
     // this ends, and a junior cannot undo a senior's earlier removal of it.
     let mut cuts: BTreeMap<PeerId, (PeerId, u64)> = BTreeMap::new();
     let folded = loop {
-        let round = fold_round(log, creator, creator_exchange, &admissions, &cuts, floor);
+        let round =
+            fold_round(log, creator, creator_exchange, &admissions, &cuts, floor, witnessed);
         let next =
             round.removals.iter().find(|r| cuts.get(&r.target).is_none_or(|&(_, c)| r.cut < c));
         match next {
@@ -513,6 +528,7 @@ fn fold_round(
     admissions: &BTreeMap<PeerId, (Admission, Hlc)>,
     cuts: &BTreeMap<PeerId, (PeerId, u64)>,
     floor: &BTreeMap<PeerId, u64>,
+    witnessed: &BTreeSet<PeerId>,
 ) -> Round {
     // A device leaves after its first leaving entry.
     let left: BTreeMap<PeerId, u64> = log
@@ -584,14 +600,28 @@ fn fold_round(
                 _ => {}
             }
         }
-        // Joins: the first `uses` on-time joins of an unrevoked invite, by peer id (the
-        // order of `admissions`), are admitted.
+        // Joins: a join a member's ack saw admitted stays admitted (revoked, expired or
+        // over-used since); the invite's remaining uses go to the other on-time joins of an
+        // unrevoked invite, by peer id (the order of `admissions`).
         let mut redeemed: HashMap<PublicKey, u32> = HashMap::new();
-        for (device, (how, hlc)) in admissions {
+        let seen_first = admissions.iter().filter(|(d, _)| witnessed.contains(*d));
+        let others = admissions.iter().filter(|(d, _)| !witnessed.contains(*d));
+        for (device, (how, hlc)) in seen_first.chain(others) {
             let Admission::Join { invite, .. } = how else { continue };
             let Some(inv) = invites.iter_mut().find(|i| i.key == *invite) else { continue };
             inv.joined.push(*device);
             let on_time = inv.expires == 0 || hlc.millis() <= inv.expires;
+            if witnessed.contains(device) {
+                *redeemed.entry(*invite).or_insert(0) += 1;
+                let admin_from = if inv.role == Role::Admin { 0 } else { u64::MAX };
+                grants.entry(*device).or_insert(Grant {
+                    role: inv.role,
+                    by: Some(inv.by),
+                    admin_from,
+                    granted_at: Some((inv.by, inv.index)),
+                });
+                continue;
+            }
             if !on_time || revoked.contains(invite) {
                 continue;
             }
@@ -916,16 +946,43 @@ mod tests {
         let mut cursors = vec![(w.id(&c), 3), (w.id(first), 5)];
         cursors.sort();
         w.put(&m, 1, ControlOp::Ack { cursors });
-        // The better-ranked join arrives: it takes the one use, but the first joiner's
-        // acknowledged entries stay valid; later ones do not.
+        // The better-ranked join arrives: the acknowledged join keeps the one use.
         w.put(second, 0, once.join_op(second));
-        assert_eq!(w.limit(second), u64::MAX);
+        assert_eq!(w.limit(second), 0);
+        assert_eq!(w.limit(first), u64::MAX);
+        // Removed from entry 2, its five acknowledged entries stay valid; later ones do not.
+        w.put(&c, 3, ControlOp::Remove { target: w.id(first), cut: 2 });
         assert_eq!(w.limit(first), 5);
-        // The first joiner's own acks never extend its own validity.
-        let mut own = vec![(w.id(&c), 3), (w.id(first), 9)];
+        // Its own acks never extend its own validity.
+        let mut own = vec![(w.id(&c), 4), (w.id(first), 9)];
         own.sort();
         w.put(first, 9, ControlOp::Ack { cursors: own });
         assert_eq!(w.limit(first), 5);
+    }
+
+    #[test]
+    fn a_join_a_member_saw_admitted_keeps_its_use_and_survives_revocation() {
+        let mut w = World::new(true);
+        let (c, m, first, second) = (w.creator.clone(), key(2), key(3), key(4));
+        let inv = code(&w, 50);
+        w.put(&c, 1, inv.invite_op(Role::Member, 0, 5, vec![]));
+        w.put(&m, 0, inv.join_op(&m));
+        let once = code(&w, 51);
+        w.put(&c, 2, once.invite_op(Role::Member, 0, 1, vec![]));
+        // Whichever sorts last joins first, and m acknowledges its join.
+        let (early, late) =
+            if w.id(&first) > w.id(&second) { (&first, &second) } else { (&second, &first) };
+        w.put(early, 0, once.join_op(early));
+        let mut cursors = vec![(w.id(&c), 3), (w.id(early), 1)];
+        cursors.sort();
+        w.put(&m, 1, ControlOp::Ack { cursors });
+        // The better-ranked join arrives later: the witnessed join keeps the one use.
+        w.put(late, 0, once.join_op(late));
+        assert_eq!(w.limit(early), u64::MAX);
+        assert_eq!(w.limit(late), 0);
+        // Revoking the invite now refuses no join a member saw admitted.
+        w.put(&c, 3, ControlOp::RevokeInvite { invite_key: once.key().public_key() });
+        assert_eq!((w.limit(early), w.limit(late)), (u64::MAX, 0));
     }
 
     #[test]

@@ -264,6 +264,24 @@ impl SqliteReplica {
 }
 
 impl SqliteReplica {
+    /// The replica's other duty: after storing a new device's entry 0 (its join), an
+    /// admitted member acks what it stores, so that admission is witnessed — a later join
+    /// with the same one-use invite, or a revocation, then cannot undo it.
+    pub(crate) fn ack_new_device(&self) -> Result<(), SyncError> {
+        let Some(own) = self.own_origin() else { return Ok(()) };
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let now = self.roster()?;
+        if now.open || !now.founded || now.limit(&own) != u64::MAX {
+            return Ok(());
+        }
+        let cursors = self.durable_cursors()?;
+        let ack = ControlOp::ack(cursors.iter().filter(|(o, n)| *o != own && *n > 0));
+        self.append_local(vec![LocalTx { ops: vec![ack.to_op()], author: None }])?;
+        Ok(())
+    }
+
     /// After control entries were stored (or at open): records why each origin held at its
     /// limit is held, and starts a rebuild if entries past a limit were materialized here.
     /// Returns whether a rebuild was started (the caller then re-materializes).

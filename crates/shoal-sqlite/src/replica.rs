@@ -642,6 +642,9 @@ impl SqliteReplica {
         let mut entries = entries;
         let successor = entries.iter().any(crate::succession::names_a_successor);
         let control = entries.iter().any(crate::members::is_control);
+        // A new device's entry 0 (its join or request).
+        let new_device = self.own_origin() != Some(origin)
+            && entries.first().is_some_and(|e| e.index == 0 && crate::members::is_control(e));
         self.ack_before_cutting(&entries)?;
         loop {
             let position = self.position(origin)?;
@@ -654,6 +657,9 @@ impl SqliteReplica {
                         // superseded entries end, and entries held for membership may
                         // apply now.
                         self.resume_materialization()?;
+                    }
+                    if new_device && applied.as_ref().is_ok_and(|a| a.new > 0) {
+                        self.ack_new_device()?;
                     }
                     return applied;
                 }

@@ -127,7 +127,10 @@ async fn an_uninvited_device_stays_pending_everywhere_until_an_admin_admits_it()
     }
     // The device sees its own writes; they are pending for everyone else.
     assert_eq!(ids(&x), ["a1", "x1"]);
-    // A second join with the one-use invite loses: it stays pending too.
+    // A second join with the one-use invite loses, whatever its peer id: the admin saw b
+    // admitted and acknowledged it (it acks every new device it stores), and publishes
+    // that with its next sync.
+    w.sync(&w.admin).await;
     let late = w.join("late.shoal", &code).await;
     put(&late, "l1", "late");
     w.sync(&late).await;
@@ -166,7 +169,8 @@ async fn a_removed_device_keeps_what_it_wrote_before_and_nothing_after() {
         assert_eq!(ids(ws), ["a1", "b1"], "writes past the cut are never applied");
         let mb = member(&ws.members().unwrap(), &b).clone();
         assert!(matches!(mb.state, DeviceState::Removed { .. }), "{mb:?}");
-        assert_eq!(mb.pending, 1);
+        // b2, and any ack b wrote after the cut.
+        assert!(mb.pending >= 1, "{mb:?}");
     }
     // Removing oneself is refused; leaving is how a device goes.
     let err = c.remove_device(c.device().unwrap()).unwrap_err();
