@@ -1,0 +1,230 @@
+//! Seed inputs: valid encodings of each target's format, taken from the test vectors of
+//! `docs/FORMAT.md` (§3.3, §4.7) and built the way the crates' own tests build values.
+//!
+//! Owns: [`seeds`], the inputs the corpora in `fuzz/corpus/<target>/` were grown from. The
+//! smoke test checks that each seed is accepted by its decoder (so the re-encoding checks
+//! of the targets run) and feeds the seeds to the mutation loop.
+//!
+//! Invariants: deterministic (fixed keys, fixed timestamps, no randomness), and every seed
+//! of a target decodes successfully in that target's decoder.
+//!
+//! Never: reads files at run time (the vectors are compiled in) or writes any.
+
+use shoal_core::codec::Encode;
+use shoal_core::control::ControlOp;
+use shoal_core::{
+    ChainHash, ChainPosition, DeviceKey, Domain, EncryptedPayload, Entry, EntryBody, Hlc, Op,
+    OwnLog, Payload, UserId,
+};
+use shoal_filelog::fork::ForkEvidence;
+use shoal_filelog::layout::SegmentName;
+use shoal_filelog::segment::{Compression, Segment};
+use shoal_tables::{
+    CellWrite, ColumnId, ColumnType, MergeKind, PkColumn, RowKey, TableId, TableOp, Value,
+};
+
+use crate::{vector_key, vector_workspace};
+
+const ENTRY_VECTOR_HEX: &str = include_str!("../../shoal-core/testdata/entry-v2.hex");
+const SEGMENT_VECTOR: &[u8] = include_bytes!("../../shoal-filelog/testdata/segment-v2.seg");
+const SEGMENT_VECTOR_RAW: &[u8] = include_bytes!("../../shoal-filelog/testdata/segment-v2-raw.seg");
+
+/// The seed inputs of the target `name` (see [`crate::TARGETS`]); empty for an unknown name.
+pub fn seeds(name: &str) -> Vec<Vec<u8>> {
+    match name {
+        "control_op" => control_ops()
+            .iter()
+            .map(|c| {
+                let op = c.to_op();
+                let mut out = vec![0, op.kind as u8];
+                out.extend_from_slice(&op.body);
+                out
+            })
+            .collect(),
+        "entry" => {
+            let mut out: Vec<Vec<u8>> = entries().iter().map(Encode::to_bytes).collect();
+            out.push(entry_vector());
+            out
+        }
+        "entry_body" => entries()
+            .iter()
+            .filter(|e| !matches!(e.body, EntryBody::Expunged(_)))
+            .map(|e| {
+                let mut out = Vec::new();
+                e.body.encode_stored(&mut out);
+                out
+            })
+            .collect(),
+        "payload" => payloads().iter().map(Encode::to_bytes).collect(),
+        "fork_evidence" => {
+            let key = vector_key();
+            let ws = vector_workspace();
+            vec![
+                ForkEvidence::sign(&key, ws, 1, ChainHash([1; 32]), ChainHash([2; 32])).encode(),
+                ForkEvidence::sign(&key, ws, 1 << 40, ChainHash([0; 32]), ChainHash([0xff; 32]))
+                    .encode(),
+            ]
+        }
+        "segment" => {
+            let mut out = vec![SEGMENT_VECTOR.to_vec(), SEGMENT_VECTOR_RAW.to_vec()];
+            let seg = log_segment();
+            out.push(seg.encode(Compression::None));
+            out.push(seg.encode(Compression::Zstd { level: 3 }));
+            out
+        }
+        "segment_name" => [(0, 0), (0, 41), (7, 1 << 33), (u64::MAX - 1, u64::MAX - 1)]
+            .iter()
+            .map(|&(first, last)| SegmentName { first, last }.file_name().into_bytes())
+            .collect(),
+        "id_dir" => {
+            let ws = vector_workspace();
+            vec![
+                ws.to_hex().into_bytes(),
+                vector_key().peer_id(&ws).to_hex().into_bytes(),
+                "00000000000000000000000000000000".into(),
+            ]
+        }
+        "table_op" => table_ops()
+            .iter()
+            .map(|op| {
+                let mut out = vec![op.kind() as u8];
+                op.encode(&mut out);
+                out
+            })
+            .collect(),
+        "value" => values().iter().map(Encode::to_bytes).collect(),
+        "row_key" => [
+            vec![Value::Integer(1)],
+            vec![Value::Text("a".into()), Value::Integer(-5)],
+            vec![Value::Null, Value::Real(1.5), Value::Blob(vec![0, 1, 2])],
+        ]
+        .iter()
+        .map(|vs| RowKey::from_values(vs).expect("valid key values").into_bytes())
+        .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn entry_vector() -> Vec<u8> {
+    let hex = ENTRY_VECTOR_HEX.trim();
+    hex::decode(hex).expect("the entry vector is hex")
+}
+
+fn control_ops() -> Vec<ControlOp> {
+    let key = vector_key();
+    let ws = vector_workspace();
+    let other = DeviceKey::from_secret_bytes(&[2; 32]);
+    vec![
+        ControlOp::genesis(key.public_key(), [0; 16]),
+        ControlOp::successor(&key, ws, other.peer_id(&ws), 3, ChainHash([9; 32])),
+    ]
+}
+
+fn payloads() -> Vec<Payload> {
+    let t = Hlc::from_millis(1_700_000_000_000);
+    let op = |domain, kind, body: &[u8]| Op { domain, kind, body: body.to_vec() };
+    vec![
+        Payload { hlc: t, author: None, ops: vec![op(Domain::TABLES, 1, b"hello")] },
+        Payload {
+            hlc: t.plus(1),
+            author: Some(UserId::from_bytes([0xaa; 16])),
+            ops: vec![op(Domain::TABLES, 2, &[0x00, 0xff]), op(Domain::DOCS, 0, b"x")],
+        },
+        Payload { hlc: t.plus(5), author: None, ops: vec![] },
+        Payload {
+            hlc: t.plus(9),
+            author: None,
+            ops: vec![control_ops()[0].to_op(), control_ops()[1].to_op()],
+        },
+        Payload { hlc: Hlc::from_u64(u64::MAX), author: None, ops: vec![op(Domain(9), 7, b"")] },
+    ]
+}
+
+/// A log of the vector key holding each seed payload, one expunged, plus an encrypted
+/// body (whose format is fixed ahead of the encryption work).
+fn entries() -> Vec<Entry> {
+    let key = vector_key();
+    let ws = vector_workspace();
+    let origin = key.peer_id(&ws);
+    let mut log = OwnLog::resume(key, ws, ChainPosition::start(&ws, &origin));
+    let mut out: Vec<Entry> = log.append(payloads()).into_iter().map(|(e, _)| e).collect();
+    out[1] = out[1].expunged();
+    out.push(Entry {
+        origin,
+        index: 1 << 20,
+        body: EntryBody::Encrypted(EncryptedPayload {
+            hlc: Hlc::from_millis(1_700_000_000_001),
+            op_count: 2,
+            epoch: 1,
+            nonce: [7; 24],
+            ciphertext: vec![0xc0; 40],
+        }),
+        seal: None,
+    });
+    out
+}
+
+/// A segment of the vector key holding every seed payload (sealed every other
+/// transaction), one entry expunged.
+fn log_segment() -> Segment {
+    let key = vector_key();
+    let ws = vector_workspace();
+    let origin = key.peer_id(&ws);
+    let start = ChainPosition::start(&ws, &origin);
+    let mut log = OwnLog::resume(key, ws, start);
+    let mut entries: Vec<Entry> = Vec::new();
+    let ps = payloads();
+    entries.extend(log.append_unsealed(ps[..2].to_vec()).into_iter().map(|(e, _)| e));
+    entries.extend(log.append(ps[2..].to_vec()).into_iter().map(|(e, _)| e));
+    entries[1] = entries[1].expunged();
+    Segment::new(ws, start, entries).expect("the seed segment is valid")
+}
+
+fn values() -> Vec<Value> {
+    vec![
+        Value::Null,
+        Value::Integer(0),
+        Value::Integer(-1),
+        Value::Integer(i64::MAX),
+        Value::Real(-0.0),
+        Value::Real(f64::NAN),
+        Value::Real(f64::INFINITY),
+        Value::Text("héllo".into()),
+        Value::Blob(vec![0, 0xff]),
+    ]
+}
+
+fn table_ops() -> Vec<TableOp> {
+    let table = TableId::from_name("notes");
+    let key = RowKey::from_values(&[Value::Text("k".into())]).expect("a valid key");
+    vec![
+        TableOp::CreateTable {
+            table,
+            name: "notes".into(),
+            primary_key: vec![
+                PkColumn::new(table, "id", ColumnType::Text),
+                PkColumn::new(table, "n", ColumnType::Integer),
+            ],
+        },
+        TableOp::add_column(table, "count", ColumnType::Integer, MergeKind::Counter),
+        TableOp::add_column(table, "title", ColumnType::Text, MergeKind::Lww),
+        TableOp::RenameTable { table, name: "memos".into() },
+        TableOp::RenameColumn {
+            table,
+            column: ColumnId::from_name(table, "title"),
+            name: "t".into(),
+        },
+        TableOp::DropTable { table },
+        TableOp::DropColumn { table, column: ColumnId::from_name(table, "title") },
+        TableOp::Put {
+            table,
+            key: key.clone(),
+            cells: vec![
+                (ColumnId::from_name(table, "title"), CellWrite::Set(Value::Text("x".into()))),
+                (ColumnId::from_name(table, "count"), CellWrite::Add(-3)),
+                (ColumnId::from_name(table, "best"), CellWrite::Max(Value::Real(2.5))),
+            ],
+        },
+        TableOp::Delete { table, key },
+    ]
+}
