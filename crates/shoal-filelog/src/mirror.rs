@@ -199,6 +199,18 @@ impl Mirror {
             report.published = *n;
         }
         let pulled = shoal_core::pull(&self.folder, &*self.local).await;
+        // Pulling can make the device write (a member acknowledges a new device it
+        // stored, or what it applied before a cut): publish that in the same pass.
+        let published = match (published, &pulled) {
+            (Ok(n), Ok(_)) => match self.folder.publish_from(self.local.clone()).await {
+                Ok(more) => Ok(n + more),
+                Err(e) => Err(e),
+            },
+            (other, _) => other,
+        };
+        if let Ok(n) = &published {
+            report.published = *n;
+        }
         if let Ok(r) = &pulled {
             report.pulled = r.new;
             report.duplicates = r.duplicates;

@@ -86,7 +86,13 @@ pub async fn invite(ctx: &mut Ctx, a: InviteArgs) -> Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
-    if done.status.in_sync() {
+    let s = &done.status;
+    let trouble = s.last_error.is_some()
+        || s.fork.is_some()
+        || !s.forked.is_empty()
+        || !s.stalled.is_empty()
+        || !s.bad_files.is_empty();
+    if !trouble {
         Ok(Outcome::Ok)
     } else {
         out::warn(format!(
