@@ -50,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("entry_body", entry_body),
     ("fork_evidence", fork_evidence),
     ("id_dir", id_dir),
+    ("invite_code", invite_code),
     ("payload", payload),
     ("row_key", row_key),
     ("segment", segment),
@@ -99,6 +100,15 @@ pub fn control_op(data: &[u8]) {
     if let Ok(c) = ControlOp::decode(&op) {
         assert_eq!(c.to_op(), op, "control op does not re-encode to its input");
         let _ = c.founds();
+    }
+}
+
+/// `shoal_core::invite::InviteCode::parse` (the text form of an invite code): an accepted
+/// code re-encodes to its input without the surrounding whitespace.
+pub fn invite_code(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(code) = shoal_core::invite::InviteCode::parse(text) {
+        assert_eq!(code.encode(), text.trim(), "invite code does not re-encode to its input");
     }
 }
 

@@ -11,7 +11,8 @@
 //! Never: reads files at run time (the vectors are compiled in) or writes any.
 
 use shoal_core::codec::Encode;
-use shoal_core::control::ControlOp;
+use shoal_core::control::{ControlOp, Role};
+use shoal_core::invite::InviteCode;
 use shoal_core::{
     ChainHash, ChainPosition, DeviceKey, Domain, EncryptedPayload, Entry, EntryBody, Hlc, Op,
     OwnLog, Payload, UserId,
@@ -32,6 +33,7 @@ const SEGMENT_VECTOR_RAW: &[u8] = include_bytes!("../../shoal-filelog/testdata/s
 /// The seed inputs of the target `name` (see [`crate::TARGETS`]); empty for an unknown name.
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
     match name {
+        "invite_code" => invite_codes().iter().map(|c| c.encode().into_bytes()).collect(),
         "control_op" => control_ops()
             .iter()
             .map(|c| {
@@ -114,9 +116,29 @@ fn control_ops() -> Vec<ControlOp> {
     let key = vector_key();
     let ws = vector_workspace();
     let other = DeviceKey::from_secret_bytes(&[2; 32]);
+    let code = InviteCode::from_parts(ws, "/srv/shared", [3; 32]);
+    let target = other.peer_id(&ws);
     vec![
         ControlOp::genesis(key.public_key(), [0; 16]),
         ControlOp::successor(&key, ws, other.peer_id(&ws), 3, ChainHash([9; 32])),
+        ControlOp::Policy { encrypted: true, creator_exchange: key.exchange_key() },
+        code.invite_op(Role::Admin, 1_700_000_000_000, 2, vec![0xaa; 40]),
+        code.join_op(&other),
+        ControlOp::Request { exchange: other.exchange_key() },
+        ControlOp::SetRole { target, role: Role::Admin },
+        ControlOp::RevokeInvite { invite_key: code.key().public_key() },
+        ControlOp::Remove { target, cut: 300 },
+        ControlOp::Leave,
+        ControlOp::ack([(key.peer_id(&ws), 5), (target, 200)]),
+    ]
+}
+
+fn invite_codes() -> Vec<InviteCode> {
+    let ws = vector_workspace();
+    vec![
+        InviteCode::from_parts(ws, "", [3; 32]),
+        InviteCode::from_parts(ws, "/srv/shared", [4; 32]),
+        InviteCode::from_parts(ws, "wss://relay.example/ws?x=1", [5; 32]),
     ]
 }
 
