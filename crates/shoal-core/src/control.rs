@@ -24,6 +24,7 @@
 //! the security work), or reads data ops.
 
 use crate::codec::{DecodeError, Reader};
+use crate::encryption::KeyWrap;
 use crate::entry::{ChainHash, Domain, EntryBody, Op};
 use crate::error::RejectReason;
 use crate::ids::{DeviceKey, ExchangeKey, PeerId, PublicKey, WorkspaceId};
@@ -56,6 +57,8 @@ pub mod kind {
     pub const LEAVE: u32 = 10;
     /// [`super::ControlOp::Ack`].
     pub const ACK: u32 = 11;
+    /// [`super::ControlOp::EpochKeys`].
+    pub const EPOCH_KEYS: u32 = 12;
 }
 
 /// The prefix of the message an invite secret signs to admit a joining device
@@ -66,8 +69,8 @@ const JOIN_PROOF_PREFIX: &[u8] = b"shoal 2026-11 join v1\0";
 /// with more devices writes several acks).
 pub const MAX_ACK_CURSORS: u64 = 4096;
 
-/// At most this many bytes of wrapped key material in one [`ControlOp::Invite`].
-pub const MAX_WRAPPED_KEY_BYTES: u64 = 1024;
+/// At most this many wraps in one [`ControlOp::EpochKeys`].
+pub const MAX_KEY_WRAPS: u64 = 4096;
 
 /// What a member may do. Part of the format (the byte values): never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,9 +153,9 @@ pub enum ControlOp {
         expires: u64,
         /// How many devices may join with it (at least 1).
         uses: u32,
-        /// The workspace key wrapped for the invite secret (encrypted workspaces; else
-        /// empty).
-        wrapped: Vec<u8>,
+        /// The epoch keys the inviting admin held, each wrapped for the invite secret's
+        /// X25519 key, by ascending epoch (encrypted workspaces; else empty).
+        wrapped: Vec<(u32, KeyWrap)>,
     },
     /// Entry 0 of a device joining with an invite: the join is the admission.
     Join {
@@ -199,6 +202,16 @@ pub enum ControlOp {
     Ack {
         /// `(origin, next)` pairs, strictly ascending by origin.
         cursors: Vec<(PeerId, u64)>,
+    },
+    /// The key of epoch `epoch`, wrapped for each listed device (encrypted workspaces:
+    /// the creator's first key in its genesis entry, a new epoch beside a removal, or an
+    /// admin handing keys to a member that lacks them). Only wraps by admins, and a
+    /// device's wraps for itself, are trusted (`docs/ARCHITECTURE.md`, "Encryption").
+    EpochKeys {
+        /// The epoch.
+        epoch: u32,
+        /// `(device, wrap)` pairs, strictly ascending by device.
+        wraps: Vec<(PeerId, KeyWrap)>,
     },
 }
 
@@ -298,6 +311,7 @@ impl ControlOp {
             ControlOp::Remove { .. } => kind::REMOVE,
             ControlOp::Leave => kind::LEAVE,
             ControlOp::Ack { .. } => kind::ACK,
+            ControlOp::EpochKeys { .. } => kind::EPOCH_KEYS,
         }
     }
 
@@ -325,12 +339,12 @@ impl ControlOp {
                 Op { domain: Domain::CONTROL, kind: kind::POLICY, body }
             }
             ControlOp::Invite { invite_key, role, expires, uses, wrapped } => {
-                let mut body = Vec::with_capacity(48 + wrapped.len());
+                let mut body = Vec::with_capacity(48 + wrapped.len() * 84);
                 body.extend_from_slice(invite_key.as_bytes());
                 body.push(*role as u8);
                 body.extend_from_slice(&expires.to_le_bytes());
                 body.extend_from_slice(&uses.to_le_bytes());
-                crate::codec::put_bytes(&mut body, wrapped);
+                crate::encryption::put_invite_keys(&mut body, wrapped);
                 Op { domain: Domain::CONTROL, kind: kind::INVITE, body }
             }
             ControlOp::Join { invite_key, exchange, proof } => {
@@ -370,6 +384,16 @@ impl ControlOp {
                 }
                 Op { domain: Domain::CONTROL, kind: kind::ACK, body }
             }
+            ControlOp::EpochKeys { epoch, wraps } => {
+                let mut body = Vec::with_capacity(8 + wraps.len() * 96);
+                crate::codec::put_varint(&mut body, u64::from(*epoch));
+                crate::codec::put_varint(&mut body, wraps.len() as u64);
+                for (device, wrap) in wraps {
+                    body.extend_from_slice(device.as_bytes());
+                    body.extend_from_slice(&wrap.0);
+                }
+                Op { domain: Domain::CONTROL, kind: kind::EPOCH_KEYS, body }
+            }
         }
     }
 
@@ -379,96 +403,112 @@ impl ControlOp {
             return Err(ControlError::NotControl(op.domain.0));
         }
         let mut r = Reader::new(&op.body);
-        let out =
-            match op.kind {
-                kind::GENESIS => {
-                    let at = r.offset();
-                    let creator =
-                        PublicKey::from_bytes(&r.array("genesis creator key")?).map_err(|_| {
-                            DecodeError {
-                                offset: at,
-                                what: crate::codec::DecodeProblem::Invalid(
-                                    "the creator key is not an Ed25519 public key",
-                                ),
-                            }
-                        })?;
-                    let salt = r.array("genesis salt")?;
-                    ControlOp::Genesis { creator, salt }
-                }
-                kind::SUCCESSOR => {
-                    let at = r.offset();
-                    let predecessor_key = PublicKey::from_bytes(&r.array("predecessor key")?)
-                        .map_err(|_| DecodeError {
+        let out = match op.kind {
+            kind::GENESIS => {
+                let at = r.offset();
+                let creator =
+                    PublicKey::from_bytes(&r.array("genesis creator key")?).map_err(|_| {
+                        DecodeError {
+                            offset: at,
+                            what: crate::codec::DecodeProblem::Invalid(
+                                "the creator key is not an Ed25519 public key",
+                            ),
+                        }
+                    })?;
+                let salt = r.array("genesis salt")?;
+                ControlOp::Genesis { creator, salt }
+            }
+            kind::SUCCESSOR => {
+                let at = r.offset();
+                let predecessor_key =
+                    PublicKey::from_bytes(&r.array("predecessor key")?).map_err(|_| {
+                        DecodeError {
                             offset: at,
                             what: crate::codec::DecodeProblem::Invalid(
                                 "the predecessor key is not an Ed25519 public key",
                             ),
-                        })?;
-                    let cut = u64::from_le_bytes(r.array("successor cut")?);
-                    let chain = ChainHash(r.array("successor chain")?);
-                    let proof = r.array("successor proof")?;
-                    ControlOp::Successor { predecessor_key, cut, chain, proof }
-                }
-                kind::POLICY => {
-                    let at = r.offset();
-                    let encrypted = match r.u8("policy flags")? {
-                        0 => false,
-                        1 => true,
-                        _ => return Err(invalid(at, "unknown policy flags").into()),
-                    };
-                    ControlOp::Policy {
-                        encrypted,
-                        creator_exchange: ExchangeKey(r.array("creator exchange key")?),
-                    }
-                }
-                kind::INVITE => {
-                    let invite_key = public_key(&mut r, "invite key")?;
-                    let role = role(&mut r)?;
-                    let expires = r.u64_le("invite expiry")?;
-                    let at = r.offset();
-                    let uses = r.u32_le("invite uses")?;
-                    if uses == 0 {
-                        return Err(invalid(at, "an invite for no uses").into());
-                    }
-                    let wrapped = r.bytes("wrapped key", MAX_WRAPPED_KEY_BYTES)?.to_vec();
-                    ControlOp::Invite { invite_key, role, expires, uses, wrapped }
-                }
-                kind::JOIN => {
-                    let invite_key = public_key(&mut r, "join invite key")?;
-                    let exchange = ExchangeKey(r.array("join exchange key")?);
-                    let proof = r.array("join proof")?;
-                    ControlOp::Join { invite_key, exchange, proof }
-                }
-                kind::REQUEST => {
-                    ControlOp::Request { exchange: ExchangeKey(r.array("request exchange key")?) }
-                }
-                kind::SET_ROLE => {
-                    let target = PeerId::from_bytes(r.array("role target")?);
-                    ControlOp::SetRole { target, role: role(&mut r)? }
-                }
-                kind::REVOKE_INVITE => ControlOp::RevokeInvite {
-                    invite_key: public_key(&mut r, "revoked invite key")?,
-                },
-                kind::REMOVE => {
-                    let target = PeerId::from_bytes(r.array("removed device")?);
-                    ControlOp::Remove { target, cut: r.u64_le("removal cut")? }
-                }
-                kind::LEAVE => ControlOp::Leave,
-                kind::ACK => {
-                    let n = r.bounded_varint("ack cursor count", MAX_ACK_CURSORS)?;
-                    let mut cursors: Vec<(PeerId, u64)> = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let at = r.offset();
-                        let origin = PeerId::from_bytes(r.array("ack origin")?);
-                        if cursors.last().is_some_and(|(last, _)| *last >= origin) {
-                            return Err(invalid(at, "ack origins not strictly ascending").into());
                         }
-                        cursors.push((origin, r.varint("ack cursor")?));
-                    }
-                    ControlOp::Ack { cursors }
+                    })?;
+                let cut = u64::from_le_bytes(r.array("successor cut")?);
+                let chain = ChainHash(r.array("successor chain")?);
+                let proof = r.array("successor proof")?;
+                ControlOp::Successor { predecessor_key, cut, chain, proof }
+            }
+            kind::POLICY => {
+                let at = r.offset();
+                let encrypted = match r.u8("policy flags")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(invalid(at, "unknown policy flags").into()),
+                };
+                ControlOp::Policy {
+                    encrypted,
+                    creator_exchange: ExchangeKey(r.array("creator exchange key")?),
                 }
-                other => return Err(ControlError::NeedsUpgrade { kind: other }),
-            };
+            }
+            kind::INVITE => {
+                let invite_key = public_key(&mut r, "invite key")?;
+                let role = role(&mut r)?;
+                let expires = r.u64_le("invite expiry")?;
+                let at = r.offset();
+                let uses = r.u32_le("invite uses")?;
+                if uses == 0 {
+                    return Err(invalid(at, "an invite for no uses").into());
+                }
+                let wrapped = crate::encryption::read_invite_keys(&mut r)?;
+                ControlOp::Invite { invite_key, role, expires, uses, wrapped }
+            }
+            kind::JOIN => {
+                let invite_key = public_key(&mut r, "join invite key")?;
+                let exchange = ExchangeKey(r.array("join exchange key")?);
+                let proof = r.array("join proof")?;
+                ControlOp::Join { invite_key, exchange, proof }
+            }
+            kind::REQUEST => {
+                ControlOp::Request { exchange: ExchangeKey(r.array("request exchange key")?) }
+            }
+            kind::SET_ROLE => {
+                let target = PeerId::from_bytes(r.array("role target")?);
+                ControlOp::SetRole { target, role: role(&mut r)? }
+            }
+            kind::REVOKE_INVITE => {
+                ControlOp::RevokeInvite { invite_key: public_key(&mut r, "revoked invite key")? }
+            }
+            kind::REMOVE => {
+                let target = PeerId::from_bytes(r.array("removed device")?);
+                ControlOp::Remove { target, cut: r.u64_le("removal cut")? }
+            }
+            kind::LEAVE => ControlOp::Leave,
+            kind::ACK => {
+                let n = r.bounded_varint("ack cursor count", MAX_ACK_CURSORS)?;
+                let mut cursors: Vec<(PeerId, u64)> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let at = r.offset();
+                    let origin = PeerId::from_bytes(r.array("ack origin")?);
+                    if cursors.last().is_some_and(|(last, _)| *last >= origin) {
+                        return Err(invalid(at, "ack origins not strictly ascending").into());
+                    }
+                    cursors.push((origin, r.varint("ack cursor")?));
+                }
+                ControlOp::Ack { cursors }
+            }
+            kind::EPOCH_KEYS => {
+                let epoch = r.bounded_varint("key epoch", u32::MAX.into())? as u32;
+                let n = r.bounded_varint("key wrap count", MAX_KEY_WRAPS)?;
+                let mut wraps: Vec<(PeerId, KeyWrap)> =
+                    Vec::with_capacity(n.min(r.remaining() / 96));
+                for _ in 0..n {
+                    let at = r.offset();
+                    let device = PeerId::from_bytes(r.array("key wrap device")?);
+                    if wraps.last().is_some_and(|(last, _)| *last >= device) {
+                        return Err(invalid(at, "key wrap devices not strictly ascending").into());
+                    }
+                    wraps.push((device, KeyWrap(r.array("key wrap")?)));
+                }
+                ControlOp::EpochKeys { epoch, wraps }
+            }
+            other => return Err(ControlError::NeedsUpgrade { kind: other }),
+        };
         r.finish()?;
         Ok(out)
     }
@@ -718,7 +758,8 @@ mod tests {
                 role.clone(),
                 any::<u64>(),
                 1..u32::MAX,
-                proptest::collection::vec(any::<u8>(), 0..80)
+                proptest::collection::btree_map(any::<u32>(), any::<u8>(), 0..3)
+                    .prop_map(|m| m.into_iter().map(|(e, b)| (e, KeyWrap([b; 80]))).collect())
             )
                 .prop_map(|(invite_key, role, expires, uses, wrapped)| {
                     ControlOp::Invite { invite_key, role, expires, uses, wrapped }
@@ -738,6 +779,11 @@ mod tests {
             Just(ControlOp::Leave),
             proptest::collection::btree_map(any_peer(), any::<u64>(), 0..20)
                 .prop_map(|m| ControlOp::Ack { cursors: m.into_iter().collect() }),
+            (any::<u32>(), proptest::collection::btree_map(any_peer(), any::<u8>(), 0..4))
+                .prop_map(|(epoch, m)| ControlOp::EpochKeys {
+                    epoch,
+                    wraps: m.into_iter().map(|(d, b)| (d, KeyWrap([b; 80]))).collect()
+                }),
         ]
     }
 

@@ -115,6 +115,9 @@ mod stored_tag {
     pub const DATA_ENCRYPTED: u8 = 3;
 }
 
+/// The stored tag of an encrypted data entry (bound into its associated data).
+pub(crate) const DATA_ENCRYPTED_TAG: u8 = stored_tag::DATA_ENCRYPTED;
+
 impl Payload {
     /// The timestamp of the last op (the entry's own timestamp when it has no ops).
     pub fn last_hlc(&self) -> Hlc {
@@ -185,6 +188,20 @@ impl Payload {
             return Err(r.error(DecodeProblem::Invalid("a control entry without ops")));
         }
         Ok(Payload { hlc, author, ops })
+    }
+
+    /// The plaintext of an encrypted data entry: author and ops (`docs/FORMAT.md` §3.6).
+    pub(crate) fn encode_data_contents(&self, out: &mut Vec<u8>) {
+        self.encode_contents(out);
+    }
+
+    /// Decodes the plaintext of an encrypted data entry stamped `hlc`, rejecting control
+    /// ops and trailing bytes.
+    pub(crate) fn decode_data_contents(bytes: &[u8], hlc: Hlc) -> Result<Payload, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let payload = Payload::read_contents(&mut r, stored_tag::DATA, hlc)?;
+        r.finish()?;
+        Ok(payload)
     }
 
     /// Writes what follows the timestamp of a plaintext entry (author and ops); the inverse
@@ -668,26 +685,60 @@ impl OwnLog {
         SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
     }
 
+    /// [`OwnLog::append_unsealed`] in an encrypted workspace: data payloads are sealed with
+    /// `keys` (the newest epoch held; [`crate::encryption`]), control payloads stay
+    /// plaintext. Fails, appending nothing, if a data payload cannot be sealed.
+    pub fn append_unsealed_encrypted(
+        &mut self,
+        payloads: Vec<Payload>,
+        keys: &crate::encryption::Keyring,
+    ) -> Result<Vec<(Entry, Vec<u8>)>, crate::encryption::EncryptionError> {
+        let start = self.position;
+        let mut out = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let body = if payload.class() == Ok(EntryClass::Data) {
+                match keys.seal(&self.origin, self.position.next, &self.position.chain, &payload) {
+                    Ok(sealed) => EntryBody::Encrypted(sealed),
+                    Err(e) => {
+                        self.position = start;
+                        return Err(e);
+                    }
+                }
+            } else {
+                EntryBody::Live(payload)
+            };
+            out.push(self.push(body, false));
+        }
+        Ok(out)
+    }
+
     fn append_with(&mut self, payloads: Vec<Payload>, seal_last: bool) -> Vec<(Entry, Vec<u8>)> {
         let count = payloads.len();
         let mut out = Vec::with_capacity(count);
         for (i, payload) in payloads.into_iter().enumerate() {
-            let index = self.position.next;
-            let bytes = payload.to_bytes();
-            let hash = EntryHash::of_stored(&self.origin, index, &bytes);
-            self.position =
-                ChainPosition { next: index + 1, chain: self.position.chain.link(&hash) };
-            let last = seal_last && i + 1 == count;
-            let seal = (last || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
-                SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
-                    .seal
-            });
-            out.push((
-                Entry { origin: self.origin, index, body: EntryBody::Live(payload), seal },
-                bytes,
-            ));
+            out.push(self.push(EntryBody::Live(payload), seal_last && i + 1 == count));
         }
         out
+    }
+
+    /// Appends one entry with a body built elsewhere (already encrypted, say), sealed: for
+    /// tools and tests that build entries by hand. Its bytes are the body's stored form.
+    pub fn append_body(&mut self, body: EntryBody) -> (Entry, Vec<u8>) {
+        self.push(body, true)
+    }
+
+    /// Appends one entry (sealing it if `seal` or at a [`MAX_SEAL_GAP`] boundary).
+    fn push(&mut self, body: EntryBody, seal: bool) -> (Entry, Vec<u8>) {
+        let index = self.position.next;
+        let mut bytes = Vec::with_capacity(64);
+        body.encode_stored(&mut bytes);
+        let hash = EntryHash::of_stored(&self.origin, index, &bytes);
+        self.position = ChainPosition { next: index + 1, chain: self.position.chain.link(&hash) };
+        let seal = (seal || self.position.next.is_multiple_of(MAX_SEAL_GAP)).then(|| {
+            SignedHead::sign(&self.key, self.workspace, self.position.next, self.position.chain)
+                .seal
+        });
+        (Entry { origin: self.origin, index, body, seal }, bytes)
     }
 }
 

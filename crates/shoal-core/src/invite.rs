@@ -2,7 +2,7 @@
 //!
 //! Owns: [`InviteCode`] (the workspace id, a location hint, and the invite secret) and its
 //! text form (`docs/FORMAT.md` §3.5): `shoal-invite:` followed by unpadded base64url of
-//! `version || workspace || secret || hint || checksum`.
+//! `version || flags || workspace || secret || hint || checksum` (format 1 had no flags).
 //!
 //! Invariants: the secret never appears in any log; only its public key does (in the
 //! admin's [`ControlOp::Invite`]) and its signature (in the joiner's [`ControlOp::Join`]).
@@ -18,8 +18,12 @@ use crate::ids::{DeviceKey, RandomnessUnavailable, WorkspaceId, random_bytes};
 /// The text every invite code starts with.
 pub const INVITE_PREFIX: &str = "shoal-invite:";
 
-/// The version byte of the code format this version writes and reads.
-const CODE_VERSION: u8 = 1;
+/// The version byte of the code format this version writes (it also reads format 1, which
+/// had no flags byte).
+const CODE_VERSION: u8 = 2;
+
+/// Flag bit: the workspace is encrypted.
+const FLAG_ENCRYPTED: u8 = 1;
 
 /// At most this many bytes of location hint in a code.
 pub const MAX_HINT_BYTES: u64 = 1024;
@@ -32,6 +36,9 @@ pub struct InviteCode {
     pub workspace: WorkspaceId,
     /// Where to find the workspace (a folder path or a relay URL; may be empty).
     pub hint: String,
+    /// The workspace is encrypted: the joining device writes no data before it holds a
+    /// key (its invite's keys arrive wrapped for the secret, in the admin's invite op).
+    pub encrypted: bool,
     secret: [u8; 32],
 }
 
@@ -45,7 +52,7 @@ pub enum InviteCodeError {
     #[error("the invite code is damaged: not base64url ({0})")]
     Encoding(String),
     /// A code of a newer format.
-    #[error("the invite code is of format {0}; this version reads format {CODE_VERSION}")]
+    #[error("the invite code is of format {0}; this version reads formats 1 to {CODE_VERSION}")]
     Version(u8),
     /// The checksum does not match: a typo or a cut-off paste.
     #[error("the invite code is damaged (checksum mismatch): copy it again whole")]
@@ -61,12 +68,17 @@ pub enum InviteCodeError {
 impl InviteCode {
     /// A new code with a fresh random secret.
     pub fn generate(workspace: WorkspaceId, hint: &str) -> Result<Self, RandomnessUnavailable> {
-        Ok(InviteCode { workspace, hint: hint.to_owned(), secret: random_bytes::<32>()? })
+        Ok(InviteCode {
+            workspace,
+            hint: hint.to_owned(),
+            encrypted: false,
+            secret: random_bytes::<32>()?,
+        })
     }
 
     /// A code from known parts (tests and the simulation use seeded secrets).
     pub fn from_parts(workspace: WorkspaceId, hint: &str, secret: [u8; 32]) -> Self {
-        InviteCode { workspace, hint: hint.to_owned(), secret }
+        InviteCode { workspace, hint: hint.to_owned(), encrypted: false, secret }
     }
 
     /// The invite's signing key (its public key identifies the invite).
@@ -75,7 +87,13 @@ impl InviteCode {
     }
 
     /// The op an admin writes to make this invite.
-    pub fn invite_op(&self, role: Role, expires: u64, uses: u32, wrapped: Vec<u8>) -> ControlOp {
+    pub fn invite_op(
+        &self,
+        role: Role,
+        expires: u64,
+        uses: u32,
+        wrapped: Vec<(u32, crate::encryption::KeyWrap)>,
+    ) -> ControlOp {
         ControlOp::Invite {
             invite_key: self.key().public_key(),
             role,
@@ -94,6 +112,7 @@ impl InviteCode {
     pub fn encode(&self) -> String {
         let mut bytes = Vec::with_capacity(56 + self.hint.len());
         bytes.push(CODE_VERSION);
+        bytes.push(if self.encrypted { FLAG_ENCRYPTED } else { 0 });
         bytes.extend_from_slice(self.workspace.as_bytes());
         bytes.extend_from_slice(&self.secret);
         put_bytes(&mut bytes, self.hint.as_bytes());
@@ -117,15 +136,30 @@ impl InviteCode {
         }
         let mut r = Reader::new(content);
         let version = r.u8("invite code version")?;
-        if version != CODE_VERSION {
-            return Err(InviteCodeError::Version(version));
-        }
+        let encrypted = match version {
+            1 => false,
+            CODE_VERSION => {
+                let at = r.offset();
+                match r.u8("invite code flags")? {
+                    0 => false,
+                    FLAG_ENCRYPTED => true,
+                    _ => {
+                        return Err(DecodeError {
+                            offset: at,
+                            what: crate::codec::DecodeProblem::Invalid("unknown invite code flags"),
+                        }
+                        .into());
+                    }
+                }
+            }
+            other => return Err(InviteCodeError::Version(other)),
+        };
         let workspace = WorkspaceId::from_bytes(r.array("invite workspace")?);
         let secret = r.array("invite secret")?;
         let hint = r.bytes("invite hint", MAX_HINT_BYTES)?.to_vec();
         r.finish()?;
         let hint = String::from_utf8(hint).map_err(|_| InviteCodeError::HintNotUtf8)?;
-        Ok(InviteCode { workspace, hint, secret })
+        Ok(InviteCode { workspace, hint, encrypted, secret })
     }
 }
 
@@ -135,6 +169,7 @@ impl std::fmt::Debug for InviteCode {
         f.debug_struct("InviteCode")
             .field("workspace", &self.workspace)
             .field("hint", &self.hint)
+            .field("encrypted", &self.encrypted)
             .field("key", &self.key().public_key())
             .finish()
     }
@@ -157,7 +192,13 @@ mod tests {
         let text = code.encode();
         assert_eq!(InviteCode::parse(&format!("  {text}\n")), Ok(code.clone()));
         assert_eq!(InviteCode::parse("hello"), Err(InviteCodeError::NotACode));
-        assert_eq!(InviteCode::parse(&text[..text.len() - 4]), Err(InviteCodeError::Checksum));
+        // A cut-off paste: refused whether the cut leaves whole base64 groups or not.
+        for cut in 1..8 {
+            assert!(matches!(
+                InviteCode::parse(&text[..text.len() - cut]),
+                Err(InviteCodeError::Checksum | InviteCodeError::Encoding(_))
+            ));
+        }
         assert!(matches!(
             InviteCode::parse(&format!("{text}!")),
             Err(InviteCodeError::Encoding(_))
@@ -172,8 +213,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn codes_round_trip(ws in any::<[u8; 16]>(), secret in any::<[u8; 32]>(), hint in ".{0,60}") {
-            let code = InviteCode::from_parts(WorkspaceId::from_bytes(ws), &hint, secret);
+        fn codes_round_trip(ws in any::<[u8; 16]>(), secret in any::<[u8; 32]>(), hint in ".{0,60}", encrypted in any::<bool>()) {
+            let mut code = InviteCode::from_parts(WorkspaceId::from_bytes(ws), &hint, secret);
+            code.encrypted = encrypted;
             prop_assert_eq!(InviteCode::parse(&code.encode()), Ok(code));
         }
 

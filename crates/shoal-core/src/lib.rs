@@ -50,6 +50,7 @@ pub mod codec;
 pub mod control;
 mod cursors;
 mod drivers;
+pub mod encryption;
 mod entry;
 mod error;
 mod hlc;

@@ -43,6 +43,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::control::{ControlOp, Role};
+use crate::encryption::KeyWrap;
 use crate::entry::EntryBody;
 use crate::hlc::Hlc;
 use crate::ids::{ExchangeKey, PeerId, PublicKey, WorkspaceId};
@@ -120,8 +121,24 @@ pub struct InviteStatus {
     pub joined: Vec<PeerId>,
     /// Whether an admin revoked it.
     pub revoked: bool,
-    /// The wrapped workspace key it carries (empty when not encrypted).
-    pub wrapped: Vec<u8>,
+    /// The epoch keys it carries, wrapped for its secret (empty when not encrypted).
+    pub wrapped: Vec<(u32, KeyWrap)>,
+}
+
+/// A wrapped epoch key the roster trusts: written by an admin (in an entry that counts),
+/// or by a device for itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedWrap {
+    /// Who wrote it.
+    pub by: PeerId,
+    /// The entry of `by` that holds it.
+    pub index: u64,
+    /// The epoch whose key it wraps.
+    pub epoch: u32,
+    /// The device it is wrapped for.
+    pub recipient: PeerId,
+    /// The wrap.
+    pub wrap: KeyWrap,
 }
 
 /// The meaning of a [`ControlLog`]: who may write, from which index to which.
@@ -139,6 +156,7 @@ pub struct Roster {
     pub founded: bool,
     devices: BTreeMap<PeerId, DeviceStatus>,
     invites: Vec<InviteStatus>,
+    key_wraps: Vec<TrustedWrap>,
 }
 
 impl ControlLog {
@@ -291,6 +309,28 @@ impl Roster {
             .collect()
     }
 
+    /// The wrapped epoch keys the roster trusts, in (author, index) order.
+    pub fn key_wraps(&self) -> &[TrustedWrap] {
+        &self.key_wraps
+    }
+
+    /// The newest epoch any trusted wrap or invite carries a key of.
+    pub fn newest_epoch(&self) -> Option<u32> {
+        let wraps = self.key_wraps.iter().map(|w| w.epoch);
+        let invites = self.invites.iter().flat_map(|i| i.wrapped.iter().map(|(e, _)| *e));
+        wraps.chain(invites).max()
+    }
+
+    /// Whether `device` was given a key of `epoch`: a trusted wrap for it, or the invite it
+    /// joined with.
+    pub fn was_given(&self, device: &PeerId, epoch: u32) -> bool {
+        self.key_wraps.iter().any(|w| w.recipient == *device && w.epoch == epoch)
+            || self
+                .invites
+                .iter()
+                .any(|i| i.joined.contains(device) && i.wrapped.iter().any(|(e, _)| *e == epoch))
+    }
+
     /// Whether `origin` is an admitted admin whose entry `index` counts.
     pub fn is_admin_at(&self, origin: &PeerId, index: u64) -> bool {
         self.devices
@@ -346,6 +386,7 @@ fn base_roster(
         founded: false,
         devices: BTreeMap::new(),
         invites: Vec::new(),
+        key_wraps: Vec::new(),
     };
     let Some((creator, genesis)) = genesis else {
         // Nothing is known to be valid before the genesis arrives.
@@ -413,6 +454,7 @@ fn base_roster(
     };
     roster.devices = folded.devices;
     roster.invites = folded.invites;
+    roster.key_wraps = folded.key_wraps;
     // Origins that wrote control entries but never asked to join.
     for origin in log.entries.keys() {
         roster.devices.entry(*origin).or_insert_with(|| pending(None, "it never joined"));
@@ -442,6 +484,7 @@ fn apply_floor(devices: &mut BTreeMap<PeerId, DeviceStatus>, floor: &BTreeMap<Pe
 struct Round {
     devices: BTreeMap<PeerId, DeviceStatus>,
     invites: Vec<InviteStatus>,
+    key_wraps: Vec<TrustedWrap>,
     /// The removals that count under this round's grants, in the order they are applied.
     removals: Vec<Removal>,
 }
@@ -759,7 +802,28 @@ fn fold_round(
         );
     }
     apply_floor(&mut devices, floor);
-    Round { devices, invites, removals }
+    // Key wraps: an admin's (in an entry that counts), or a device's for itself. Nobody
+    // else can hand a member a key it would then write under.
+    let key_wraps = counted
+        .iter()
+        .filter_map(|&(author, index, op)| match op {
+            ControlOp::EpochKeys { epoch, wraps } => Some((author, index, *epoch, wraps)),
+            _ => None,
+        })
+        .flat_map(|(author, index, epoch, wraps)| {
+            let admin = admin_at(&author, index);
+            wraps.iter().filter(move |(recipient, _)| admin || *recipient == author).map(
+                move |(recipient, wrap)| TrustedWrap {
+                    by: author,
+                    index,
+                    epoch,
+                    recipient: *recipient,
+                    wrap: *wrap,
+                },
+            )
+        })
+        .collect();
+    Round { devices, invites, removals, key_wraps }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 use shoal_core::codec::Encode;
 use shoal_core::control::{ControlOp, Role};
+use shoal_core::encryption::KeyWrap;
 use shoal_core::invite::InviteCode;
 use shoal_core::{
     ChainHash, ChainPosition, DeviceKey, Domain, EncryptedPayload, Entry, EntryBody, Hlc, Op,
@@ -122,7 +123,7 @@ fn control_ops() -> Vec<ControlOp> {
         ControlOp::genesis(key.public_key(), [0; 16]),
         ControlOp::successor(&key, ws, other.peer_id(&ws), 3, ChainHash([9; 32])),
         ControlOp::Policy { encrypted: true, creator_exchange: key.exchange_key() },
-        code.invite_op(Role::Admin, 1_700_000_000_000, 2, vec![0xaa; 40]),
+        code.invite_op(Role::Admin, 1_700_000_000_000, 2, vec![(0, KeyWrap([0xaa; 80]))]),
         code.join_op(&other),
         ControlOp::Request { exchange: other.exchange_key() },
         ControlOp::SetRole { target, role: Role::Admin },
@@ -130,6 +131,7 @@ fn control_ops() -> Vec<ControlOp> {
         ControlOp::Remove { target, cut: 300 },
         ControlOp::Leave,
         ControlOp::ack([(key.peer_id(&ws), 5), (target, 200)]),
+        ControlOp::EpochKeys { epoch: 1, wraps: vec![(target, KeyWrap([0xbb; 80]))] },
     ]
 }
 

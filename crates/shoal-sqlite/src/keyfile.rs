@@ -9,8 +9,10 @@
 //! records only the public key it expects (`shoal_meta.device_public`), so a missing or
 //! wrong key file is an error naming the file.
 //!
-//! Format (57 bytes): `"SHOALKEY"`, version byte `1`, the 16-byte workspace id, the 32-byte
-//! Ed25519 secret key.
+//! Format: `"SHOALKEY"`, a version byte, the 16-byte workspace id, the 32-byte Ed25519
+//! secret key (57 bytes: version 1); version 2 (89 bytes) adds the 32-byte secret of the
+//! invite code the device joined an encrypted workspace with: the epoch keys that invite
+//! carries are wrapped for it (`shoal_core::encryption`), so it is a key like the others.
 //!
 //! Invariants: the file is created with `O_EXCL` and mode 0600 under a temporary name,
 //! fsynced, then linked to its final name (never replacing a file there) and the directory
@@ -27,7 +29,15 @@ use shoal_core::{DeviceKey, PublicKey, WorkspaceId};
 
 const MAGIC: &[u8; 8] = b"SHOALKEY";
 const VERSION: u8 = 1;
+const VERSION_WITH_INVITE: u8 = 2;
 const LEN: usize = 8 + 1 + 16 + 32;
+const LEN_WITH_INVITE: usize = LEN + 32;
+
+/// What a key file holds: the device key, and the invite secret it joined with, if kept.
+pub(crate) struct Secrets {
+    pub(crate) device: DeviceKey,
+    pub(crate) invite: Option<DeviceKey>,
+}
 
 /// Why the device key file could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -116,15 +126,19 @@ pub(crate) fn write_new(
     path: &Path,
     workspace: &WorkspaceId,
     key: &DeviceKey,
+    invite: Option<&DeviceKey>,
 ) -> Result<(), KeyFileError> {
     if path.exists() {
         return Err(KeyFileError::Exists { path: path.to_owned() });
     }
-    let mut bytes = Vec::with_capacity(LEN);
+    let mut bytes = Vec::with_capacity(LEN_WITH_INVITE);
     bytes.extend_from_slice(MAGIC);
-    bytes.push(VERSION);
+    bytes.push(if invite.is_some() { VERSION_WITH_INVITE } else { VERSION });
     bytes.extend_from_slice(workspace.as_bytes());
     bytes.extend_from_slice(&key.to_secret_bytes());
+    if let Some(invite) = invite {
+        bytes.extend_from_slice(&invite.to_secret_bytes());
+    }
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
@@ -163,7 +177,7 @@ pub(crate) fn read(
     path: &Path,
     workspace: &WorkspaceId,
     expected: &PublicKey,
-) -> Result<DeviceKey, KeyFileError> {
+) -> Result<Secrets, KeyFileError> {
     let wrong = |what: String| KeyFileError::Wrong { path: path.to_owned(), what };
     let mut file = match File::open(path) {
         Ok(f) => f,
@@ -176,23 +190,36 @@ pub(crate) fn read(
         Err(e) => return Err(io_err(path, "open the key file")(e)),
     };
     secure(path, &file)?;
-    let mut bytes = Vec::with_capacity(LEN);
+    let mut bytes = Vec::with_capacity(LEN_WITH_INVITE);
     Read::by_ref(&mut file)
-        .take(LEN as u64 + 1)
+        .take(LEN_WITH_INVITE as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(io_err(path, "read the key file"))?;
-    if bytes.len() != LEN || &bytes[..8] != MAGIC {
+    if bytes.len() < LEN || &bytes[..8] != MAGIC {
         return Err(wrong(format!("not a Shoal key file ({} bytes)", bytes.len())));
     }
-    if bytes[8] != VERSION {
-        return Err(wrong(format!("key file version {} (this Shoal reads {VERSION})", bytes[8])));
+    let expected_len = match bytes[8] {
+        VERSION => LEN,
+        VERSION_WITH_INVITE => LEN_WITH_INVITE,
+        v => {
+            return Err(wrong(format!(
+                "key file version {v} (this Shoal reads {VERSION} and {VERSION_WITH_INVITE})"
+            )));
+        }
+    };
+    if bytes.len() != expected_len {
+        return Err(wrong(format!("not a Shoal key file ({} bytes)", bytes.len())));
     }
     if &bytes[9..25] != workspace.as_bytes() {
         return Err(wrong(format!("it is for workspace {}", hex(&bytes[9..25]))));
     }
-    let mut secret = [0u8; 32];
-    secret.copy_from_slice(&bytes[25..]);
-    let key = DeviceKey::from_secret_bytes(&secret);
+    let secret = |at: usize| {
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&bytes[at..at + 32]);
+        DeviceKey::from_secret_bytes(&secret)
+    };
+    let key = secret(25);
+    let invite = (expected_len == LEN_WITH_INVITE).then(|| secret(LEN));
     if key.public_key() != *expected {
         return Err(wrong(format!(
             "it holds device key {}, the workspace expects {}",
@@ -200,7 +227,7 @@ pub(crate) fn read(
             hex(expected.as_bytes())
         )));
     }
-    Ok(key)
+    Ok(Secrets { device: key, invite })
 }
 
 /// Makes sure only the owner can read the key file (Unix): a looser mode is tightened.

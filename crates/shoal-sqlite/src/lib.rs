@@ -38,6 +38,7 @@
 //! ```
 
 mod checkpoint;
+mod crypt;
 mod guard;
 mod keyfile;
 mod materialize;

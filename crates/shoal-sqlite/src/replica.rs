@@ -40,14 +40,16 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use shoal_core::SignedHead;
 use shoal_core::codec::DecodeError;
+use shoal_core::encryption::OpenError as SealedOpenError;
 use shoal_core::{
     BatchApplied, ChainHash, ChainPosition, CursorBroadcast, CursorStream, DeviceKey, Entry,
-    EntryBody, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource, Op, OwnLog,
-    PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock, UserId,
-    VerifiedRun, WallClock, WorkspaceId, run_blocking,
+    EntryBody, EntryClass, EntryHash, HasCursors, Hlc, HlcClock, Ingest, LogProcessor, LogSource,
+    Op, OwnLog, PAGE_BYTES, Payload, PeerCursors, PeerId, PublicKey, Seal, SyncError, SystemClock,
+    UserId, VerifiedRun, WallClock, WorkspaceId, run_blocking,
 };
 
 use crate::checkpoint::Checkpointer;
+use crate::crypt::Crypt;
 use crate::guard::AppReader;
 use crate::keyfile;
 use crate::materialize::{DomainRouter, MaterializeError, Materializer};
@@ -70,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) workspace: WorkspaceId,
     pub(crate) device: Option<DeviceKey>,
+    /// The invite secret this device joined with (from its key file), if kept.
+    pub(crate) invite: Option<DeviceKey>,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     /// Connections for app SQL, each with the authorizer installed (`guard`).
@@ -81,6 +85,12 @@ pub(crate) struct Inner {
     pub(crate) roster: crate::members::RosterCache,
     /// The file records that the workspace is members-only (`members`).
     pub(crate) members_expected: std::sync::atomic::AtomicBool,
+    /// The keys this device holds, as last derived (`crypt`).
+    pub(crate) keyring: crate::crypt::KeyringCache,
+    /// Keys lent to a replica without a device key (`SqliteReplica::use_keys`).
+    pub(crate) lent_keys: std::sync::OnceLock<Arc<shoal_core::encryption::Keyring>>,
+    /// The file records that the workspace is encrypted (`crypt`).
+    pub(crate) encryption_expected: std::sync::atomic::AtomicBool,
     /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
     read_only: bool,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -215,6 +225,19 @@ impl SqliteReplica {
         device: Option<DeviceKey>,
         options: Options,
     ) -> Result<Self, OpenError> {
+        Self::create_with_invite(path, workspace, device, None, options)
+    }
+
+    /// [`SqliteReplica::create`] for a device joining with an invite code: the invite's
+    /// secret is kept in the key file beside the device key (the epoch keys of an
+    /// encrypted workspace reach the new device wrapped for it).
+    pub fn create_with_invite(
+        path: impl AsRef<Path>,
+        workspace: WorkspaceId,
+        device: Option<DeviceKey>,
+        invite: Option<DeviceKey>,
+        options: Options,
+    ) -> Result<Self, OpenError> {
         let path = path.as_ref();
         if path.exists() {
             return Err(OpenError::AlreadyExists { path: path.to_owned() });
@@ -224,7 +247,7 @@ impl SqliteReplica {
         // names it; the workspace records only the public key it expects.
         let key_file = keyfile::key_path(path);
         if let Some(key) = &device {
-            keyfile::write_new(&key_file, &workspace, key)?;
+            keyfile::write_new(&key_file, &workspace, key, invite.as_ref())?;
             meta.push(("device_public", key.public_key().as_bytes().to_vec()));
         }
         let conn = match schema::create(path, &meta) {
@@ -288,7 +311,7 @@ impl SqliteReplica {
             .as_deref()
             .and_then(WorkspaceId::from_slice)
             .ok_or_else(|| damaged("the workspace id is missing or not 16 bytes".into()))?;
-        let device = match schema::meta(&conn, "device_public").map_err(sql)? {
+        let secrets = match schema::meta(&conn, "device_public").map_err(sql)? {
             None => None,
             Some(bytes) => {
                 let public: [u8; 32] = bytes
@@ -301,7 +324,7 @@ impl SqliteReplica {
                     crate::succession::finish_key_handover(path, &workspace, &public)?;
                 }
                 match keyfile::read(&keyfile::key_path(path), &workspace, &public) {
-                    Ok(key) => Some(key),
+                    Ok(secrets) => Some(secrets),
                     // Reading needs no key: a read-only look at a file whose key is not
                     // readable here still works.
                     Err(_) if read_only => None,
@@ -331,6 +354,11 @@ impl SqliteReplica {
         }
         let cursors = read_cursors(&writer.conn).map_err(sql)?;
         let members_expected = crate::members::members_expected(&writer.conn).map_err(sql)?;
+        let encryption_expected = crate::crypt::encryption_expected(&writer.conn).map_err(sql)?;
+        let (device, invite) = match secrets {
+            Some(s) => (Some(s.device), s.invite),
+            None => (None, None),
+        };
         let ingest = Ingest::new(workspace).with_clock(options.clock.clone());
         let ingest = match &device {
             Some(key) => ingest.with_own_origin(key.peer_id(&workspace)),
@@ -341,6 +369,7 @@ impl SqliteReplica {
                 path: path.to_owned(),
                 workspace,
                 device,
+                invite,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 app_readers: Mutex::new(Vec::new()),
@@ -348,6 +377,9 @@ impl SqliteReplica {
                 ingest,
                 roster: std::sync::Mutex::new(None),
                 members_expected: std::sync::atomic::AtomicBool::new(members_expected),
+                keyring: std::sync::Mutex::new(None),
+                lent_keys: std::sync::OnceLock::new(),
+                encryption_expected: std::sync::atomic::AtomicBool::new(encryption_expected),
                 clock: options.clock,
                 read_only,
                 poller: Mutex::new(None),
@@ -519,7 +551,8 @@ impl SqliteReplica {
         }
         let ws = self.inner.workspace;
         let origin = key.peer_id(&ws);
-        let control = txs.iter().any(|t| t.class() == Ok(shoal_core::EntryClass::Control));
+        let control = txs.iter().any(|t| t.class() == Ok(EntryClass::Control));
+        let data = txs.iter().any(|t| t.class() == Ok(EntryClass::Data));
         let mut guard = self.writer();
         guard.set_durability(Durability::Full).map_err(self.backend("set synchronous"))?;
         let Writer { conn, materializer, .. } = &mut *guard;
@@ -551,8 +584,28 @@ impl SqliteReplica {
                 })
                 .collect();
             let mut own = OwnLog::resume(key.clone(), ws, position);
+            // Data entries of an encrypted workspace are sealed under the newest epoch key
+            // held, and materialized here from the plaintext in hand.
+            let crypt = if data {
+                let roster = crate::members::roster(&self.inner.roster, &tx, &ws)
+                    .map_err(self.backend("read the membership"))?;
+                Some(self.crypt(&roster)).filter(|c| c.encrypted)
+            } else {
+                None
+            };
             // No signature per commit: the tip is sealed when the log is read out (read_range).
-            let entries = own.append_unsealed(payloads);
+            let (entries, plaintext) = match &crypt {
+                Some(c) => {
+                    let entries = own
+                        .append_unsealed_encrypted(payloads.clone(), &c.keys)
+                        .map_err(|e| SyncError::Unavailable {
+                            what: self.inner.path.display().to_string(),
+                            reason: e.to_string(),
+                        })?;
+                    (entries, Some(payloads))
+                }
+                None => (own.append_unsealed(payloads), None),
+            };
             let mut commits = Vec::with_capacity(entries.len());
             let mut materialized = materialized_to;
             {
@@ -561,9 +614,11 @@ impl SqliteReplica {
                         "INSERT INTO shoal_oplog (id, hlc, expunged, payload, seal) VALUES (?1, ?2, 0, ?3, ?4)",
                     )
                     .map_err(self.backend("prepare oplog insert"))?;
-                for (entry, bytes) in &entries {
-                    let EntryBody::Live(payload) = &entry.body else {
-                        return Err(SyncError::Bug("a local entry was built expunged".into()));
+                for (i, (entry, bytes)) in entries.iter().enumerate() {
+                    let payload = match (&entry.body, &plaintext) {
+                        (_, Some(plain)) => &plain[i],
+                        (EntryBody::Live(p), None) => p,
+                        _ => return Err(SyncError::Bug("a local entry was built expunged".into())),
                     };
                     insert
                         .execute(params![
@@ -661,6 +716,10 @@ impl SqliteReplica {
                     if new_device && applied.as_ref().is_ok_and(|a| a.new > 0) {
                         self.ack_new_device()?;
                     }
+                    if control && applied.as_ref().is_ok_and(|a| a.new > 0) {
+                        // A member that lacks a key of the encrypted workspace gets it.
+                        self.share_keys()?;
+                    }
                     return applied;
                 }
                 // Another writer moved this origin since it was read: verify again from where
@@ -725,6 +784,9 @@ impl SqliteReplica {
                         .unwrap_or_else(|| "not a member".into());
                     stall = Some((held_from, why));
                 }
+                let crypt = self.crypt(&roster);
+                // The chain before each entry, which an encrypted entry's associated data binds.
+                let mut prev = run.start().chain;
                 materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
                 let mut clock =
                     HlcClock::resume(read_clock(&tx).map_err(self.backend("read clock"))?);
@@ -756,13 +818,20 @@ impl SqliteReplica {
                             .map_err(self.backend("append to the oplog"))?;
                         crate::members::record(&tx, e, &buf)
                             .map_err(self.backend("record a control entry"))?;
+                        let before = prev;
+                        if crypt.encrypted {
+                            prev = prev.link(&match &e.body {
+                                EntryBody::Expunged(h) => *h,
+                                _ => EntryHash::of_stored(&origin, e.index, &buf),
+                            });
+                        }
                         let stalled_here = stall.as_ref().is_some_and(|(i, _)| *i <= e.index);
                         if materialized != e.index || stalled_here || superseded(e.index) {
                             continue;
                         }
-                        match materialize_entry(materializer, &tx, &ws, origin, e) {
+                        match materialize_entry(materializer, &tx, &ws, &crypt, &before, e) {
                             Ok(()) => materialized += 1,
-                            Err(Unmaterialized::Stall(why)) => {
+                            Err(Unmaterialized::Stall(why) | Unmaterialized::Hold(why)) => {
                                 return Ok(Attempt::Failed { index: e.index, why });
                             }
                             Err(Unmaterialized::Abort(err)) => {
@@ -827,7 +896,11 @@ impl SqliteReplica {
                     // store the run again without materializing from that entry on.
                     drop(tx);
                     materializer.rolled_back();
-                    tracing::warn!(%origin, index, reason = %why, "origin stalled");
+                    if why.contains(crate::crypt::KEY_WAIT) {
+                        tracing::debug!(%origin, index, reason = %why, "origin pending");
+                    } else {
+                        tracing::warn!(%origin, index, reason = %why, "origin stalled");
+                    }
                     stall = Some((index, why));
                 }
                 Err(e) => {
@@ -947,7 +1020,7 @@ impl SqliteReplica {
                 .map_err(sql)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get::<_, Option<i64>>(4)?))
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<i64>>(4)?))
                 })
                 .map_err(sql)?;
             let mut out = Vec::new();
@@ -957,7 +1030,10 @@ impl SqliteReplica {
                 let superseded = crate::succession::superseded(conn, &origin).map_err(sql)?;
                 let (next, materialized) = (next as u64, materialized as u64);
                 let held = materialized < next && materialized >= self.limit_of(&roster, &origin);
-                let (stalled, pending) = if held {
+                let waits_for_key = stalled.as_deref().is_some_and(|s: &str| s.contains(crate::crypt::KEY_WAIT));
+                let (stalled, pending) = if waits_for_key {
+                    (None, stalled)
+                } else if held {
                     let why = crate::members::hold(&roster, &origin, materialized, &EntryBody::Expunged(EntryHash([0; 32])));
                     (None, why.or(stalled))
                 } else {
@@ -968,7 +1044,7 @@ impl SqliteReplica {
                     next,
                     materialized,
                     stalled,
-                    stalled_at: if held { None } else { at.map(|t| t as u64) },
+                    stalled_at: if held || waits_for_key { None } else { at.map(|t| t as u64) },
                     superseded,
                     pending,
                 });
@@ -1058,18 +1134,37 @@ impl SqliteReplica {
         };
         let behind: Vec<OriginStatus> =
             self.origin_status()?.into_iter().filter(|s| s.materialized < applicable(s)).collect();
+        let crypt = self.crypt(&roster);
         for status in behind {
             let mut from = status.materialized;
             let end = applicable(&status);
+            let mut prev = if crypt.encrypted {
+                self.chain_before(status.origin, from)?
+            } else {
+                ChainHash([0; 32]) // bound by no entry's associated data
+            };
             while from < end {
                 let mut page = self.read_page(status.origin, from)?;
                 page.retain(|e| e.index < end);
                 if page.is_empty() {
                     break;
                 }
-                let done = self.rematerialize(status.origin, from, &page)?;
+                let done = self.rematerialize(status.origin, from, &page, &crypt, prev)?;
                 if done == from {
                     break; // still stalled: this version cannot apply it either
+                }
+                if crypt.encrypted {
+                    let applied = &page[..(done - from) as usize];
+                    prev = shoal_core::chain_through(
+                        ChainPosition { next: from, chain: prev },
+                        applied,
+                    )
+                    .map_err(|(expected, found)| {
+                        SyncError::Bug(format!(
+                            "a page of {} skips from {expected} to {found}",
+                            status.origin
+                        ))
+                    })?;
                 }
                 from = done;
             }
@@ -1077,7 +1172,14 @@ impl SqliteReplica {
         Ok(())
     }
 
-    fn rematerialize(&self, origin: PeerId, from: u64, page: &[Entry]) -> Result<u64, SyncError> {
+    fn rematerialize(
+        &self,
+        origin: PeerId,
+        from: u64,
+        page: &[Entry],
+        crypt: &Crypt,
+        start: ChainHash,
+    ) -> Result<u64, SyncError> {
         let ws = self.inner.workspace;
         let wall = self.inner.clock.now_millis();
         let mut guard = self.writer();
@@ -1096,13 +1198,18 @@ impl SqliteReplica {
             }
             let mut materialized = from;
             let mut failed = None;
+            let mut prev = start;
             for e in page.iter().filter(|e| e.index >= from) {
                 if stop.as_ref().is_some_and(|(i, _)| *i <= e.index) {
                     break;
                 }
-                match materialize_entry(materializer, &tx, &ws, origin, e) {
+                let before = prev;
+                if crypt.encrypted {
+                    prev = prev.link(&e.hash());
+                }
+                match materialize_entry(materializer, &tx, &ws, crypt, &before, e) {
                     Ok(()) => materialized += 1,
-                    Err(Unmaterialized::Stall(why)) => {
+                    Err(Unmaterialized::Stall(why) | Unmaterialized::Hold(why)) => {
                         failed = Some((e.index, why));
                         break;
                     }
@@ -1253,18 +1360,24 @@ enum Attempt {
 enum Unmaterialized {
     /// The entry cannot be applied (by this version, or at all): its origin stalls there.
     Stall(String),
+    /// The entry cannot be applied *yet* (its epoch key is not here): its origin is
+    /// pending there until a control entry brings the key.
+    Hold(String),
     /// The file itself failed (I/O, full disk, lock): the whole apply is abandoned.
     Abort(rusqlite::Error),
 }
 
-/// Materializes one stored entry through the domain router.
+/// Materializes one stored entry through the domain router, opening it first if it is
+/// encrypted (`prev`: the chain hash before it, which its associated data binds).
 fn materialize_entry(
     router: &mut DomainRouter,
     conn: &Connection,
     workspace: &WorkspaceId,
-    origin: PeerId,
+    crypt: &Crypt,
+    prev: &ChainHash,
     e: &Entry,
 ) -> Result<(), Unmaterialized> {
+    let origin = e.origin;
     if let EntryBody::Live(p) = &e.body
         && crate::succession::names_a_successor(e)
     {
@@ -1278,29 +1391,46 @@ fn materialize_entry(
             .map(|_| ())
             .map_err(Unmaterialized::Abort);
     }
-    match &e.body {
-        EntryBody::Expunged(_) => Ok(()),
-        EntryBody::Encrypted(c) => Err(Unmaterialized::Stall(format!(
-            "it is encrypted (key epoch {}) and this version holds no workspace keys",
-            c.epoch
-        ))),
-        EntryBody::Live(p) => match router.apply(conn, origin, e.index, p) {
-            Ok(()) => Ok(()),
-            Err(MaterializeError::NeedsUpgrade(what)) => {
-                Err(Unmaterialized::Stall(format!("needs a newer Shoal: {what}")))
-            }
-            Err(MaterializeError::Malformed(what)) => {
-                Err(Unmaterialized::Stall(format!("malformed: {what}")))
-            }
-            Err(MaterializeError::Sqlite(err)) if is_storage_failure(&err) => {
-                Err(Unmaterialized::Abort(err))
-            }
-            // Anything else SQLite refuses (a limit, a constraint) is about this entry, not
-            // the file: stall its origin, keep the others going.
-            Err(MaterializeError::Sqlite(err)) => {
-                Err(Unmaterialized::Stall(format!("the database refused it: {err}")))
-            }
-        },
+    let opened;
+    let payload = match &e.body {
+        EntryBody::Expunged(_) => return Ok(()),
+        EntryBody::Encrypted(_) if !crypt.encrypted => {
+            return Err(Unmaterialized::Stall(
+                "it is encrypted, and the workspace was created without encryption".into(),
+            ));
+        }
+        EntryBody::Encrypted(c) => {
+            opened = crypt.keys.open(&origin, e.index, prev, c).map_err(|err| match err {
+                SealedOpenError::NoKey { .. } => Unmaterialized::Hold(err.to_string()),
+                other => Unmaterialized::Stall(other.to_string()),
+            })?;
+            &opened
+        }
+        EntryBody::Live(p) if crypt.encrypted && p.class() == Ok(EntryClass::Data) => {
+            return Err(Unmaterialized::Stall(
+                "a plaintext data entry in an encrypted workspace (refused: data must be \
+                 encrypted)"
+                    .into(),
+            ));
+        }
+        EntryBody::Live(p) => p,
+    };
+    match router.apply(conn, origin, e.index, payload) {
+        Ok(()) => Ok(()),
+        Err(MaterializeError::NeedsUpgrade(what)) => {
+            Err(Unmaterialized::Stall(format!("needs a newer Shoal: {what}")))
+        }
+        Err(MaterializeError::Malformed(what)) => {
+            Err(Unmaterialized::Stall(format!("malformed: {what}")))
+        }
+        Err(MaterializeError::Sqlite(err)) if is_storage_failure(&err) => {
+            Err(Unmaterialized::Abort(err))
+        }
+        // Anything else SQLite refuses (a limit, a constraint) is about this entry, not
+        // the file: stall its origin, keep the others going.
+        Err(MaterializeError::Sqlite(err)) => {
+            Err(Unmaterialized::Stall(format!("the database refused it: {err}")))
+        }
     }
 }
 

@@ -339,7 +339,7 @@ impl SqliteReplica {
         let path = self.inner.path.clone();
         let next_key = next_key_path(&path);
         let _ = std::fs::remove_file(&next_key);
-        keyfile::write_new(&next_key, &ws, &new_key)
+        keyfile::write_new(&next_key, &ws, &new_key, None)
             .map_err(|e| SyncError::backend(format!("{}: write the new key", path.display()), e))?;
 
         let wall = self.inner.clock.now_millis();

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use shoal_core::control::{ControlOp, Role};
+use shoal_core::encryption::{EpochKey, wrap_key};
 use shoal_core::invite::InviteCode;
 use shoal_core::membership::{DeviceState, Roster};
 use shoal_core::{Hlc, PeerId};
@@ -139,7 +140,20 @@ impl Workspace {
                 .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64)
                 .max(1),
         };
-        self.admin_op(code.invite_op(role, expires, uses, Vec::new()))?;
+        let mut code = code;
+        let roster = self.roster()?;
+        code.encrypted = roster.encrypted;
+        // The epoch keys this admin holds, wrapped for the invite secret: the new device
+        // reads history and writes without any admin online.
+        let wrapped = if roster.encrypted {
+            self.replica()
+                .keyring()?
+                .wrap_all_for(&code.key().exchange_key())
+                .map_err(|e| Error::Membership(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        self.admin_op(code.invite_op(role, expires, uses, wrapped))?;
         Ok(code)
     }
 
@@ -151,7 +165,20 @@ impl Workspace {
                 "no device {device} has asked to join (sync first, or check the id)"
             )));
         }
-        self.admin_op(ControlOp::SetRole { target: device, role })
+        let mut ops = vec![ControlOp::SetRole { target: device, role }];
+        // In an encrypted workspace the admission hands over every key this admin holds.
+        if let Some(exchange) = roster.device(&device).and_then(|d| d.exchange)
+            && roster.encrypted
+        {
+            let keys = self.replica().keyring()?;
+            for epoch in keys.epochs().filter(|e| !roster.was_given(&device, *e)) {
+                let Some(key) = keys.keys_of(epoch).first() else { continue };
+                let wrap = wrap_key(&self.id(), epoch, key, &exchange)
+                    .map_err(|e| Error::Membership(e.to_string()))?;
+                ops.push(ControlOp::EpochKeys { epoch, wraps: vec![(device, wrap)] });
+            }
+        }
+        self.admin_ops(ops)
     }
 
     /// Withdraws an invite (by its code): joins that no member had seen before they saw
@@ -180,7 +207,25 @@ impl Workspace {
             return Err(Error::Membership(format!("no device {device} is known here")));
         }
         let cut = self.replica().durable_cursors()?.get(&device);
-        self.admin_op(ControlOp::Remove { target: device, cut })
+        let remove = ControlOp::Remove { target: device, cut };
+        if !roster.encrypted {
+            return self.admin_ops(vec![remove]);
+        }
+        // The removal rotates the key: a new epoch, wrapped for every other active member
+        // (this device included), so the removed device cannot read what follows.
+        let epoch = roster.newest_epoch().map_or(0, |e| e.saturating_add(1));
+        let key = EpochKey::generate().map_err(|e| Error::Membership(e.to_string()))?;
+        let mut wraps = Vec::new();
+        for (id, status) in roster.devices() {
+            let Some(exchange) = status.exchange else { continue };
+            if *id == device || status.role.is_none() || status.state != DeviceState::Active {
+                continue;
+            }
+            let wrap = wrap_key(&self.id(), epoch, &key, &exchange)
+                .map_err(|e| Error::Membership(e.to_string()))?;
+            wraps.push((*id, wrap));
+        }
+        self.admin_ops(vec![remove, ControlOp::EpochKeys { epoch, wraps }])
     }
 
     /// This device leaves: nothing it writes after this is applied anywhere else.
@@ -191,6 +236,11 @@ impl Workspace {
     /// Writes an admin op after an ack of this device's stored cursors (see the module
     /// doc), if this device is an active admin.
     fn admin_op(&self, op: ControlOp) -> Result<Commit> {
+        self.admin_ops(vec![op])
+    }
+
+    /// [`Workspace::admin_op`] for several ops in one entry.
+    fn admin_ops(&self, ops: Vec<ControlOp>) -> Result<Commit> {
         let roster = self.roster()?;
         let me = self.device().ok_or_else(|| {
             Error::Membership("this replica holds no device key: it cannot write".into())
@@ -213,7 +263,7 @@ impl Workspace {
         }
         let cursors = self.replica().durable_cursors()?;
         let ack = ControlOp::ack(cursors.iter().filter(|(o, n)| *o != me && *n > 0));
-        let commits = self.control_entries(vec![vec![ack], vec![op]])?;
+        let commits = self.control_entries(vec![vec![ack], ops])?;
         commits.into_iter().last().ok_or_else(|| {
             Error::Sync(shoal_core::SyncError::Bug("a local append returned no commit".into()))
         })

@@ -113,6 +113,8 @@ impl Workspace {
             Options { clock: Arc::new(clock), domains: vec![Box::new(TablesMaterializer::new())] };
         let rebuilt =
             SqliteReplica::create(dir.path().join("rebuild.shoal"), self.id(), None, options)?;
+        // It opens encrypted entries with this device's keys.
+        rebuilt.use_keys(self.replica().keyring()?);
         let mut entries = 0;
         let cursors = self.replica().durable_cursors()?;
         for (origin, next) in cursors.iter() {

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use shoal_core::control::ControlOp;
+use shoal_core::encryption::{EpochKey, wrap_key};
 use shoal_core::{
     DeviceKey, HasCursors, Hlc, PeerCursors, PeerId, SystemClock, WallClock, WorkspaceId,
     random_bytes,
@@ -35,11 +36,15 @@ pub struct WorkspaceOptions {
     /// For [`Workspace::create`]: the workspace admits only invited devices (DESIGN §8;
     /// `docs/ARCHITECTURE.md`, "Membership"). Fixed for life by the genesis entry.
     pub members_only: bool,
+    /// For [`Workspace::create`]: data entries are end-to-end encrypted (DESIGN §8;
+    /// `docs/ARCHITECTURE.md`, "Encryption"); implies `members_only`. Fixed for life by the
+    /// genesis entry.
+    pub encrypted: bool,
 }
 
 impl Default for WorkspaceOptions {
     fn default() -> Self {
-        WorkspaceOptions { clock: Arc::new(SystemClock), members_only: false }
+        WorkspaceOptions { clock: Arc::new(SystemClock), members_only: false, encrypted: false }
     }
 }
 
@@ -203,11 +208,20 @@ impl Workspace {
             Error::Sync(shoal_core::SyncError::Bug("a genesis founds a workspace".into()))
         })?;
         let mut first = vec![genesis];
-        if options.members_only {
-            first
-                .push(ControlOp::Policy { encrypted: false, creator_exchange: key.exchange_key() });
+        if options.members_only || options.encrypted {
+            let encrypted = options.encrypted;
+            first.push(ControlOp::Policy { encrypted, creator_exchange: key.exchange_key() });
         }
-        Self::create_file(path.as_ref(), id, key, options, first)
+        if options.encrypted {
+            // Epoch 0's key, wrapped for the creator itself: every key a device holds is
+            // recovered from the control log and its own secret.
+            let path_err = |reason: String| Error::Path { path: path.as_ref().to_owned(), reason };
+            let epoch_key = EpochKey::generate().map_err(|e| path_err(e.to_string()))?;
+            let wrap = wrap_key(&id, 0, &epoch_key, &key.exchange_key())
+                .map_err(|e| path_err(e.to_string()))?;
+            first.push(ControlOp::EpochKeys { epoch: 0, wraps: vec![(key.peer_id(&id), wrap)] });
+        }
+        Self::create_file(path.as_ref(), id, key, None, options, first)
     }
 
     /// Creates a file for a new device of the existing workspace `id`; it fills by syncing.
@@ -233,7 +247,7 @@ impl Workspace {
         options: WorkspaceOptions,
     ) -> Result<Workspace> {
         let request = ControlOp::Request { exchange: key.exchange_key() };
-        Self::create_file(path.as_ref(), id, key, options, vec![request])
+        Self::create_file(path.as_ref(), id, key, None, options, vec![request])
     }
 
     /// Creates a file for a new device joining with an invite code: its entry 0 redeems
@@ -256,7 +270,10 @@ impl Workspace {
         options: WorkspaceOptions,
     ) -> Result<Workspace> {
         let join = code.join_op(&key);
-        Self::create_file(path.as_ref(), code.workspace, key, options, vec![join])
+        // An encrypted workspace's keys reach the new device wrapped for the invite secret:
+        // its key file keeps the secret.
+        let invite = code.encrypted.then(|| code.key());
+        Self::create_file(path.as_ref(), code.workspace, key, invite, options, vec![join])
     }
 
     /// Creates the file atomically: it is built and closed under a hidden temporary name
@@ -267,6 +284,7 @@ impl Workspace {
         path: &Path,
         id: WorkspaceId,
         key: DeviceKey,
+        invite: Option<DeviceKey>,
         options: WorkspaceOptions,
         first: Vec<ControlOp>,
     ) -> Result<Workspace> {
@@ -289,12 +307,17 @@ impl Workspace {
         let tmp = path.with_file_name(format!(".{}.init-{suffix}", name.to_string_lossy()));
         let built = (|| -> Result<()> {
             let m = TablesMaterializer::new();
-            let replica = SqliteReplica::create(
+            let encrypted_invite = invite.is_some();
+            let replica = SqliteReplica::create_with_invite(
                 &tmp,
                 id,
                 Some(key),
+                invite,
                 Options { clock: options.clock.clone(), domains: vec![Box::new(m)] },
             )?;
+            if encrypted_invite {
+                replica.expect_encrypted()?;
+            }
             // Entry 0: the genesis (and policy) of a new workspace, or how this device joins.
             let ops: Vec<_> = first.iter().map(ControlOp::to_op).collect();
             replica.append_local(vec![LocalTx { ops, author: None }])?;

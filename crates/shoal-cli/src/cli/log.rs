@@ -263,6 +263,13 @@ fn describe_control(op: &ControlOp) -> (String, Json) {
             j("remove", json!({ "device": target.to_hex(), "cut": cut })),
         ),
         ControlOp::Leave => ("leaves the workspace".into(), j("leave", json!({}))),
+        ControlOp::EpochKeys { epoch, wraps } => (
+            format!("key of epoch {epoch} for {} device(s)", wraps.len()),
+            j(
+                "epoch_keys",
+                json!({ "epoch": epoch, "devices": wraps.iter().map(|(d, _)| d.to_hex()).collect::<Vec<_>>() }),
+            ),
+        ),
         ControlOp::Ack { cursors } => (
             format!("acknowledges {} device(s)' entries", cursors.len()),
             j(
