@@ -144,3 +144,52 @@ fn bad_codes_and_device_names_are_refused_clearly() {
     let out = s.ok(&["members", "-w", "open.shoal"]);
     assert!(out.contains("created open"), "{out}");
 }
+
+#[test]
+fn an_encrypted_workspace_through_the_cli() {
+    let s = Sandbox::new();
+    std::fs::create_dir(s.path("shared")).unwrap();
+    let out = s.ok(&["init", "-w", "a.shoal", "--encrypt"]);
+    assert!(out.contains("end-to-end encrypted"), "{out}");
+    s.ok(&["table", "create", "-w", "a.shoal", "todo", "--key", "id:text", "--column", "t:text"]);
+    s.ok(&["put", "-w", "a.shoal", "todo", "id=a1", "t=CANARY-cli-91f2"]);
+    let code = s.invite("a.shoal", "shared");
+    s.ok(&["join", "-w", "b.shoal", &code]);
+    s.ok(&["join", "-w", "c.shoal", &code]);
+    assert_eq!(ids(&s, "b.shoal"), "id\na1\n");
+    s.ok(&["put", "-w", "b.shoal", "todo", "id=b1", "t=by b"]);
+    s.ok(&["sync", "-w", "b.shoal", "--folder", "shared"]);
+    s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
+    assert_eq!(ids(&s, "a.shoal"), "id\na1\nb1\n");
+    let log = s.ok(&["log", "-w", "a.shoal"]);
+    assert!(log.contains("policy: members only, encrypted"), "{log}");
+    assert!(log.contains("key of epoch 0"), "{log}");
+    // The device holds the keys, so its history shows what the entries hold.
+    let row = s.ok(&["log", "-w", "a.shoal", "--table", "todo", "--row", "b1"]);
+    assert!(row.contains("by b"), "{row}");
+    // The folder's segments hold no plaintext value (they are not compressed at this size).
+    let mut stack = vec![s.path("shared")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(!bytes.windows(15).any(|w| w == b"CANARY-cli-91f2"), "{}", p.display());
+            }
+        }
+    }
+    // Removing c rotates the key: c reads nothing written after.
+    s.ok(&["sync", "-w", "c.shoal", "--folder", "shared"]);
+    let c = device(&s, "c.shoal");
+    s.ok(&["remove", "-w", "a.shoal", &c, "--folder", "shared"]);
+    s.ok(&["put", "-w", "a.shoal", "todo", "id=a2", "t=after"]);
+    s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
+    s.ok(&["sync", "-w", "b.shoal", "--folder", "shared"]);
+    assert_eq!(ids(&s, "b.shoal"), "id\na1\na2\nb1\n");
+    s.ok(&["sync", "-w", "c.shoal", "--folder", "shared"]);
+    assert_eq!(ids(&s, "c.shoal"), "id\na1\nb1\n");
+    let status = s.ok(&["status", "-w", "c.shoal"]);
+    assert!(status.contains("key of epoch 1"), "{status}");
+}

@@ -131,6 +131,9 @@ pub enum ControlOp {
         chain: ChainHash,
         /// The predecessor key's signature of the successor proof message.
         proof: [u8; 64],
+        /// The successor's X25519 key, for receiving wrapped workspace keys (absent in ops
+        /// written before encryption existed).
+        exchange: Option<ExchangeKey>,
     },
     /// The workspace's policy, fixed for life: only in the genesis entry, beside the
     /// [`ControlOp::Genesis`]. A workspace whose genesis has no policy was created before
@@ -249,13 +252,15 @@ impl ControlOp {
 
     /// The op by which `successor` succeeds the origin of `predecessor` in `workspace`
     /// from index `cut` on, whose log's chain after its first `cut` entries is `chain`.
-    /// Signed with the predecessor's key: only its owner can make it.
+    /// Signed with the predecessor's key: only its owner can make it. `exchange` is the
+    /// successor's X25519 key (where it receives epoch keys of an encrypted workspace).
     pub fn successor(
         predecessor: &DeviceKey,
         workspace: WorkspaceId,
         successor: PeerId,
         cut: u64,
         chain: ChainHash,
+        exchange: Option<ExchangeKey>,
     ) -> ControlOp {
         let predecessor_key = predecessor.public_key();
         let message = successor_message(
@@ -265,7 +270,8 @@ impl ControlOp {
             cut,
             &chain,
         );
-        ControlOp::Successor { predecessor_key, cut, chain, proof: predecessor.sign(&message) }
+        let proof = predecessor.sign(&message);
+        ControlOp::Successor { predecessor_key, cut, chain, proof, exchange }
     }
 
     /// The origin this op supersedes (for a successor op), in `workspace`.
@@ -324,12 +330,15 @@ impl ControlOp {
                 body.extend_from_slice(salt);
                 Op { domain: Domain::CONTROL, kind: kind::GENESIS, body }
             }
-            ControlOp::Successor { predecessor_key, cut, chain, proof } => {
-                let mut body = Vec::with_capacity(136);
+            ControlOp::Successor { predecessor_key, cut, chain, proof, exchange } => {
+                let mut body = Vec::with_capacity(168);
                 body.extend_from_slice(predecessor_key.as_bytes());
                 body.extend_from_slice(&cut.to_le_bytes());
                 body.extend_from_slice(&chain.0);
                 body.extend_from_slice(proof);
+                if let Some(exchange) = exchange {
+                    body.extend_from_slice(&exchange.0);
+                }
                 Op { domain: Domain::CONTROL, kind: kind::SUCCESSOR, body }
             }
             ControlOp::Policy { encrypted, creator_exchange } => {
@@ -432,7 +441,12 @@ impl ControlOp {
                 let cut = u64::from_le_bytes(r.array("successor cut")?);
                 let chain = ChainHash(r.array("successor chain")?);
                 let proof = r.array("successor proof")?;
-                ControlOp::Successor { predecessor_key, cut, chain, proof }
+                let exchange = if r.remaining() > 0 {
+                    Some(ExchangeKey(r.array("successor exchange key")?))
+                } else {
+                    None
+                };
+                ControlOp::Successor { predecessor_key, cut, chain, proof, exchange }
             }
             kind::POLICY => {
                 let at = r.offset();
@@ -608,7 +622,7 @@ pub fn check_entry(
                 return Err(RejectReason::ForgedGenesis);
             }
         }
-        if let Ok(ControlOp::Successor { predecessor_key, cut, chain, proof }) =
+        if let Ok(ControlOp::Successor { predecessor_key, cut, chain, proof, .. }) =
             ControlOp::decode(op)
         {
             let predecessor = PeerId::derive(workspace, &predecessor_key);
@@ -669,7 +683,7 @@ mod tests {
         let new = DeviceKey::from_secret_bytes(&[2; 32]);
         let successor = new.peer_id(&ws);
         let chain = ChainHash([5; 32]);
-        let op = ControlOp::successor(&old, ws, successor, 7, chain);
+        let op = ControlOp::successor(&old, ws, successor, 7, chain, Some(new.exchange_key()));
         assert_eq!(ControlOp::decode(&op.to_op()), Ok(op.clone()));
         assert_eq!(op.predecessor(&ws), Some((old.peer_id(&ws), 7)));
         assert_eq!(check_entry(&ws, &successor, 0, &body(op.to_op())), Ok(()));
@@ -684,15 +698,21 @@ mod tests {
         let ControlOp::Successor { predecessor_key, chain, proof, .. } = op.clone() else {
             unreachable!()
         };
-        let altered = ControlOp::Successor { predecessor_key, cut: 3, chain, proof };
+        let altered =
+            ControlOp::Successor { predecessor_key, cut: 3, chain, proof, exchange: None };
         let got = check_entry(&ws, &successor, 0, &body(altered.to_op()));
         assert_eq!(got, Err(RejectReason::ForgedSuccessor));
-        let forged =
-            ControlOp::Successor { predecessor_key, cut: 7, chain, proof: new.sign(b"anything") };
+        let forged = ControlOp::Successor {
+            predecessor_key,
+            cut: 7,
+            chain,
+            proof: new.sign(b"anything"),
+            exchange: None,
+        };
         let got = check_entry(&ws, &successor, 0, &body(forged.to_op()));
         assert_eq!(got, Err(RejectReason::ForgedSuccessor));
         // An origin cannot succeed itself.
-        let own = ControlOp::successor(&old, ws, old.peer_id(&ws), 7, chain);
+        let own = ControlOp::successor(&old, ws, old.peer_id(&ws), 7, chain, None);
         let got = check_entry(&ws, &old.peer_id(&ws), 3, &body(own.to_op()));
         assert_eq!(got, Err(RejectReason::ForgedSuccessor));
     }

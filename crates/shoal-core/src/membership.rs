@@ -361,7 +361,7 @@ impl Membership for Roster {
 enum Admission {
     Join { invite: PublicKey, exchange: ExchangeKey },
     Request { exchange: ExchangeKey },
-    Successor { predecessor: PeerId },
+    Successor { predecessor: PeerId, exchange: Option<ExchangeKey> },
     None,
 }
 
@@ -425,9 +425,9 @@ fn base_roster(
                     ControlOp::Request { exchange } => {
                         Some(Admission::Request { exchange: *exchange })
                     }
-                    ControlOp::Successor { .. } => op
+                    ControlOp::Successor { exchange, .. } => op
                         .predecessor(workspace)
-                        .map(|(p, _)| Admission::Successor { predecessor: p }),
+                        .map(|(p, _)| Admission::Successor { predecessor: p, exchange: *exchange }),
                     _ => None,
                 })
                 .unwrap_or(Admission::None);
@@ -681,7 +681,7 @@ fn fold_round(
             }
         }
         for (device, (how, _)) in admissions {
-            if let Admission::Successor { predecessor } = how
+            if let Admission::Successor { predecessor, .. } = how
                 && let Some(&g) = before.get(predecessor)
             {
                 let admin_from = if g.role == Role::Admin { 0 } else { u64::MAX };
@@ -772,6 +772,7 @@ fn fold_round(
                 Some(Admission::Join { exchange, .. } | Admission::Request { exchange }) => {
                     Some(*exchange)
                 }
+                Some(Admission::Successor { exchange, .. }) => *exchange,
                 _ => None,
             }
         };

@@ -52,7 +52,14 @@ fn control_vectors() -> String {
     let code = InviteCode::from_parts(ws, "/srv/shared", [3; 32]);
     let target = joiner.peer_id(&ws);
     let ops = [
-        ControlOp::successor(&creator, ws, target, 7, ChainHash([9; 32])),
+        ControlOp::successor(
+            &creator,
+            ws,
+            target,
+            7,
+            ChainHash([9; 32]),
+            Some(joiner.exchange_key()),
+        ),
         ControlOp::Policy { encrypted: true, creator_exchange: creator.exchange_key() },
         code.invite_op(Role::Member, 1_700_000_000_000, 2, vec![(0, KeyWrap([0xaa; 80]))]),
         code.join_op(&joiner),

@@ -121,7 +121,15 @@ fn control_ops() -> Vec<ControlOp> {
     let target = other.peer_id(&ws);
     vec![
         ControlOp::genesis(key.public_key(), [0; 16]),
-        ControlOp::successor(&key, ws, other.peer_id(&ws), 3, ChainHash([9; 32])),
+        ControlOp::successor(&key, ws, other.peer_id(&ws), 3, ChainHash([9; 32]), None),
+        ControlOp::successor(
+            &key,
+            ws,
+            other.peer_id(&ws),
+            4,
+            ChainHash([9; 32]),
+            Some(other.exchange_key()),
+        ),
         ControlOp::Policy { encrypted: true, creator_exchange: key.exchange_key() },
         code.invite_op(Role::Admin, 1_700_000_000_000, 2, vec![(0, KeyWrap([0xaa; 80]))]),
         code.join_op(&other),

@@ -133,6 +133,30 @@ impl SqliteReplica {
         Ok(at.chain)
     }
 
+    /// A contiguous run of one origin's entries whose chain before the first is `prev`,
+    /// with every encrypted body this device can open replaced by its plaintext (the rest
+    /// stay encrypted), and the chain after the run: for showing history.
+    pub fn open_run(
+        &self,
+        prev: ChainHash,
+        entries: Vec<shoal_core::Entry>,
+    ) -> Result<(Vec<shoal_core::Entry>, ChainHash), SyncError> {
+        let keys = self.keyring()?;
+        let mut chain = prev;
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            let before = chain;
+            chain = chain.link(&e.hash());
+            if let shoal_core::EntryBody::Encrypted(c) = &e.body
+                && let Ok(payload) = keys.open(&e.origin, e.index, &before, c)
+            {
+                e.body = shoal_core::EntryBody::Live(payload);
+            }
+            out.push(e);
+        }
+        Ok((out, chain))
+    }
+
     /// An admin's duty in an encrypted workspace: every active member that was given no
     /// key of an epoch this device holds gets one (a device admitted by request, one that
     /// joined with an invite made before a rotation, or one admitted while the removal

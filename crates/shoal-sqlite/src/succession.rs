@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use shoal_core::control::{ControlOp, kind};
+use shoal_core::encryption::wrap_key;
 use shoal_core::{
     ChainPosition, DeviceKey, Domain, Entry, EntryBody, Hlc, HlcClock, MAX_FORWARD_SKEW_MS, OwnLog,
     Payload, PeerId, SignedHead, SyncError, WorkspaceId, chain_through,
@@ -298,6 +299,11 @@ impl SqliteReplica {
                 position.next
             )));
         }
+        // In an encrypted workspace the predecessor's entries are opened to be re-issued,
+        // and the successor gets every epoch key, wrapped for itself in its entry 0.
+        let roster = self.roster()?;
+        let keys = self.keyring_of(&roster);
+        let encrypted = self.is_encrypted(&roster);
         let mut at = ChainPosition::start(&ws, &predecessor);
         let mut reissue: Vec<LocalTx> = Vec::new();
         let mut chain_at_cut = (cut == 0).then_some(at.chain);
@@ -306,16 +312,30 @@ impl SqliteReplica {
             if page.is_empty() {
                 break;
             }
-            for (i, e) in page.iter().enumerate() {
+            let mut prev = at.chain;
+            for e in &page {
+                let before = prev;
+                prev = prev.link(&e.hash());
                 if e.index == cut && chain_at_cut.is_none() {
-                    let before = ChainPosition { next: at.next, chain: at.chain };
-                    let chain = chain_through(before, &page[..i]).map_err(|(x, g)| {
-                        SyncError::Bug(format!("own log skips from {x} to {g}"))
-                    })?;
-                    chain_at_cut = Some(chain);
+                    chain_at_cut = Some(before);
                 }
+                let opened = match &e.body {
+                    EntryBody::Encrypted(c) if e.index >= cut => {
+                        Some(keys.open(&predecessor, e.index, &before, c).map_err(|err| {
+                            SyncError::Misuse(format!(
+                                "entry {} of this device cannot be re-issued: {err}",
+                                e.index
+                            ))
+                        })?)
+                    }
+                    _ => None,
+                };
+                let body = opened.as_ref().or(match &e.body {
+                    EntryBody::Live(p) => Some(p),
+                    _ => None,
+                });
                 if e.index >= cut
-                    && let EntryBody::Live(p) = &e.body
+                    && let Some(p) = body
                 {
                     let ops: Vec<_> =
                         p.ops.iter().filter(|o| o.domain != Domain::CONTROL).cloned().collect();
@@ -333,7 +353,23 @@ impl SqliteReplica {
             None if cut == at.next => at.chain,
             None => return Err(SyncError::Bug(format!("own log does not reach {cut}"))),
         };
-        let op = ControlOp::successor(&old_key, ws, successor, cut, chain_at_cut);
+        let op = ControlOp::successor(
+            &old_key,
+            ws,
+            successor,
+            cut,
+            chain_at_cut,
+            Some(new_key.exchange_key()),
+        );
+        let mut first = vec![op.to_op()];
+        if encrypted {
+            for epoch in keys.epochs().collect::<Vec<_>>() {
+                let Some(key) = keys.keys_of(epoch).first() else { continue };
+                let wrap = wrap_key(&ws, epoch, key, &new_key.exchange_key())
+                    .map_err(|e| SyncError::Misuse(e.to_string()))?;
+                first.push(ControlOp::EpochKeys { epoch, wraps: vec![(successor, wrap)] }.to_op());
+            }
+        }
 
         // The new key goes beside the file first, under its hand-over name.
         let path = self.inner.path.clone();
@@ -383,7 +419,7 @@ impl SqliteReplica {
             let mut clock =
                 HlcClock::resume(crate::replica::read_clock(&w.conn).map_err(sql("read clock"))?);
             let mut payloads =
-                vec![Payload { hlc: clock.tick(wall, 1), author: None, ops: vec![op.to_op()] }];
+                vec![Payload { hlc: clock.tick(wall, first.len()), author: None, ops: first }];
             for t in reissue {
                 payloads.push(Payload {
                     hlc: clock.tick(wall, t.ops.len()),
@@ -393,7 +429,16 @@ impl SqliteReplica {
             }
             let new_row = origin_row(&w.conn, &ws, &successor).map_err(sql("new origin"))?;
             let mut own = OwnLog::resume(new_key.clone(), ws, new_row.position);
-            let entries = own.append_unsealed(payloads);
+            let entries = if encrypted {
+                own.append_unsealed_encrypted(payloads, &keys).map_err(|e| {
+                    SyncError::Unavailable {
+                        what: path.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?
+            } else {
+                own.append_unsealed(payloads)
+            };
             for (entry, bytes) in &entries {
                 let hlc = entry.body.hlc().map_or(0, |h| h.as_u64() as i64);
                 w.conn
@@ -402,6 +447,8 @@ impl SqliteReplica {
                         params![oplog_id(new_row.no, entry.index)?, hlc, bytes],
                     )
                     .map_err(sql("append to the oplog"))?;
+                crate::members::record(&w.conn, entry, bytes)
+                    .map_err(sql("record a control entry"))?;
             }
             let at = OriginWrite {
                 position: own.position(),

@@ -331,3 +331,50 @@ async fn keys_from_a_non_admin_are_never_used() {
     let written = w.admin.replica().history(w.admin.device(), commit.index, 1).unwrap().remove(0);
     assert!(matches!(written.body, EntryBody::Encrypted(ref c) if c.epoch == 0));
 }
+
+#[tokio::test]
+async fn a_device_that_recovers_its_clock_keeps_its_keys_and_its_stuck_writes_are_read() {
+    use std::sync::Arc;
+    const NOW: u64 = 1_800_000_000_000;
+    const YEAR_2100: u64 = 4_102_444_800_000;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("shared");
+    std::fs::create_dir(&folder).unwrap();
+    let clock = shoal::core::ManualClock::new(NOW);
+    let options =
+        WorkspaceOptions { clock: Arc::new(clock.clone()), members_only: true, encrypted: true };
+    let admin = Workspace::create(dir.path().join("a.shoal"), options.clone()).unwrap();
+    admin.declare(&spec()).unwrap();
+    put(&admin, "a1", "before").unwrap();
+    let code = admin.invite(Role::Member, None, 2, "").unwrap();
+    admin.sync_folder(&folder).await.unwrap();
+    let b = Workspace::join_with_code(dir.path().join("b.shoal"), &code, options.clone()).unwrap();
+    b.sync_folder(&folder).await.unwrap();
+    assert_eq!(ids(&b), ["a1"]);
+
+    clock.set(YEAR_2100);
+    put(&admin, "stuck", "written in 2100").unwrap();
+    clock.set(NOW + 1_000);
+    admin.sync_folder(&folder).await.unwrap();
+    let (admin, rec) = admin.recover_clock().unwrap();
+    assert_eq!(rec.succession.reissued, 1);
+    admin.sync_folder(&folder).await.unwrap();
+    b.sync_folder(&folder).await.unwrap();
+    assert_eq!(ids(&b), ["a1", "stuck"], "the re-issued write is encrypted and readable");
+    assert_eq!(admin.replica().keyring().unwrap().epochs().collect::<Vec<_>>(), [0]);
+    // The successor is an admin with keys: a device it invites reads everything, and a
+    // removal it makes rotates the key for the members it knows.
+    let code = admin.invite(Role::Member, None, 1, "").unwrap();
+    admin.sync_folder(&folder).await.unwrap();
+    let c = Workspace::join_with_code(dir.path().join("c.shoal"), &code, options).unwrap();
+    c.sync_folder(&folder).await.unwrap();
+    assert_eq!(ids(&c), ["a1", "stuck"]);
+    admin.sync_folder(&folder).await.unwrap();
+    admin.remove_device(c.device().unwrap()).unwrap();
+    put(&admin, "a2", "new epoch").unwrap();
+    admin.sync_folder(&folder).await.unwrap();
+    b.sync_folder(&folder).await.unwrap();
+    c.sync_folder(&folder).await.unwrap();
+    assert_eq!(ids(&b), ["a1", "a2", "stuck"]);
+    assert_eq!(ids(&c), ["a1", "stuck"]);
+}

@@ -224,6 +224,12 @@ pub struct InitArgs {
     /// (`shoal invite`) or admitted by an admin (`shoal admit`). Fixed for life.
     #[arg(long, conflicts_with_all = ["join", "folder"])]
     pub open: bool,
+
+    /// Create an end-to-end encrypted workspace: table rows and schema are ciphertext in
+    /// every folder (and relay); only members' devices hold the keys, and removing a device
+    /// rotates them. Members-only. Fixed for life.
+    #[arg(long, conflicts_with_all = ["join", "folder", "open"])]
+    pub encrypt: bool,
 }
 
 /// `shoal invite`.

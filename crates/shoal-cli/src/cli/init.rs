@@ -1,4 +1,5 @@
-//! `shoal init`: creates a workspace file — a new workspace (members-only unless `--open`),
+//! `shoal init`: creates a workspace file — a new workspace (members-only unless `--open`;
+//! end-to-end encrypted with `--encrypt`),
 //! or a new device of an existing one, named by `--join <id>` or found in a sync folder
 //! with `--folder`. A device joining this way asks to join: in a members-only workspace its
 //! writes stay pending until an admin admits it; `shoal join CODE` joins with an invite
@@ -48,11 +49,20 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
         Some(id) => Workspace::join(&path, id, super::clock::options())?,
         None => Workspace::create(
             &path,
-            shoal::WorkspaceOptions { members_only: !a.open, ..super::clock::options() },
+            shoal::WorkspaceOptions {
+                members_only: !a.open,
+                encrypted: a.encrypt,
+                ..super::clock::options()
+            },
         )?,
     };
     announce(ctx, &ws, &path, join.is_none())?;
-    if join.is_none() && !a.open {
+    if join.is_none() && a.encrypt {
+        ctx.out.line(
+            "end-to-end encrypted, members only: add devices with `shoal invite`; a device \
+             that joins without an invite reads nothing until an admin admits it",
+        )?;
+    } else if join.is_none() && !a.open {
         ctx.out.line("members only: add devices with `shoal invite`")?;
     }
     let outcome = match &a.folder {

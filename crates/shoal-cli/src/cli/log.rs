@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value as Json, json};
 use shoal::Workspace;
 use shoal::core::control::ControlOp;
-use shoal::core::{Domain, Entry, EntryBody, Op, PeerId};
+use shoal::core::{ChainHash, ChainPosition, Domain, Entry, EntryBody, Op, PeerId};
 use shoal::tables::{CellWrite, ColumnId, RowKey, TableId, TableOp};
 
 use super::args::LogArgs;
@@ -97,6 +97,8 @@ struct Merge {
 struct Reader {
     origin: PeerId,
     next: u64,
+    /// The chain before `next` (an encrypted entry's associated data binds it).
+    chain: ChainHash,
     end: u64,
     buf: VecDeque<Entry>,
 }
@@ -109,7 +111,14 @@ impl Merge {
     fn new(ws: &Workspace, origins: &[(PeerId, u64)]) -> Result<Merge> {
         let mut m = Merge { readers: Vec::new(), heap: BinaryHeap::new() };
         for (i, (origin, end)) in origins.iter().enumerate() {
-            m.readers.push(Reader { origin: *origin, next: 0, end: *end, buf: VecDeque::new() });
+            let chain = ChainPosition::start(&ws.id(), origin).chain;
+            m.readers.push(Reader {
+                origin: *origin,
+                next: 0,
+                chain,
+                end: *end,
+                buf: VecDeque::new(),
+            });
             m.refill(ws, i)?;
         }
         Ok(m)
@@ -120,6 +129,9 @@ impl Merge {
         let r = &mut self.readers[i];
         if r.buf.is_empty() && r.next < r.end {
             let page = ws.replica().history(Some(r.origin), r.next, PAGE)?;
+            // Entries this device can decrypt are shown as what they hold.
+            let (page, chain) = ws.replica().open_run(r.chain, page)?;
+            r.chain = chain;
             match page.last() {
                 Some(last) => r.next = last.index + 1,
                 None => r.next = r.end,
