@@ -113,3 +113,75 @@ fn write_control_vectors() {
     )
     .unwrap();
 }
+
+/// The encryption vectors of `docs/FORMAT.md` §3.6: `name value` lines.
+fn encryption_fields(text: &str) -> std::collections::BTreeMap<&str, &str> {
+    text.lines().filter_map(|l| l.split_once(' ')).collect()
+}
+
+#[test]
+#[ignore = "writes the vector file; run by hand after a deliberate format change"]
+fn write_encryption_vectors() {
+    use shoal_core::encryption::{EpochKey, Keyring, wrap_key};
+    let creator = DeviceKey::from_secret_bytes(&[1; 32]);
+    let ws = WorkspaceId::derive(&creator.public_key(), &[0; 16]);
+    let origin = creator.peer_id(&ws);
+    let key = [0x44; 32];
+    let mut ring = Keyring::new(ws);
+    ring.insert(0, EpochKey::from_bytes(key));
+    let prev = ChainHash([0x55; 32]);
+    let payload = Payload {
+        hlc: Hlc::from_millis(1_700_000_000_000),
+        author: None,
+        ops: vec![Op { domain: Domain::TABLES, kind: 1, body: b"hello".to_vec() }],
+    };
+    let sealed = EntryBody::Encrypted(ring.seal(&origin, 3, &prev, &payload).unwrap());
+    let mut sealed_bytes = Vec::new();
+    sealed.encode_stored(&mut sealed_bytes);
+    let recipient = DeviceKey::from_secret_bytes(&[2; 32]);
+    let wrap = wrap_key(&ws, 0, &EpochKey::from_bytes(key), &recipient.exchange_key()).unwrap();
+    let text = format!(
+        "epoch_key {}\nworkspace {}\norigin {}\nindex 3\nprev_chain {}\nsealed {}\npayload {}\n\
+         recipient_secret {}\nwrap_epoch 0\nwrap {}\n",
+        hex::encode(key),
+        ws.to_hex(),
+        origin.to_hex(),
+        hex::encode(prev.0),
+        hex::encode(sealed_bytes),
+        hex::encode(payload.to_bytes()),
+        hex::encode([2u8; 32]),
+        hex::encode(wrap.0),
+    );
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/encryption.txt"), text)
+        .unwrap();
+}
+
+#[test]
+fn the_encryption_vectors_open_only_where_they_were_made() {
+    use shoal_core::encryption::{EpochKey, KeyWrap, Keyring, OpenError, unwrap_key};
+    let text = include_str!("../testdata/encryption.txt");
+    let f = encryption_fields(text);
+    let bytes = |name: &str| hex::decode(f[name]).expect("hex");
+    let key: [u8; 32] = bytes("epoch_key").try_into().unwrap();
+    let ws = WorkspaceId::from_slice(&bytes("workspace")).unwrap();
+    let origin = PeerId::from_slice(&bytes("origin")).unwrap();
+    let index: u64 = f["index"].parse().unwrap();
+    let prev = ChainHash(bytes("prev_chain").try_into().unwrap());
+    let EntryBody::Encrypted(sealed) = EntryBody::decode_stored(&bytes("sealed")).unwrap() else {
+        panic!("the sealed vector is not an encrypted entry");
+    };
+    let payload = Payload::decode(&bytes("payload")).unwrap();
+    let mut ring = Keyring::new(ws);
+    ring.insert(0, EpochKey::from_bytes(key));
+    assert_eq!(ring.open(&origin, index, &prev, &sealed), Ok(payload));
+    let moved = Err(OpenError::Inauthentic { epoch: 0 });
+    assert_eq!(ring.open(&origin, index + 1, &prev, &sealed), moved);
+    assert_eq!(ring.open(&PeerId::from_bytes([7; 16]), index, &prev, &sealed), moved);
+    assert_eq!(ring.open(&origin, index, &ChainHash([0; 32]), &sealed), moved);
+    let recipient: [u8; 32] = bytes("recipient_secret").try_into().unwrap();
+    let wrap = KeyWrap(bytes("wrap").try_into().unwrap());
+    let epoch: u32 = f["wrap_epoch"].parse().unwrap();
+    let opened = unwrap_key(&ws, epoch, &wrap, &DeviceKey::from_secret_bytes(&recipient));
+    assert_eq!(opened, Some(EpochKey::from_bytes(key)));
+    assert_eq!(unwrap_key(&ws, epoch, &wrap, &DeviceKey::from_secret_bytes(&[3; 32])), None);
+}
