@@ -40,6 +40,24 @@ fn a_copied_device_is_refused_loudly_and_status_exits_2() {
     s.json(&["init", "-w", "b.shoal", "--join", &id]);
     let (_, err) = s.exits(2, &["sync", "-w", "b.shoal", "--folder", "shared"]);
     assert!(err.contains("is forked") && err.contains(".evidence"), "{err}");
+
+    // The copy recovers: it writes again as a new device, its write on the forked branch
+    // is re-issued, and every device has every write once.
+    let out = s.ok(&["recover-fork", "-w", "copy.shoal", "--folder", "shared"]);
+    assert!(out.contains("re-issued 1 write"), "{out}");
+    s.ok(&["put", "-w", "copy.shoal", "todo", "id=4", "title=after recovery"]);
+    s.ok(&["sync", "-w", "copy.shoal", "--folder", "shared"]);
+    s.ok(&["put", "-w", "a.shoal", "todo", "id=5", "title=the original goes on"]);
+    s.ok(&["sync", "-w", "a.shoal", "--folder", "shared"]);
+    s.ok(&["sync", "-w", "copy.shoal", "--folder", "shared"]);
+    s.ok(&["sync", "-w", "b.shoal", "--folder", "shared"]);
+    for ws in ["a.shoal", "copy.shoal", "b.shoal"] {
+        let rows = s.ok(&["sql", "-w", ws, "SELECT id FROM todo ORDER BY id"]);
+        assert_eq!(rows, "id\n1\n2\n3\n4\n5\n", "{ws}");
+    }
+    // Recovering a device that is not forked is refused.
+    let (_, err) = s.exits(2, &["recover-fork", "-w", "a.shoal"]);
+    assert!(err.contains("not forked"), "{err}");
 }
 
 #[test]

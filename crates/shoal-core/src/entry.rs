@@ -248,8 +248,8 @@ pub const MAX_CIPHERTEXT_BYTES: u64 = 256 << 20;
 
 /// A data entry as stored in an encrypted workspace: its timestamp and op count stay
 /// readable (receivers check clock skew and advance their clocks without keys); author and
-/// ops are ciphertext. The format is fixed now so that relays and older devices carry such
-/// entries; sealing and opening them is the security issue's work.
+/// ops are ciphertext. Sealed and opened by [`crate::encryption::Keyring`] (`docs/FORMAT.md`
+/// §3.6); relays and devices without keys carry such entries and verify their chains.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EncryptedPayload {
     /// The entry's timestamp (that of its first op).

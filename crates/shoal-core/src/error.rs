@@ -101,7 +101,8 @@ pub enum SyncError {
     #[error(
         "the log of this device ({origin}) disagrees with {source_name} at or before entry {index}: \
          this device's file was copied from another device or restored from a backup that had \
-         already written; it will not write or publish until it re-joins under a new key"
+         already written; it will not write or publish until it re-joins under a new key \
+         (`shoal recover-fork`; `Workspace::recover_fork`)"
     )]
     Forked {
         /// This device's origin.

@@ -152,8 +152,7 @@ fn write_encryption_vectors() {
         hex::encode([2u8; 32]),
         hex::encode(wrap.0),
     );
-    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/encryption.txt"), text)
-        .unwrap();
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/encryption.txt"), text).unwrap();
 }
 
 #[test]

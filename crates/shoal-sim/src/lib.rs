@@ -16,12 +16,17 @@
 //! the middle of a folder write, are restored from old backups, or lose their files and
 //! are rebuilt from the folder. Odd seeds run a members-only workspace: the founder makes
 //! an invite (its secret derived from the seed) and every device joins, and joins again
-//! when rebuilt, with it, so entries are held until the invite and the genesis arrive
-//! (membership changes, removals and encrypted workspaces are not drawn yet). Then the
-//! faults heal, everything quiesces, and every
-//! replica must hold exactly the state (hidden state and views) of the independent
-//! in-memory model (`shoal_tables::TablesModel`) fed with every write that was
-//! acknowledged. A failure names the seed and the command that replays it.
+//! when rebuilt, with it, so entries are held until the invite and the genesis arrive. In
+//! those runs the founder now and then removes a device or a device leaves (drawn from a
+//! generator of their own); the device out keeps writing and syncing. Seeds that are 3
+//! modulo 4 run an end-to-end encrypted workspace (a removal rotates the key). Then the
+//! faults heal, everything quiesces, and every member replica must hold exactly the state
+//! (hidden state and views) of the independent in-memory model (`shoal_tables::
+//! TablesModel`) fed with every acknowledged write its author may make: the members agree
+//! on every origin's limit, no limit is below what the remover had stored of it, and no
+//! entry a device wrote after it knew it was out is valid. A removed device of an
+//! encrypted run holds no key of the epoch its removal started. A failure names the seed
+//! and the command that replays it.
 //!
 //! Owns: the simulation loop, its options and report. Deterministic: everything the run
 //! does follows from the seed (device keys included); the folder code asks the fault
@@ -48,7 +53,8 @@ use rand::{RngExt, SeedableRng};
 use shoal::{Error as ShoalError, Workspace, WorkspaceOptions};
 use shoal_core::control::Role;
 use shoal_core::invite::InviteCode;
-use shoal_core::{DeviceKey, ManualClock, SyncError, WorkspaceId};
+use shoal_core::membership::DeviceState;
+use shoal_core::{DeviceKey, ManualClock, Payload, PeerId, SyncError, WorkspaceId};
 use shoal_tables::TablesModel;
 
 pub use cloud::CloudStats;
@@ -70,18 +76,26 @@ pub struct SimOptions {
     /// the seed (odd seeds), without drawing from the seeded generator, so a seed's
     /// workload is the same either way.
     pub members_only: Option<bool>,
+    /// An end-to-end encrypted workspace (members-only too); `None` decides by the seed
+    /// (seeds that are 3 modulo 4: half the members-only runs).
+    pub encrypted: Option<bool>,
 }
 
 impl SimOptions {
     /// Whether the run for `seed` is members-only.
     pub fn members_only_for(&self, seed: u64) -> bool {
-        self.members_only.unwrap_or(seed % 2 == 1)
+        self.encrypted_for(seed) || self.members_only.unwrap_or(seed % 2 == 1)
+    }
+
+    /// Whether the run for `seed` is encrypted.
+    pub fn encrypted_for(&self, seed: u64) -> bool {
+        self.encrypted.unwrap_or(self.members_only != Some(false) && seed % 4 == 3)
     }
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { devices: None, steps: 150, members_only: None }
+        SimOptions { devices: None, steps: 150, members_only: None, encrypted: None }
     }
 }
 
@@ -94,6 +108,10 @@ pub struct Report {
     pub devices: usize,
     /// The workspace admits members only (every device joined with an invite).
     pub members_only: bool,
+    /// Data entries are end-to-end encrypted.
+    pub encrypted: bool,
+    /// Devices removed by the founder, and devices that left.
+    pub removals: u64,
     /// Writes acknowledged (committed entries fed to the model).
     pub acknowledged: u64,
     /// Writes the API refused as documented.
@@ -142,6 +160,9 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     if let Some(m) = options.members_only {
         cmd.push_str(if m { " --members-only" } else { " --open" });
     }
+    if let Some(e) = options.encrypted {
+        cmd.push_str(if e { " --encrypted" } else { " --plaintext" });
+    }
     cmd
 }
 
@@ -189,13 +210,41 @@ struct Sim {
     workspace: WorkspaceId,
     devices: Vec<Device>,
     cloud: Cloud,
-    model: TablesModel,
+    /// Every acknowledged entry with table ops: the model is fed those that may apply.
+    acked: Vec<Acked>,
     /// The invite every device of a members-only run joins with (again, when rebuilt).
     invite: Option<InviteCode>,
+    /// Membership changes are drawn from a generator of their own, so adding them left
+    /// every other draw of a seed as it was.
+    membership_rng: StdRng,
+    /// Per slot: its current device is a member (not removed, not gone).
+    active: Vec<bool>,
+    /// Removals and departures, with what the sim knows of their cuts.
+    cuts: Vec<CutRecord>,
+    /// Per origin: the first index it wrote after its own roster showed it removed or gone.
+    written_after_cut: std::collections::BTreeMap<PeerId, u64>,
     wide_left: bool,
     steps: usize,
     report: Report,
     trace: Vec<String>,
+}
+
+/// An acknowledged entry, as its device wrote it (decrypted).
+struct Acked {
+    origin: PeerId,
+    index: u64,
+    payload: Payload,
+}
+
+/// A removal by the founder, or a device leaving: entries of `origin` below `at_least` must
+/// stay valid everywhere (the remover had stored them, or they precede the leaving entry).
+struct CutRecord {
+    origin: PeerId,
+    at_least: u64,
+    /// Removed (the key rotates in an encrypted run), rather than gone by itself.
+    removed: bool,
+    slot: usize,
+    generation: u32,
 }
 
 impl Sim {
@@ -209,6 +258,7 @@ impl Sim {
         let mut devices = Vec::with_capacity(n);
         let mut workspace = None;
         let members_only = options.members_only_for(seed);
+        let encrypted = options.encrypted_for(seed);
         let mut invite: Option<InviteCode> = None;
         for slot in 0..n {
             let folder = root.join(format!("folder-{slot}"));
@@ -233,7 +283,7 @@ impl Sim {
             let key = DeviceKey::from_secret_bytes(&rng.random::<[u8; 32]>());
             let ws = match (workspace, &invite) {
                 (None, _) => {
-                    let options = WorkspaceOptions { members_only, ..device.options() };
+                    let options = WorkspaceOptions { members_only, encrypted, ..device.options() };
                     Workspace::create_with_key(&device.path, key, rng.random(), options)
                 }
                 (Some(_), Some(code)) => {
@@ -250,7 +300,8 @@ impl Sim {
                     *blake3::hash(&[b"shoal-sim invite".as_slice(), &seed.to_le_bytes()].concat())
                         .as_bytes();
                 let code = InviteCode::from_parts(ws.id(), "", secret);
-                ws.invite_with_code(code.clone(), Role::Member, None, 10_000)
+                let code = ws
+                    .invite_with_code(code, Role::Member, None, 10_000)
                     .map_err(|e| format!("device {slot} invites: {e}"))?;
                 invite = Some(code);
             }
@@ -267,11 +318,15 @@ impl Sim {
             workspace,
             devices,
             cloud,
-            model: TablesModel::new(),
+            acked: Vec::new(),
             invite,
+            membership_rng: StdRng::seed_from_u64(seed ^ 0x6d65_6d62_6572_7321),
+            active: vec![true; n],
+            cuts: Vec::new(),
+            written_after_cut: Default::default(),
             wide_left,
             steps: options.steps,
-            report: Report { seed, devices: n, members_only, ..Report::default() },
+            report: Report { seed, devices: n, members_only, encrypted, ..Report::default() },
             trace: Vec::new(),
         };
         // The genesis is the founder's first acknowledged write.
@@ -283,27 +338,100 @@ impl Sim {
         self.trace.push(format!("t+{} {what}", self.now - EPOCH_MS));
     }
 
-    /// Feeds the model the entry `index` of device `d`'s log (just acknowledged).
+    /// Keeps entry `index` of device `d`'s log (just acknowledged) for the model.
     fn record(&mut self, d: usize, index: u64) -> Result<(), String> {
         let ws = self.devices[d].ws()?;
         let origin = ws.device().ok_or("no origin")?;
         let entry = ws
             .replica()
-            .history(Some(origin), index, 1)
+            .history_opened(origin, index, 1)
             .map_err(|e| format!("reading back entry {index} of device {d}: {e}"))?
             .into_iter()
             .next()
             .ok_or_else(|| format!("device {d}: acknowledged entry {index} is not in its log"))?;
         // Control entries (the genesis) carry no table ops.
         if let Some(payload) = entry.payload() {
-            self.model
-                .apply_payload(payload)
-                .map_err(|e| format!("the model refuses entry {index} of device {d}: {e}"))?;
+            if payload.class() == Ok(shoal_core::EntryClass::Control) {
+                return Ok(());
+            }
+            self.acked.push(Acked { origin, index, payload: payload.clone() });
+        } else {
+            return Err(format!("device {d}: its own entry {index} does not open"));
         }
         Ok(())
     }
 
+    /// A membership change (members-only runs): the founder removes a device, or a device
+    /// leaves. The removed device keeps writing and syncing, as a device that has not
+    /// heard would.
+    fn membership(&mut self) -> Result<(), String> {
+        let others: Vec<usize> = (1..self.devices.len()).filter(|s| self.active[*s]).collect();
+        // Keep at least two members besides the founder, so runs keep syncing something.
+        if others.len() < 2 {
+            return Ok(());
+        }
+        let t = others[self.membership_rng.random_range(0..others.len())];
+        let remove = self.membership_rng.random_bool(0.7);
+        let target = self.devices[t].ws()?.device().ok_or("no origin")?;
+        let generation = self.devices[t].generation;
+        if remove {
+            let founder = self.devices[0].ws()?;
+            let cut = founder.replica().durable_cursors().map_err(|e| e.to_string())?.get(&target);
+            match founder.remove_device(target) {
+                Ok(_) => {
+                    self.note(format!("device 0 removes device {t} (cut {cut})"));
+                    self.cuts.push(CutRecord {
+                        origin: target,
+                        at_least: cut,
+                        removed: true,
+                        slot: t,
+                        generation,
+                    });
+                }
+                // Not known to the founder yet, or the founder is no admin (rebuilt).
+                Err(shoal::Error::Membership(why)) => {
+                    self.note(format!("device 0 cannot remove device {t}: {why}"));
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("device 0 removing device {t}: {e}")),
+            }
+        } else {
+            let ws = self.devices[t].ws()?;
+            match ws.leave() {
+                Ok(commit) => {
+                    self.note(format!("device {t} leaves at entry {}", commit.index));
+                    self.cuts.push(CutRecord {
+                        origin: target,
+                        at_least: commit.index + 1,
+                        removed: false,
+                        slot: t,
+                        generation,
+                    });
+                }
+                Err(e) => {
+                    self.note(format!("device {t} cannot leave: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+        self.report.removals += 1;
+        self.active[t] = false;
+        Ok(())
+    }
+
     async fn run(&mut self) -> Result<(), String> {
+        if self.report.encrypted {
+            // Joining an encrypted workspace means reading it first (`shoal join CODE
+            // --folder`): a device holds no key, and writes nothing, before its invite's keys
+            // arrive. So every device starts with the founder's log.
+            self.sync(0, false).await?;
+            let own = self.devices[0].own_dir(self.workspace)?;
+            self.cloud.upload(0, &own)?;
+            self.cloud.deliver_all()?;
+            for d in 1..self.devices.len() {
+                self.sync(d, false).await?;
+            }
+        }
         for _ in 0..self.steps {
             self.now += self.rng.random_range(0..1500);
             for d in &self.devices {
@@ -316,6 +444,9 @@ impl Sim {
     }
 
     async fn step(&mut self) -> Result<(), String> {
+        if self.report.members_only && self.membership_rng.random_bool(0.015) {
+            self.membership()?;
+        }
         let d = self.rng.random_range(0..self.devices.len());
         match self.rng.random_range(0..100) {
             0..=44 => self.write(d),
@@ -381,12 +512,21 @@ impl Sim {
             Ok(ws.device().map(|me| cursors.get(&me)))
         };
         let before = own_next(ws)?;
+        // Does this device know it is no longer a member?
+        let me = ws.device().ok_or("no origin")?;
+        let roster = ws.replica().roster().map_err(|e| e.to_string())?;
+        let knows_cut = roster.device(&me).is_some_and(|s| {
+            matches!(s.state, DeviceState::Removed { .. } | DeviceState::Left { .. })
+        });
         let written = random_write(&mut self.rng, ws, wide)?;
         match written {
             Written::Committed(c) => {
                 self.devices[d].restored_unchecked = false;
                 self.note(format!("device {d} commits entry {}", c.index));
                 self.report.acknowledged += 1;
+                if knows_cut {
+                    self.written_after_cut.entry(me).or_insert(c.index);
+                }
                 if wide
                     && self.devices[d]
                         .ws()?
@@ -487,6 +627,13 @@ impl Sim {
     }
 
     async fn rebuild(&mut self, d: usize) -> Result<(), String> {
+        // In an encrypted run the founder is the only admin, and only an admin can hand a
+        // rebuilt device the keys of epochs its (old) invite does not carry; a workspace
+        // that loses every admin's device loses that (`docs/ARCHITECTURE.md`,
+        // "Encryption"). So the founder's device is not lost here.
+        if d == 0 && self.report.encrypted {
+            return Ok(());
+        }
         if !self.publish_all(d).await? {
             return Ok(());
         }
@@ -498,7 +645,10 @@ impl Sim {
         let generation = self.devices[d].generation + 1;
         let path = self.root.join(format!("device-{d}-{generation}.shoal"));
         let secret = self.rng.random::<[u8; 32]>();
-        self.devices[d].rebuild(self.workspace, self.invite.as_ref(), secret, path)
+        self.devices[d].rebuild(self.workspace, self.invite.as_ref(), secret, path)?;
+        // A new device: a member again (the old origin keeps its cut).
+        self.active[d] = true;
+        Ok(())
     }
 
     async fn heal(&mut self) -> Result<(), String> {
@@ -521,8 +671,14 @@ impl Sim {
                 self.cloud.upload(d, &own)?;
             }
             self.cloud.deliver_all()?;
-            let snapshots: Vec<Snapshot> =
-                self.devices.iter().map(|d| Snapshot::of(d.ws()?)).collect::<Result<_, _>>()?;
+            // Removed and departed devices see less (their own later writes, not the new
+            // epoch's): they are checked apart (`check`).
+            let snapshots: Vec<Snapshot> = self
+                .devices
+                .iter()
+                .filter(|d| self.active[d.slot])
+                .map(|d| Snapshot::of(d.ws()?))
+                .collect::<Result<_, _>>()?;
             let agree = snapshots.windows(2).all(|w| w[0] == w[1]);
             if agree && self.cloud.idle() && previous.as_ref() == Some(&snapshots) {
                 return Ok(());
@@ -534,13 +690,61 @@ impl Sim {
 
     fn check(&mut self) -> Result<(), String> {
         self.report.cloud = self.cloud.stats;
-        let expected = Snapshot::of_model(&self.model);
+        // Who may write what: the members' rosters agree, and respect what the sim knows of
+        // every cut (the remover had stored the entries below it; entries a device wrote
+        // after it knew it was out are never valid).
+        let members: Vec<usize> = (0..self.devices.len()).filter(|s| self.active[*s]).collect();
+        let roster =
+            self.devices[members[0]].ws()?.replica().roster().map_err(|e| e.to_string())?;
+        let origins: std::collections::BTreeSet<PeerId> =
+            self.acked.iter().map(|a| a.origin).collect();
+        for &m in &members[1..] {
+            let other = self.devices[m].ws()?.replica().roster().map_err(|e| e.to_string())?;
+            for o in &origins {
+                if roster.limit(o) != other.limit(o) {
+                    return Err(format!(
+                        "devices {} and {m} disagree on who may write: origin {o} limited at \
+                         {} and {}",
+                        members[0],
+                        roster.limit(o),
+                        other.limit(o)
+                    ));
+                }
+            }
+        }
+        for cut in &self.cuts {
+            let limit = roster.limit(&cut.origin);
+            if limit < cut.at_least {
+                return Err(format!(
+                    "origin {} is cut at {limit}, below {} (what its remover had stored, or \
+                     its leaving entry)",
+                    cut.origin, cut.at_least
+                ));
+            }
+        }
+        for (origin, first) in &self.written_after_cut {
+            if roster.limit(origin) > *first {
+                return Err(format!(
+                    "origin {origin} wrote entry {first} after it knew it was out, and it \
+                     is valid (limit {})",
+                    roster.limit(origin)
+                ));
+            }
+        }
+        let mut model = TablesModel::new();
+        for a in self.acked.iter().filter(|a| a.index < roster.limit(&a.origin)) {
+            model
+                .apply_payload(&a.payload)
+                .map_err(|e| format!("the model refuses entry {} of {}: {e}", a.index, a.origin))?;
+        }
+        let expected = Snapshot::of_model(&model);
         for device in &self.devices {
             let ws = device.ws()?;
             let status = ws.status().map_err(|e| e.to_string())?;
             if let Some(fork) = &status.fork {
                 return Err(format!("device {}: forked: {fork}", device.slot));
             }
+            let member = self.active[device.slot];
             for o in &status.origins {
                 if let Some(why) = &o.stalled {
                     return Err(format!(
@@ -548,15 +752,39 @@ impl Sim {
                         device.slot, o.origin
                     ));
                 }
-                if o.materialized != o.next {
+                // Held entries are those of devices that are out, and, on a device that is
+                // out itself, the new epoch's.
+                let out = roster.device(&o.origin).is_some_and(|s| s.state != DeviceState::Active);
+                if o.materialized != o.next && member && !out {
                     return Err(format!(
-                        "device {}: origin {} holds {} entries, applied {}",
-                        device.slot, o.origin, o.next, o.materialized
+                        "device {}: origin {} holds {} entries, applied {} ({:?})",
+                        device.slot, o.origin, o.next, o.materialized, o.pending
                     ));
                 }
             }
-            if let Some(diff) = Snapshot::of(ws)?.difference(&expected) {
+            if member && let Some(diff) = Snapshot::of(ws)?.difference(&expected) {
                 return Err(format!("device {} differs from the model: {diff}", device.slot));
+            }
+        }
+        // A removed device holds no key of the epochs its removal started.
+        if self.report.encrypted {
+            let newest = |slot: usize| -> Result<Option<u32>, String> {
+                let ring =
+                    self.devices[slot].ws()?.replica().keyring().map_err(|e| e.to_string())?;
+                Ok(ring.newest().map(|(e, _)| e))
+            };
+            for cut in self.cuts.iter().filter(|c| c.removed) {
+                let device = &self.devices[cut.slot];
+                if device.generation != cut.generation {
+                    continue;
+                }
+                let founder = newest(0)?;
+                if newest(cut.slot)? >= founder {
+                    return Err(format!(
+                        "removed device {} holds the newest key (epoch {founder:?})",
+                        cut.slot
+                    ));
+                }
             }
         }
         Ok(())

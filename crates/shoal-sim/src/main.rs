@@ -36,6 +36,12 @@ struct Args {
     /// Every run in an open workspace (default: even seeds).
     #[arg(long)]
     open: bool,
+    /// Every run end-to-end encrypted (members-only; default: seeds 3 modulo 4).
+    #[arg(long, conflicts_with_all = ["open", "plaintext"])]
+    encrypted: bool,
+    /// No run encrypted.
+    #[arg(long)]
+    plaintext: bool,
 }
 
 fn main() -> ExitCode {
@@ -45,8 +51,17 @@ fn main() -> ExitCode {
         (_, true) => Some(false),
         _ => None,
     };
-    let options =
-        SimOptions { devices: args.devices.map(|d| d as usize), steps: args.steps, members_only };
+    let encrypted = match (args.encrypted, args.plaintext) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let options = SimOptions {
+        devices: args.devices.map(|d| d as usize),
+        steps: args.steps,
+        members_only,
+        encrypted,
+    };
     if let Some(seed) = args.seed {
         return match run(seed, &options) {
             Ok(report) => {

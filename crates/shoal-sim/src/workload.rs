@@ -98,6 +98,8 @@ fn is_refusal(e: &Error) -> bool {
             | Error::SchemaChange { .. }
             | Error::InvalidName(_)
             | Error::InvalidValue(_)
+            // A device of an encrypted workspace before its keys arrive.
+            | Error::NoKey
     )
 }
 

@@ -91,6 +91,13 @@ impl SqliteReplica {
         keys
     }
 
+    /// Whether this device can write data now: the workspace is not encrypted, or it
+    /// holds a key to write under.
+    pub fn can_write_data(&self) -> Result<bool, SyncError> {
+        let roster = self.roster()?;
+        Ok(!self.is_encrypted(&roster) || !self.keyring_of(&roster).is_empty())
+    }
+
     /// Whether data entries must be encrypted, given `roster` (see the module doc).
     pub(crate) fn is_encrypted(&self, roster: &Roster) -> bool {
         roster.encrypted
@@ -131,6 +138,21 @@ impl SqliteReplica {
             at = ChainPosition { next: at.next + page.len() as u64, chain };
         }
         Ok(at.chain)
+    }
+
+    /// [`SqliteReplica::history`] of one origin, with what this device can decrypt opened.
+    pub fn history_opened(
+        &self,
+        origin: PeerId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<shoal_core::Entry>, SyncError> {
+        let page = self.history(Some(origin), from, limit)?;
+        if !page.iter().any(|e| matches!(e.body, shoal_core::EntryBody::Encrypted(_))) {
+            return Ok(page);
+        }
+        let prev = self.chain_before(origin, from)?;
+        Ok(self.open_run(prev, page)?.0)
     }
 
     /// A contiguous run of one origin's entries whose chain before the first is `prev`,

@@ -422,6 +422,20 @@ impl SqliteReplica {
         })
     }
 
+    /// Removes a bookkeeping value (as [`SqliteReplica::set_meta`], reserved keys refused).
+    pub fn remove_meta(&self, key: &str) -> Result<(), SyncError> {
+        self.check_writable()?;
+        if key.starts_with("workspace") || key.starts_with("device") {
+            return Err(SyncError::Misuse(format!("metadata key {key:?} is reserved")));
+        }
+        let guard = self.writer();
+        guard
+            .conn
+            .execute("DELETE FROM shoal_meta WHERE key = ?1", params![key])
+            .map_err(self.backend("remove metadata"))?;
+        Ok(())
+    }
+
     /// Stores a bookkeeping value beside the log. Keys starting with `workspace` or
     /// `device` are the replica's own and refused.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), SyncError> {
@@ -561,12 +575,24 @@ impl SqliteReplica {
             .map_err(self.backend("begin local write"))?;
         let result = (|| {
             materializer.begin(&tx).map_err(self.backend("begin materializing"))?;
+            // A successor of this origin stops its writes if they would be superseded, or
+            // if this file handed its key over (a fork's successor supersedes nothing, but
+            // the copy that handed over must not write under the old key either).
+            let handed_over = || -> Result<bool, SyncError> {
+                let public = schema::meta(&tx, "device_public")
+                    .map_err(self.backend("read the device key"))?;
+                Ok(public.as_deref() != Some(key.public_key().as_bytes().as_slice()))
+            };
+            let next = read_origin(&tx, &origin)
+                .map_err(self.backend("read own position"))?
+                .map_or(0, |r| r.position.next);
             if let Some(s) = crate::succession::superseded(&tx, &origin)
                 .map_err(self.backend("read own successor"))?
+                && (s.from <= next || handed_over()?)
             {
                 return Err(SyncError::Misuse(format!(
-                    "this device's key was handed over to {} (clock recovery): reopen the \
-                     workspace to write",
+                    "this device's key was handed over to {} (clock or fork recovery): \
+                     reopen the workspace to write",
                     s.successor
                 )));
             }

@@ -41,6 +41,7 @@ use shoal_core::{
 };
 
 use crate::keyfile;
+use crate::replica::MAX_INDEX;
 use crate::replica::{
     Durability, LocalTx, OriginWrite, SqliteReplica, Writer, oplog_id, origin_row, read_origin,
     write_origin,
@@ -281,6 +282,27 @@ impl SqliteReplica {
     /// Entries of the predecessor not yet published anywhere stay in this file only: publish
     /// them (sync) before handing over, as `shoal recover-clock --folder` does.
     pub fn succeed(&self, new_key: DeviceKey, cut: u64) -> Result<Succession, SyncError> {
+        self.hand_over(new_key, cut, false)
+    }
+
+    /// Hands this device's log over to `new_key` after it found its own log forked at
+    /// `fork_at` (another copy of this device — a cloned file, a restored backup that had
+    /// written — published different entries there): this device's own entries from
+    /// `fork_at` on, which no other replica holds, are taken out of its log and re-issued
+    /// under the successor, as [`SqliteReplica::succeed`] re-issues; the successor op
+    /// supersedes nothing (its cut is `u64::MAX`), so the other copy's entries, in the
+    /// folder, stay valid and are pulled into the predecessor's log here like any other
+    /// device's. The caller checks that those entries reached no other replica (they were
+    /// refused for the fork before being published).
+    pub fn succeed_after_fork(
+        &self,
+        new_key: DeviceKey,
+        fork_at: u64,
+    ) -> Result<Succession, SyncError> {
+        self.hand_over(new_key, fork_at, true)
+    }
+
+    fn hand_over(&self, new_key: DeviceKey, cut: u64, fork: bool) -> Result<Succession, SyncError> {
         self.check_writable()?;
         let ws = self.inner.workspace;
         let old_key = self.inner.device.clone().ok_or_else(|| {
@@ -353,11 +375,14 @@ impl SqliteReplica {
             None if cut == at.next => at.chain,
             None => return Err(SyncError::Bug(format!("own log does not reach {cut}"))),
         };
+        // After a fork the successor supersedes nothing: the entries past `cut` that this
+        // device drops were never anyone else's, and the other copy's stay valid.
+        let superseded_from = if fork { u64::MAX } else { cut };
         let op = ControlOp::successor(
             &old_key,
             ws,
             successor,
-            cut,
+            superseded_from,
             chain_at_cut,
             Some(new_key.exchange_key()),
         );
@@ -397,13 +422,40 @@ impl SqliteReplica {
                         .into(),
                 ));
             }
+            // After a fork, this device's own branch leaves its log: the predecessor's log
+            // here ends at the fork, and the other copy's entries continue it.
+            let tip = if fork {
+                let rewound = ChainPosition { next: cut, chain: chain_at_cut };
+                w.conn
+                    .execute(
+                        "DELETE FROM shoal_oplog WHERE id >= ?1 AND id <= ?2",
+                        params![oplog_id(row.no, cut)?, oplog_id(row.no, MAX_INDEX)?],
+                    )
+                    .map_err(sql("take the forked branch out"))?;
+                w.conn
+                    .execute(
+                        "DELETE FROM shoal_control WHERE origin = ?1 AND idx >= ?2",
+                        params![predecessor.as_bytes(), cut as i64],
+                    )
+                    .map_err(sql("take the forked branch out"))?;
+                let at = OriginWrite {
+                    position: rewound,
+                    key: Some(&old_key.public_key()),
+                    materialized: 0,
+                    clock: Hlc::ZERO,
+                };
+                write_origin(&w.conn, &predecessor, at).map_err(sql("rewind the old log"))?;
+                rewound
+            } else {
+                position
+            };
             // Seal the predecessor's tip with the old key: nobody can once it is gone.
-            if position.next > 0 {
-                let seal = SignedHead::sign(&old_key, ws, position.next, position.chain).seal;
+            if tip.next > 0 {
+                let seal = SignedHead::sign(&old_key, ws, tip.next, tip.chain).seal;
                 w.conn
                     .execute(
                         "UPDATE shoal_oplog SET seal = ?2 WHERE id = ?1 AND seal IS NULL",
-                        params![oplog_id(row.no, position.next - 1)?, seal.signature.as_slice()],
+                        params![oplog_id(row.no, tip.next - 1)?, seal.signature.as_slice()],
                     )
                     .map_err(sql("seal the old log"))?;
             }

@@ -23,6 +23,13 @@ pub enum Error {
         path: std::path::PathBuf,
     },
 
+    /// [`crate::Workspace::recover_fork`] on a device whose own log is not forked.
+    #[error("{}: this device's own log is not forked: nothing to recover", path.display())]
+    NotForked {
+        /// The workspace file.
+        path: std::path::PathBuf,
+    },
+
     /// Reading, applying or writing the log failed.
     #[error(transparent)]
     Sync(#[from] shoal_core::SyncError),
@@ -41,7 +48,8 @@ pub enum Error {
     },
 
     /// This device's own log diverged from the one it published (a copied file, or a restored
-    /// backup that had written): it writes nothing more until it re-joins under a new key.
+    /// backup that had written): it writes nothing more until it re-joins under a new key
+    /// ([`crate::Workspace::recover_fork`]).
     #[error("{0}")]
     Forked(String),
 
@@ -49,6 +57,14 @@ pub enum Error {
     /// unknown device), or an invite code for another workspace.
     #[error("{0}")]
     Membership(String),
+
+    /// The workspace is end-to-end encrypted and this device holds no key yet: it joined
+    /// without an invite and no admin admitted it, or its invite's keys have not arrived.
+    #[error(
+        "this device holds no key of the encrypted workspace yet, so it cannot write: sync \
+         (an invite's keys arrive with the workspace), or ask an admin to admit it"
+    )]
+    NoKey,
 
     /// No visible table has this name.
     #[error("no table named {name:?} (see `shoal table list`)")]

@@ -280,7 +280,18 @@ impl Workspace {
     /// Adds to a mirror's status the origins whose entries arrived but are not applied here
     /// (an op of a newer version, a malformed op, a storage limit): the mirror only sees what
     /// could not be *received*, and a sync must not call itself in sync while either holds.
+    ///
+    /// It also drops from the folder's forked origins those whose owner recovered (a
+    /// successor of the origin is applied here, `Workspace::recover_fork`): the evidence
+    /// stays in the folder as history, but the fork is resolved.
     pub fn add_local_stalls(&self, status: &mut MirrorStatus) -> Result<()> {
+        let mut recovered = Vec::new();
+        for f in &status.forked {
+            if self.replica().superseded(f.origin)?.is_some() {
+                recovered.push(f.origin);
+            }
+        }
+        status.forked.retain(|f| !recovered.contains(&f.origin));
         for o in self.replica().origin_status()? {
             let Some(reason) = o.stalled else { continue };
             if status.stalled.iter().any(|s| s.origin == o.origin) {

@@ -29,6 +29,7 @@
 mod clock;
 mod error;
 mod folder;
+mod fork;
 mod members;
 mod rebuild;
 mod workspace;
@@ -36,6 +37,7 @@ mod workspace;
 pub use clock::ClockRecovery;
 pub use error::{Error, Result};
 pub use folder::{FolderSync, LastSync, SyncLock};
+pub use fork::ForkRecovery;
 pub use members::{Member, Members};
 pub use rebuild::{StateCheck, StateDifference};
 pub use shoal_core as core;

@@ -63,7 +63,7 @@ pub struct Workspace {
 }
 
 /// Metadata key: why this device's own log is known to be forked.
-const OWN_FORK: &str = "own_fork";
+pub(crate) const OWN_FORK: &str = "own_fork";
 
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -761,6 +761,9 @@ impl Workspace {
     fn commit_ops(&self, ops: Vec<TableOp>) -> Result<Commit> {
         let ops = ops.iter().map(|o| o.to_op()).collect::<Result<Vec<_>, _>>()?;
         self.before_local_write()?;
+        if !self.replica.can_write_data()? {
+            return Err(Error::NoKey);
+        }
         let n_ops = ops.len() as u64;
         let commits = self.replica.append_local(vec![LocalTx { ops, author: None }])?;
         let c = commits.first().ok_or_else(|| {

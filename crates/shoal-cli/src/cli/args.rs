@@ -143,6 +143,17 @@ Examples:
 Exit code 2 if anything fails; every bad file is reported.")]
     Verify(VerifyArgs),
 
+    /// After this device found its own log forked (its file was copied and both copies
+    /// wrote, or a backup that had written was restored): hand over to a new device key and
+    /// re-issue the writes of its forked branch.
+    #[command(after_help = "\
+Examples:
+  shoal recover-fork --folder ~/Dropbox/shoal    recover, then sync
+
+The other copy keeps its key and its writes; every device applies both copies' writes once.
+Refused if this device's log is not forked.")]
+    RecoverFork(RecoverClockArgs),
+
     /// After this device wrote with a clock far ahead (and the machine's clock is right
     /// again): hand its log to a new device key and re-issue the stuck writes.
     #[command(after_help = "\
@@ -485,11 +496,11 @@ pub struct VerifyArgs {
     pub folder: Option<PathBuf>,
 }
 
-/// `shoal recover-clock`.
+/// `shoal recover-clock` and `shoal recover-fork`.
 #[derive(Debug, Args)]
 pub struct RecoverClockArgs {
-    /// Sync with this folder before (publishing the old log) and after (publishing the
-    /// re-issued writes).
+    /// Sync with this folder: `recover-clock` before (publishing the old log) and after
+    /// (publishing the re-issued writes); `recover-fork` after.
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
 }

@@ -1,6 +1,6 @@
-//! The CLI side of wrong clocks: the warning printed after put/delete/table/sync/status
-//! when this device's clock state ran ahead, `shoal recover-clock`, and the test-only clock
-//! offset.
+//! The CLI side of wrong clocks and forks: the warning printed after put/delete/table/
+//! sync/status when this device's clock state ran ahead, `shoal recover-clock`, `shoal
+//! recover-fork` (the same hand-over to a new key), and the test-only clock offset.
 //!
 //! `SHOAL_TEST_CLOCK_OFFSET` (signed milliseconds) moves the wall clock the binary hands
 //! to the library by that much. It exists only so the CLI tests can reproduce a machine
@@ -81,6 +81,38 @@ pub async fn run(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
         s.successor.short(),
         s.predecessor.short(),
         s.cut,
+        s.reissued
+    ))?;
+    if let Some(folder) = &a.folder {
+        ws.sync_folder(folder).await?;
+        ctx.out.line(format!("published to {}", folder.display()))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `shoal recover-fork`.
+pub async fn recover_fork(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
+    let ws = ctx.open()?;
+    if let Some(folder) = &a.folder {
+        super::sync::check_folder_exists(folder)?;
+    }
+    let (ws, rec) = ws.recover_fork()?;
+    let s = rec.succession;
+    ctx.out.emit(
+        "recovered",
+        json!({
+            "predecessor": s.predecessor.to_hex(),
+            "successor": s.successor.to_hex(),
+            "forked_at": rec.forked_at,
+            "reissued": s.reissued,
+        }),
+    )?;
+    ctx.out.line(format!(
+        "recovered: this device's log forked at entry {}; it now writes as device {} \
+         (successor of {}), and re-issued {} write(s) of its forked branch",
+        rec.forked_at,
+        s.successor.short(),
+        s.predecessor.short(),
         s.reissued
     ))?;
     if let Some(folder) = &a.folder {

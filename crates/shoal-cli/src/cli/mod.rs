@@ -151,6 +151,7 @@ async fn run(command: Command, ctx: &mut Ctx) -> Result<Outcome> {
             r
         }
         Command::RecoverClock(a) => clock::run(ctx, a).await,
+        Command::RecoverFork(a) => clock::recover_fork(ctx, a).await,
         Command::Log(a) => log::run(ctx, a),
         Command::Verify(a) => verify::run(ctx, a),
         Command::Demo(a) => demo::run(ctx, a).await,
