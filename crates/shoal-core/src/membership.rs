@@ -681,7 +681,12 @@ fn fold_round(
             }
         }
         for (device, (how, _)) in admissions {
+            // A successor is the same device under a new key: it inherits the predecessor's
+            // admission only while the predecessor is neither removed nor gone (else a
+            // removed device could sign itself back in).
+            let out = |p: &PeerId| cuts.contains_key(p) || left.contains_key(p);
             if let Admission::Successor { predecessor, .. } = how
+                && !out(predecessor)
                 && let Some(&g) = before.get(predecessor)
             {
                 let admin_from = if g.role == Role::Admin { 0 } else { u64::MAX };
@@ -782,7 +787,9 @@ fn fold_round(
                     "its invite is unknown here, expired, revoked or used up"
                 }
                 Some(Admission::Request { .. }) => "it asked to join; no admin admitted it yet",
-                Some(Admission::Successor { .. }) => "its predecessor is not a member",
+                Some(Admission::Successor { .. }) => {
+                    "its predecessor is not a member (never admitted, removed or gone)"
+                }
                 _ => "it never joined",
             };
             let mut d = pending(joined_at, why);
@@ -992,6 +999,18 @@ mod tests {
         // b leaves at its entry 2: entries 0..=2 stay valid.
         w.put(&b, 2, ControlOp::Leave);
         assert_eq!(w.limit(&b), 3);
+        // Neither can sign itself back in as a successor of its old key.
+        for (old, new) in [(&a, key(5)), (&b, key(6))] {
+            let chain = crate::entry::ChainHash([0; 32]);
+            let op = ControlOp::successor(old, w.ws, w.id(&new), u64::MAX, chain, None);
+            w.put(&new, 0, op);
+            assert_eq!(w.limit(&new), 0, "a successor of a device that is out");
+        }
+        // A successor of an active member is admitted.
+        let chain = crate::entry::ChainHash([0; 32]);
+        let next = key(7);
+        w.put(&next, 0, ControlOp::successor(&c, w.ws, w.id(&next), u64::MAX, chain, None));
+        assert_eq!(w.limit(&next), u64::MAX);
     }
 
     #[test]
