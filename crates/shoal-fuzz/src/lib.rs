@@ -19,17 +19,25 @@
 //! fixing it up — re-signed with a fixed test key, checksum recomputed — so mutations reach
 //! the body decoder instead of stopping at the signature check.
 //!
+//! Where a format is sealed with a key (an encrypted entry's ciphertext, a key wrap), random
+//! input never authenticates: `encrypted_entry` seals the input itself with a fixed key (its
+//! own reading of the cipher, checked against `Keyring::seal` by a unit test) so that the
+//! decoder behind the decryption is reached too.
+//!
 //! Never: part of the product (`publish = false`, nothing depends on it), touches the file
 //! system, or uses randomness: a target's behaviour depends on its input alone, so every
 //! crash replays.
 
 pub mod seeds;
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload as AeadPayload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use shoal_core::codec::{Encode, Reader};
 use shoal_core::control::ControlOp;
+use shoal_core::encryption::{EpochKey, Keyring, OpenError, put_invite_keys, read_invite_keys};
 use shoal_core::{
-    ChainHash, DeviceKey, Domain, Entry, EntryBody, Hlc, Op, Payload, PeerId, SignedHead,
-    WorkspaceId,
+    ChainHash, DeviceKey, Domain, EncryptedPayload, Entry, EntryBody, Hlc, Op, Payload, PeerId,
+    SignedHead, WorkspaceId,
 };
 use shoal_filelog::fork::{EVIDENCE_LEN, ForkEvidence};
 use shoal_filelog::layout::{SegmentName, parse_id_dir};
@@ -46,11 +54,13 @@ pub type Target = fn(&[u8]);
 /// directory `fuzz/corpus/<name>/`).
 pub const TARGETS: &[(&str, Target)] = &[
     ("control_op", control_op),
+    ("encrypted_entry", encrypted_entry),
     ("entry", entry),
     ("entry_body", entry_body),
     ("fork_evidence", fork_evidence),
     ("id_dir", id_dir),
     ("invite_code", invite_code),
+    ("key_wrap", key_wrap),
     ("payload", payload),
     ("row_key", row_key),
     ("segment", segment),
@@ -104,12 +114,155 @@ pub fn control_op(data: &[u8]) {
 }
 
 /// `shoal_core::invite::InviteCode::parse` (the text form of an invite code): an accepted
-/// code re-encodes to its input without the surrounding whitespace.
+/// code re-encodes to its input without the surrounding whitespace. The one exception is a
+/// code of format 1 (no flags byte), which this version still reads and always writes in
+/// format 2: its re-encoding is the same content with version 2 and flags 0, and parses
+/// back to the same code.
 pub fn invite_code(data: &[u8]) {
+    use shoal_core::invite::InviteCode;
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(code) = shoal_core::invite::InviteCode::parse(text) {
-        assert_eq!(code.encode(), text.trim(), "invite code does not re-encode to its input");
+    if let Ok(code) = InviteCode::parse(text) {
+        let again = code.encode();
+        if again != text.trim() {
+            let content = |t: &str| {
+                let body = t.trim().strip_prefix("shoal-invite:").expect("a parsed code");
+                let mut b = data_encoding::BASE64URL_NOPAD
+                    .decode(body.as_bytes())
+                    .expect("a parsed code is base64url");
+                b.truncate(b.len() - 4);
+                b
+            };
+            let (old, new) = (content(text), content(&again));
+            assert_eq!(old[0], 1, "invite code does not re-encode to its input");
+            assert_eq!(new[..2], [2, 0], "a format 1 code is not rewritten in format 2");
+            assert_eq!(old[1..], new[2..], "a format 1 code changed when rewritten");
+        }
+        assert!(InviteCode::parse(&again) == Ok(code), "invite code does not parse back");
     }
+}
+
+/// `shoal_core::encryption::read_invite_keys` (the keys an invite carries: count, then
+/// epoch and 80-byte HPKE wrap per key, epochs strictly ascending) on a reader over the
+/// input: accepted keys re-encode (`put_invite_keys`) to exactly the bytes read, whether or
+/// not bytes follow (the invite op reads them from inside its body). Each decoded wrap is
+/// then opened with `shoal_core::encryption::unwrap_key` for the [`vector_key`] in the
+/// [`vector_workspace`]: it must not panic (the seeds hold real wraps for that key, which
+/// open; a bent one does not).
+pub fn key_wrap(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let Ok(keys) = read_invite_keys(&mut r) else { return };
+    let read = r.offset();
+    let mut out = Vec::with_capacity(read);
+    put_invite_keys(&mut out, &keys);
+    assert_eq!(out, data[..read], "invite keys do not re-encode to the bytes read");
+    assert_eq!(r.finish().is_ok(), read == data.len());
+    assert!(keys.windows(2).all(|w| w[0].0 < w[1].0), "invite key epochs not ascending");
+    let device = vector_key();
+    let ws = vector_workspace();
+    for (epoch, wrap) in &keys {
+        let _ = shoal_core::encryption::unwrap_key(&ws, *epoch, wrap, &device);
+    }
+}
+
+/// The fixed epoch-0 key of [`encrypted_entry`]'s keyring.
+pub const FUZZ_EPOCH_KEY: [u8; 32] = [0x42; 32];
+/// The index of [`encrypted_entry`]'s entries (the origin is the [`vector_key`]'s, the
+/// workspace the [`vector_workspace`]).
+pub const FUZZ_INDEX: u64 = 7;
+/// The previous chain hash of [`encrypted_entry`]'s entries.
+pub const FUZZ_PREV: ChainHash = ChainHash([5; 32]);
+/// The timestamp of [`encrypted_entry`]'s entries.
+fn fuzz_hlc() -> Hlc {
+    Hlc::from_millis(1_700_000_000_000)
+}
+
+/// `shoal_core::encryption::Keyring::open` (XChaCha20-Poly1305 open of an encrypted data
+/// entry, then the decoder of its plaintext: author and ops) with a fixed keyring (epoch 0,
+/// key [`FUZZ_EPOCH_KEY`]). Byte 0 of the input is the op count the entry's header claims,
+/// the rest the plaintext. Two paths:
+/// - the input taken as a sealed entry as found (nonce: the first 24 bytes after byte 0,
+///   zero-padded; ciphertext: the rest) must not open and must not panic;
+/// - the plaintext sealed by [`seal_for_fuzzing`] with the fixed key, so it authenticates
+///   and the plaintext decoder gets arbitrary bytes. It must not come back `NoKey` or
+///   `Inauthentic` (that would be the harness disagreeing with the cipher); an opened
+///   payload has the claimed op count and timestamp, is a data entry, and re-encodes to
+///   exactly the plaintext (its stored form is tag, timestamp, then the same bytes).
+pub fn encrypted_entry(data: &[u8]) {
+    let Some((&count, plain)) = data.split_first() else { return };
+    let ws = vector_workspace();
+    let origin = vector_key().peer_id(&ws);
+    let mut ring = Keyring::new(ws);
+    ring.insert(0, EpochKey::from_bytes(FUZZ_EPOCH_KEY));
+
+    let mut nonce = [0u8; 24];
+    let n = plain.len().min(24);
+    nonce[..n].copy_from_slice(&plain[..n]);
+    let as_found = EncryptedPayload {
+        hlc: fuzz_hlc(),
+        op_count: count.into(),
+        epoch: 0,
+        nonce,
+        ciphertext: plain[n..].to_vec(),
+    };
+    assert!(ring.open(&origin, FUZZ_INDEX, &FUZZ_PREV, &as_found).is_err());
+
+    let sealed = seal_for_fuzzing(&ws, &origin, count.into(), plain);
+    match ring.open(&origin, FUZZ_INDEX, &FUZZ_PREV, &sealed) {
+        Ok(p) => {
+            assert_eq!(p.ops.len(), usize::from(count), "opened op count differs from the header");
+            assert_eq!(p.hlc, fuzz_hlc());
+            let stored = p.to_bytes();
+            assert_eq!(stored[0], 1, "an opened entry is not a data entry");
+            assert_eq!(stored[9..], *plain, "opened payload does not re-encode to its plaintext");
+            assert_eq!(Payload::decode(&stored).as_ref(), Ok(&p));
+        }
+        Err(OpenError::Malformed(_)) => {}
+        Err(e) => panic!("the harness's sealing did not open: {e}"),
+    }
+}
+
+/// Seals `plain` as the ciphertext of entry [`FUZZ_INDEX`] of `origin` after [`FUZZ_PREV`],
+/// stamped [`fuzz_hlc`], under epoch 0's [`FUZZ_EPOCH_KEY`], with a fixed nonce. This is
+/// the harness's own reading of the cipher (`shoal_core::encryption`'s module doc: the key
+/// derived with BLAKE3 from epoch key and origin, the associated data binding workspace,
+/// origin, index, stored class, epoch, previous chain hash, timestamp and op count), so that
+/// arbitrary bytes can be made to authenticate; the unit test below checks it against
+/// `Keyring::seal`.
+pub fn seal_for_fuzzing(
+    ws: &WorkspaceId,
+    origin: &PeerId,
+    op_count: u64,
+    plain: &[u8],
+) -> EncryptedPayload {
+    seal_with_nonce(ws, origin, op_count, plain, [0x24; 24])
+}
+
+fn seal_with_nonce(
+    ws: &WorkspaceId,
+    origin: &PeerId,
+    op_count: u64,
+    plain: &[u8],
+    nonce: [u8; 24],
+) -> EncryptedPayload {
+    let epoch = 0u32;
+    let mut material = [0u8; 48];
+    material[..32].copy_from_slice(&FUZZ_EPOCH_KEY);
+    material[32..].copy_from_slice(origin.as_bytes());
+    let key = blake3::derive_key("shoal 2026-11 data key v1", &material);
+    let cipher = XChaCha20Poly1305::new(&key.into());
+    let mut aad = b"shoal 2026-11 data aad v1\0".to_vec();
+    aad.extend_from_slice(ws.as_bytes());
+    aad.extend_from_slice(origin.as_bytes());
+    aad.extend_from_slice(&FUZZ_INDEX.to_le_bytes());
+    aad.push(3); // the stored class of an encrypted data entry
+    aad.extend_from_slice(&epoch.to_le_bytes());
+    aad.extend_from_slice(&FUZZ_PREV.0);
+    aad.extend_from_slice(&fuzz_hlc().as_u64().to_le_bytes());
+    aad.extend_from_slice(&op_count.to_le_bytes());
+    let ciphertext = cipher
+        .encrypt(&XNonce::from(nonce), AeadPayload { msg: plain, aad: &aad })
+        .expect("XChaCha20-Poly1305 seals any input a fuzzer gives");
+    EncryptedPayload { hlc: fuzz_hlc(), op_count, epoch, nonce, ciphertext }
 }
 
 /// `shoal_tables::TableOp::decode_body`: byte 0 is the kind, the rest the body. A decoded
@@ -386,5 +539,32 @@ mod tests {
             let ev = ForkEvidence::decode(&s, &ws, &origin).unwrap();
             assert_eq!(ev.encode(), s);
         }
+    }
+
+    /// The harness's sealing of [`encrypted_entry`] must be the product's: sealing a data
+    /// payload's plaintext with the nonce `Keyring::seal` drew gives the same ciphertext, and
+    /// the product opens what the harness seals.
+    #[test]
+    fn the_harness_seals_as_the_keyring_does() {
+        let ws = vector_workspace();
+        let origin = vector_key().peer_id(&ws);
+        let mut ring = Keyring::new(ws);
+        ring.insert(0, EpochKey::from_bytes(FUZZ_EPOCH_KEY));
+        let mut sealed_some = 0;
+        for s in seeds::seeds("encrypted_entry") {
+            let (count, plain) = s.split_first().unwrap();
+            let mut stored = vec![1];
+            stored.extend_from_slice(&fuzz_hlc().as_u64().to_le_bytes());
+            stored.extend_from_slice(plain);
+            let p = Payload::decode(&stored).unwrap();
+            assert_eq!(u64::from(*count), p.ops.len() as u64);
+            let theirs = ring.seal(&origin, FUZZ_INDEX, &FUZZ_PREV, &p).unwrap();
+            let ours = seal_with_nonce(&ws, &origin, p.ops.len() as u64, plain, theirs.nonce);
+            assert_eq!(ours, theirs);
+            let ours = seal_for_fuzzing(&ws, &origin, p.ops.len() as u64, plain);
+            assert_eq!(ring.open(&origin, FUZZ_INDEX, &FUZZ_PREV, &ours), Ok(p));
+            sealed_some += 1;
+        }
+        assert!(sealed_some >= 3);
     }
 }

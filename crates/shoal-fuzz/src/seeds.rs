@@ -12,11 +12,11 @@
 
 use shoal_core::codec::Encode;
 use shoal_core::control::{ControlOp, Role};
-use shoal_core::encryption::KeyWrap;
+use shoal_core::encryption::{KeyWrap, put_invite_keys};
 use shoal_core::invite::InviteCode;
 use shoal_core::{
     ChainHash, ChainPosition, DeviceKey, Domain, EncryptedPayload, Entry, EntryBody, Hlc, Op,
-    OwnLog, Payload, UserId,
+    OwnLog, Payload, PeerId, UserId,
 };
 use shoal_filelog::fork::ForkEvidence;
 use shoal_filelog::layout::SegmentName;
@@ -59,6 +59,24 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             })
             .collect(),
         "payload" => payloads().iter().map(Encode::to_bytes).collect(),
+        "key_wrap" => invite_keys()
+            .iter()
+            .map(|keys| {
+                let mut out = Vec::new();
+                put_invite_keys(&mut out, keys);
+                out
+            })
+            .collect(),
+        "encrypted_entry" => payloads()
+            .iter()
+            .filter(|p| p.class() == Ok(shoal_core::EntryClass::Data))
+            .map(|p| {
+                // The op count, then the plaintext: the stored form without tag and timestamp.
+                let mut out = vec![p.ops.len() as u8];
+                out.extend_from_slice(&p.to_bytes()[9..]);
+                out
+            })
+            .collect(),
         "fork_evidence" => {
             let key = vector_key();
             let ws = vector_workspace();
@@ -140,6 +158,46 @@ fn control_ops() -> Vec<ControlOp> {
         ControlOp::Leave,
         ControlOp::ack([(key.peer_id(&ws), 5), (target, 200)]),
         ControlOp::EpochKeys { epoch: 1, wraps: vec![(target, KeyWrap([0xbb; 80]))] },
+        ControlOp::EpochKeys {
+            epoch: u32::MAX,
+            wraps: vec![
+                (PeerId::from_bytes([1; 16]), vector_wrap(0)),
+                (PeerId::from_bytes([2; 16]), KeyWrap([0; 80])),
+            ],
+        },
+        ControlOp::EpochKeys { epoch: 0, wraps: vec![] },
+        code.invite_op(Role::Member, 0, 1, invite_keys()[2].clone()),
+    ]
+}
+
+/// Real wraps for the [`vector_key`] in the [`vector_workspace`] (made once with
+/// `shoal_core::encryption::wrap_key`, whose ephemeral key is random, and kept here so the
+/// seeds stay fixed): epoch 0's key `10`×32 and epoch 1's key `11`×32.
+const VECTOR_WRAP_EPOCH_0: &str = concat!(
+    "233c5a1c966df0affcefd79f595361111f7e131298677049d53a4319f01f044faf6e3f9ca22fbac2",
+    "ba981faa3c2d5ff9f633078b8df59cb9a77d4b675a5167259a07a51e196c61f7d7a630837c45feac",
+);
+const VECTOR_WRAP_EPOCH_1: &str = concat!(
+    "5ffc8f3a1a78e38720cf271da14ebfece51919fb7b72c769134f42374aedd81ce92aa7b4d9aca4ef",
+    "51e961820bc54557e4366d0382df8f61095a999b4c6cdfc9205e0c35f6704371e330959e184329fb",
+);
+
+/// A real wrap from the hex constants above.
+pub fn vector_wrap(epoch: u32) -> KeyWrap {
+    let hex = if epoch == 0 { VECTOR_WRAP_EPOCH_0 } else { VECTOR_WRAP_EPOCH_1 };
+    let mut wrap = [0; 80];
+    hex::decode_to_slice(hex, &mut wrap).expect("the vector wraps are 80 bytes of hex");
+    KeyWrap(wrap)
+}
+
+/// An invite's keys: none, real wraps for the vector key, other bytes, the largest epoch.
+fn invite_keys() -> Vec<Vec<(u32, KeyWrap)>> {
+    vec![
+        vec![],
+        vec![(0, vector_wrap(0))],
+        vec![(0, vector_wrap(0)), (1, vector_wrap(1)), (300, KeyWrap([0xaa; 80]))],
+        vec![(1, vector_wrap(0))],
+        vec![(u32::MAX, KeyWrap([0; 80]))],
     ]
 }
 

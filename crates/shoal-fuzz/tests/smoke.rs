@@ -153,6 +153,30 @@ fn seeds_are_accepted_by_their_decoders() {
         };
         shoal_core::control::ControlOp::decode(&op).unwrap();
     }
+    let mut opened = 0;
+    for s in seeds("key_wrap") {
+        let mut r = shoal_core::codec::Reader::new(&s);
+        let keys = shoal_core::encryption::read_invite_keys(&mut r).unwrap();
+        r.finish().unwrap();
+        let (key, ws) = (shoal_fuzz::vector_key(), shoal_fuzz::vector_workspace());
+        for (epoch, wrap) in &keys {
+            let real = shoal_fuzz::seeds::vector_wrap(*epoch);
+            let got = shoal_core::encryption::unwrap_key(&ws, *epoch, wrap, &key);
+            // A real wrap opens under its own epoch only.
+            assert_eq!(got.is_some(), *epoch <= 1 && *wrap == real);
+            opened += usize::from(got.is_some());
+        }
+    }
+    assert!(opened >= 3, "the key_wrap seeds reach unwrap_key's success path");
+    for s in seeds("encrypted_entry") {
+        // The harness seals the plaintext (after the op count) and the keyring opens it.
+        let ws = shoal_fuzz::vector_workspace();
+        let origin = shoal_fuzz::vector_key().peer_id(&ws);
+        let mut ring = shoal_core::encryption::Keyring::new(ws);
+        ring.insert(0, shoal_core::encryption::EpochKey::from_bytes(shoal_fuzz::FUZZ_EPOCH_KEY));
+        let sealed = shoal_fuzz::seal_for_fuzzing(&ws, &origin, s[0].into(), &s[1..]);
+        ring.open(&origin, shoal_fuzz::FUZZ_INDEX, &shoal_fuzz::FUZZ_PREV, &sealed).unwrap();
+    }
     for s in seeds("segment_name") {
         shoal_filelog::layout::SegmentName::parse(std::str::from_utf8(&s).unwrap()).unwrap();
     }
