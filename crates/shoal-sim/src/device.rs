@@ -47,10 +47,6 @@ pub(crate) struct Device {
     pub faults: Arc<DeviceFaults>,
     /// A copy of its files (workspace, key, WAL) taken earlier, if any.
     pub backup: Option<PathBuf>,
-    /// Whether the backup was taken after a sync (so it knows its folder).
-    pub backup_knows_folder: bool,
-    /// Restored from the backup and not yet synced or written since.
-    pub restored_unchecked: bool,
 }
 
 /// The files that make up a workspace on disk: the file, its key, its WAL and shared memory.

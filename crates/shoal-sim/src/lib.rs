@@ -112,6 +112,9 @@ pub struct Report {
     pub encrypted: bool,
     /// Devices removed by the founder, and devices that left.
     pub removals: u64,
+    /// Devices that found their own log forked (a restored backup that had written) and
+    /// recovered as their own successor.
+    pub fork_recoveries: u64,
     /// Writes acknowledged (committed entries fed to the model).
     pub acknowledged: u64,
     /// Writes the API refused as documented.
@@ -277,8 +280,6 @@ impl Sim {
                 ws: None,
                 faults,
                 backup: None,
-                backup_knows_folder: false,
-                restored_unchecked: false,
             };
             let key = DeviceKey::from_secret_bytes(&rng.random::<[u8; 32]>());
             let ws = match (workspace, &invite) {
@@ -475,12 +476,9 @@ impl Sim {
             }
             94 => {
                 // A restored device whose folder is unreachable when it first writes cannot
-                // take its own entries back first (offline writes are allowed): the same
-                // known limit as a backup that knows no folder (see `restore`), so a
-                // restored device keeps its folder until it has synced or written.
-                if self.devices[d].restored_unchecked {
-                    Ok(())
-                } else if self.cloud.present(d) {
+                // take its own entries back first (offline writes are allowed): its next
+                // sync finds the fork, and it recovers (`recover_fork`).
+                if self.cloud.present(d) {
                     self.note(format!("folder of device {d} vanishes"));
                     self.cloud.vanish(d)
                 } else {
@@ -492,9 +490,7 @@ impl Sim {
                 self.note(format!("device {d} is backed up"));
                 let n = self.report.restores + self.report.rebuilds;
                 let into = self.root.join(format!("backup-{d}-{n}"));
-                let knows = self.devices[d].ws()?.last_sync().map_err(|e| e.to_string())?.is_some();
                 self.devices[d].take_backup(into)?;
-                self.devices[d].backup_knows_folder = knows;
                 Ok(())
             }
             97..=98 => self.restore(d).await,
@@ -521,7 +517,6 @@ impl Sim {
         let written = random_write(&mut self.rng, ws, wide)?;
         match written {
             Written::Committed(c) => {
-                self.devices[d].restored_unchecked = false;
                 self.note(format!("device {d} commits entry {}", c.index));
                 self.report.acknowledged += 1;
                 if knows_cut {
@@ -538,6 +533,10 @@ impl Sim {
                 self.record(d, c.index)
             }
             Written::Nothing => Ok(()),
+            Written::Forked(why) => {
+                self.note(format!("device {d} finds its own log forked before writing: {why}"));
+                self.recover_fork(d)
+            }
             Written::Refused(why) => {
                 self.report.refused += 1;
                 // A refused write commits nothing.
@@ -569,7 +568,6 @@ impl Sim {
         }
         match result {
             Ok(_) => {
-                self.devices[d].restored_unchecked = false;
                 self.note(format!("device {d} syncs{}", if faults > 0 { " (faults)" } else { "" }));
                 Ok(true)
             }
@@ -579,7 +577,9 @@ impl Sim {
             }
             Err(ShoalError::SyncBusy { .. }) => Err(format!("device {d}: sync lock busy")),
             Err(e @ (ShoalError::Forked(_) | ShoalError::Sync(SyncError::Forked { .. }))) => {
-                Err(format!("device {d} finds its own log forked: {e}"))
+                self.note(format!("device {d} finds its own log forked: {e}"));
+                self.recover_fork(d)?;
+                Ok(false)
             }
             Err(e) => Err(format!("device {d}: sync failed with no fault injected: {e}")),
         }
@@ -609,18 +609,61 @@ impl Sim {
         self.sync(d, false).await
     }
 
+    /// A device that found its own log forked (a restored backup that had written at
+    /// indices the folder holds) recovers as the successor of its old key: its branch's
+    /// writes are re-issued under the new key. The model follows: the dropped branch's
+    /// acknowledged entries are replaced by their re-issued copies.
+    fn recover_fork(&mut self, d: usize) -> Result<(), String> {
+        self.report.fork_recoveries += 1;
+        let ws = self.devices[d].ws.take().ok_or("no workspace")?;
+        let old = ws.device().ok_or("no origin")?;
+        let mine = ws
+            .replica()
+            .history_opened(old, 0, usize::MAX)
+            .map_err(|e| format!("device {d}: reading its own log: {e}"))?;
+        let key = DeviceKey::from_secret_bytes(&self.rng.random::<[u8; 32]>());
+        let folder = self.devices[d].folder.clone();
+        let (ws, rec) = match ws.recover_fork_with_key(&folder, key) {
+            Ok(done) => done,
+            Err(e) => return Err(format!("device {d}: recovering from its fork: {e}")),
+        };
+        let dropped: Vec<(u64, Payload)> = mine
+            .into_iter()
+            .filter(|e| e.index >= rec.forked_at)
+            .filter_map(|e| e.payload().map(|p| (e.index, p.clone())))
+            .collect();
+        self.acked.retain(|a| {
+            a.origin != old || !dropped.iter().any(|(i, p)| *i == a.index && *p == a.payload)
+        });
+        let successor = rec.succession.successor;
+        let reissued = ws
+            .replica()
+            .history_opened(successor, 0, usize::MAX)
+            .map_err(|e| format!("device {d}: reading its new log: {e}"))?;
+        for e in reissued {
+            if let Some(p) = e.payload()
+                && p.class() == Ok(shoal_core::EntryClass::Data)
+            {
+                self.acked.push(Acked { origin: successor, index: e.index, payload: p.clone() });
+            }
+        }
+        self.note(format!(
+            "device {d} recovers as {successor} (forked at {}, {} re-issued)",
+            rec.forked_at, rec.succession.reissued
+        ));
+        self.devices[d].ws = Some(ws);
+        Ok(())
+    }
+
     async fn restore(&mut self, d: usize) -> Result<(), String> {
         // A backup taken before the device's first sync knows no folder, so before its first
-        // write it cannot take back its own later entries: its next sync finds the fork and
-        // refuses (tested in `shoal`'s fork tests); re-joining as the successor, which
-        // recovers those writes, comes with the security issue. Such backups are not
-        // restored here.
-        if !self.devices[d].backup_knows_folder || !self.publish_all(d).await? {
+        // write it cannot take back its own later entries: its next sync finds the fork,
+        // and the device recovers as its own successor (`recover_fork`).
+        if !self.publish_all(d).await? {
             return Ok(());
         }
         self.report.restores += 1;
         self.devices[d].restore_backup()?;
-        self.devices[d].restored_unchecked = true;
         let last = self.devices[d].ws()?.last_sync().map_err(|e| e.to_string())?;
         self.note(format!("device {d} is restored from its backup (last sync {last:?})"));
         Ok(())

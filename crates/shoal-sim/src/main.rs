@@ -76,6 +76,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let (mut failed, mut acknowledged, mut crashes, mut faults) = (Vec::new(), 0, 0, 0);
+    let (mut removals, mut recoveries, mut encrypted) = (0, 0, 0);
     for seed in args.from..args.from.saturating_add(args.count) {
         if seed > args.from && (seed - args.from) % 100 == 0 {
             eprintln!(
@@ -90,6 +91,9 @@ fn main() -> ExitCode {
                 acknowledged += r.acknowledged;
                 crashes += r.crashes;
                 faults += r.faults;
+                removals += r.removals;
+                recoveries += r.fork_recoveries;
+                encrypted += u64::from(r.encrypted);
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -101,7 +105,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults",
+        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults, {encrypted} encrypted runs, {removals} removals, {recoveries} fork recoveries",
         args.count,
         args.from,
         started.elapsed().as_secs_f64(),

@@ -28,6 +28,9 @@ pub(crate) enum Written {
     Nothing,
     /// The API refused it, as documented (the reason, for the trace).
     Refused(String),
+    /// The device found its own log forked (a restored backup that had written): it
+    /// writes nothing until it recovers.
+    Forked(String),
 }
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
@@ -103,11 +106,16 @@ fn is_refusal(e: &Error) -> bool {
     )
 }
 
+fn is_fork(e: &Error) -> bool {
+    matches!(e, Error::Forked(_) | Error::Sync(shoal_core::SyncError::Forked { .. }))
+}
+
 fn outcome(r: shoal::Result<Option<Commit>>) -> Result<Written, String> {
     match r {
         Ok(Some(c)) => Ok(Written::Committed(c)),
         Ok(None) => Ok(Written::Nothing),
         Err(e) if is_refusal(&e) => Ok(Written::Refused(e.to_string())),
+        Err(e) if is_fork(&e) => Ok(Written::Forked(e.to_string())),
         Err(e) => Err(format!("a write failed: {e}")),
     }
 }
@@ -214,6 +222,8 @@ pub(crate) fn random_write(
                     // The transaction is dropped uncommitted.
                     return if is_refusal(&e) {
                         Ok(Written::Refused(e.to_string()))
+                    } else if is_fork(&e) {
+                        Ok(Written::Forked(e.to_string()))
                     } else {
                         Err(format!("a write failed: {e}"))
                     };

@@ -11,9 +11,10 @@
 //! it (the other copy may keep writing it), so nothing of either copy is lost, and nothing
 //! is applied twice: the dropped branch was refused for the fork before it was published.
 //!
-//! Never: runs without a fork recorded, or without the folder the fork was found against.
+//! Never: runs without a fork recorded, or against anything but the folder the fork was
+//! found in (the caller names it).
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use shoal_core::{DeviceKey, FileLogPuller, PeerId};
 use shoal_filelog::Config;
@@ -32,9 +33,22 @@ pub struct ForkRecovery {
 }
 
 impl Workspace {
-    /// Recovers a device whose own log forked (see the module doc), against the folder it
-    /// last synced with. Consumes the workspace and returns it reopened under the new key.
-    pub fn recover_fork(self) -> Result<(Workspace, ForkRecovery)> {
+    /// Recovers a device whose own log forked (see the module doc), against `folder`, the
+    /// sync folder the fork was found in. Consumes the workspace and returns it reopened
+    /// under the new key.
+    pub fn recover_fork(self, folder: &Path) -> Result<(Workspace, ForkRecovery)> {
+        let key = DeviceKey::generate()
+            .map_err(|e| Error::Path { path: self.path().to_owned(), reason: e.to_string() })?;
+        self.recover_fork_with_key(folder, key)
+    }
+
+    /// [`Workspace::recover_fork`] handing over to a key of the caller's (see
+    /// [`Workspace::create_with_key`]).
+    pub fn recover_fork_with_key(
+        self,
+        folder: &Path,
+        key: DeviceKey,
+    ) -> Result<(Workspace, ForkRecovery)> {
         self.replica().check_writable()?;
         let path = self.path().to_owned();
         if self.fork()?.is_none() {
@@ -44,14 +58,7 @@ impl Workspace {
             path: path.clone(),
             reason: "this workspace file has no device key".into(),
         })?;
-        let folder =
-            self.last_sync()?.map(|l| PathBuf::from(l.with)).ok_or_else(|| Error::Path {
-                path: path.clone(),
-                reason: "the fork was not found against a folder (no sync recorded)".into(),
-            })?;
-        let forked_at = self.fork_point(own, &folder)?;
-        let key = DeviceKey::generate()
-            .map_err(|e| Error::Path { path: path.clone(), reason: e.to_string() })?;
+        let forked_at = self.fork_point(own, folder)?;
         let succession = self.replica().succeed_after_fork(key, forked_at)?;
         self.replica().remove_meta(crate::workspace::OWN_FORK)?;
         let options =
@@ -62,7 +69,7 @@ impl Workspace {
     }
 
     /// The first index at which this device's log of `own` and `folder`'s differ.
-    fn fork_point(&self, own: PeerId, folder: &std::path::Path) -> Result<u64> {
+    fn fork_point(&self, own: PeerId, folder: &Path) -> Result<u64> {
         let puller = shoal_filelog::FolderPuller::new(folder, self.id(), Config::default());
         let mut at = 0;
         loop {

@@ -203,7 +203,7 @@ async fn a_restored_backup_that_wrote_while_its_folder_was_away_is_a_fork_not_a_
     assert!(a.status().unwrap().fork.is_some());
     // Recovered: the write made on the restored backup is re-issued under a new key, and
     // the entries the device had published before the disk died stay.
-    let (a, rec) = a.recover_fork().unwrap();
+    let (a, rec) = a.recover_fork(&s.folder).unwrap();
     assert_eq!((rec.forked_at, rec.succession.reissued), (3, 1), "{rec:?}");
     a.sync_folder(&s.folder).await.unwrap();
     let b = Workspace::join(s.path("b.shoal"), a.id(), WorkspaceOptions::default()).unwrap();
@@ -236,10 +236,10 @@ async fn a_forked_device_recovers_as_a_successor_and_nothing_is_lost_or_doubled(
         let err = clone.sync_folder(&s.folder).await.unwrap_err();
         assert!(is_fork(&err), "{err}");
         // Not forked: nothing to recover.
-        let err = a.clone().recover_fork().unwrap_err();
+        let err = a.clone().recover_fork(&s.folder).unwrap_err();
         assert!(matches!(err, Error::NotForked { .. }), "{err}");
 
-        let (clone, rec) = clone.recover_fork().unwrap();
+        let (clone, rec) = clone.recover_fork(&s.folder).unwrap();
         assert_eq!(rec.succession.reissued, 2, "{rec:?}");
         assert!(clone.fork().unwrap().is_none());
         clone.sync_folder(&s.folder).await.unwrap();

@@ -500,7 +500,8 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct RecoverClockArgs {
     /// Sync with this folder: `recover-clock` before (publishing the old log) and after
-    /// (publishing the re-issued writes); `recover-fork` after.
+    /// (publishing the re-issued writes); `recover-fork` recovers against it (the folder
+    /// the fork was found in; the last synced folder if absent) and syncs after.
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
 }

@@ -93,10 +93,17 @@ pub async fn run(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
 /// `shoal recover-fork`.
 pub async fn recover_fork(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
-    if let Some(folder) = &a.folder {
-        super::sync::check_folder_exists(folder)?;
-    }
-    let (ws, rec) = ws.recover_fork()?;
+    let folder = match &a.folder {
+        Some(f) => f.clone(),
+        None => match ws.last_sync()? {
+            Some(last) => std::path::PathBuf::from(last.with),
+            None => anyhow::bail!(
+                "--folder is required: give the sync folder in which the fork was found"
+            ),
+        },
+    };
+    super::sync::check_folder_exists(&folder)?;
+    let (ws, rec) = ws.recover_fork(&folder)?;
     let s = rec.succession;
     ctx.out.emit(
         "recovered",
@@ -115,9 +122,7 @@ pub async fn recover_fork(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome>
         s.predecessor.short(),
         s.reissued
     ))?;
-    if let Some(folder) = &a.folder {
-        ws.sync_folder(folder).await?;
-        ctx.out.line(format!("published to {}", folder.display()))?;
-    }
+    ws.sync_folder(&folder).await?;
+    ctx.out.line(format!("published to {}", folder.display()))?;
     Ok(Outcome::Ok)
 }
