@@ -1,7 +1,6 @@
 //! Shared-folder benchmarks (issue: sync over a shared folder): catch-up of a new device
 //! from a folder, bytes per cell change on disk, and commit-to-visible latency.
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,10 +9,11 @@ use anyhow::Context;
 use notify::Watcher;
 use rusqlite::Connection;
 use shoal::core::ManualClock;
+use shoal::core::control::Role;
 use shoal::filelog::Config;
 use shoal::{ColumnType, TableSpec, Value, WatchEvent, Workspace, WorkspaceOptions};
 
-use crate::util::{field, peak_rss_mib, rate, row, run_child, timed};
+use crate::util::{Privacy, Published, dir_size, peak_rss_mib, rate, row, run_catchup, timed};
 
 const COLUMNS: usize = 10;
 const ROWS_PER_TX: usize = 10;
@@ -51,52 +51,49 @@ fn write(ws: &Workspace, device: usize, txs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dir_size(path: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            let p = e.path();
-            total += if p.is_dir() { dir_size(&p) } else { e.metadata().map_or(0, |m| m.len()) };
-        }
-    }
-    total
-}
-
-/// A new device catches up from a folder holding `cells` cell changes from `origins`
-/// devices.
-pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
-    let per_origin = cells / origins / (ROWS_PER_TX * COLUMNS);
-    let cells = (per_origin * origins * ROWS_PER_TX * COLUMNS) as u64;
-    println!(
-        "folder-catchup: {cells} cell changes from {origins} origins ({per_origin} entries of {} cells each) in one folder",
-        ROWS_PER_TX * COLUMNS
-    );
-    let dir = tempfile::tempdir()?;
-    let folder = dir.path().join("shared");
+/// `origins` devices of a new workspace of kind `privacy` (in `dir`) each write
+/// `per_origin` entries of [`ROWS_PER_TX`] rows x [`COLUMNS`] cells and publish them to
+/// the folder `dir/shared`. The first device creates the workspace; in a members-only one
+/// the others join with an invite that has a use left for the device that catches up.
+pub fn publish(
+    dir: &Path,
+    per_origin: usize,
+    origins: usize,
+    privacy: Privacy,
+) -> anyhow::Result<Published> {
+    let folder = dir.join("shared");
     std::fs::create_dir(&folder)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let clock = ManualClock::new(1_700_000_000_000);
-    let options = || WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() };
-    let first = Workspace::create(dir.path().join("d0.shoal"), options())?;
+    let options = || {
+        privacy.options(WorkspaceOptions { clock: Arc::new(clock.clone()), ..Default::default() })
+    };
+    let first = Workspace::create(dir.join("d0.shoal"), options())?;
     first.declare(&spec())?;
+    let workspace = first.id().to_string();
+    let code = match privacy {
+        Privacy::Open => None,
+        _ => {
+            let uses = u32::try_from(origins)?; // the other writers and the new device
+            let code = first.invite(Role::Member, None, uses, "")?.encode();
+            rt.block_on(first.sync_folder(&folder))?; // the invite, for those who use it
+            Some(code)
+        }
+    };
     let mut devices = vec![first];
     for i in 1..origins {
-        devices.push(Workspace::join(
-            dir.path().join(format!("d{i}.shoal")),
-            devices[0].id(),
-            options(),
-        )?);
+        let file = dir.join(format!("d{i}.shoal"));
+        devices.push(crate::util::join(&file, &workspace, code.as_deref(), options())?);
     }
     for (i, ws) in devices.iter().enumerate() {
         if i > 0 {
-            rt.block_on(ws.sync_folder(&folder))?; // learn the schema
+            rt.block_on(ws.sync_folder(&folder))?; // learn the schema (and the keys)
         }
         write(ws, i, per_origin)?;
         rt.block_on(ws.sync_folder(&folder))?;
     }
-    let on_disk = dir_size(&folder);
     if std::env::var_os("SHOAL_BENCH_LIST").is_some() {
-        for origin in std::fs::read_dir(folder.join(devices[0].id().to_string()))?.flatten() {
+        for origin in std::fs::read_dir(folder.join(&workspace))?.flatten() {
             let mut files: Vec<(String, u64)> = std::fs::read_dir(origin.path())?
                 .flatten()
                 .map(|f| {
@@ -110,6 +107,28 @@ pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
             println!("{}: {files:?}", origin.file_name().to_string_lossy());
         }
     }
+    Ok(Published { folder, workspace, code, held: None })
+}
+
+/// Entries per origin for about `cells` cell changes from `origins` devices.
+pub fn per_origin(cells: usize, origins: usize) -> usize {
+    cells / origins / (ROWS_PER_TX * COLUMNS)
+}
+
+/// Cell changes in one entry.
+pub const CELLS_PER_ENTRY: usize = ROWS_PER_TX * COLUMNS;
+
+/// A new device catches up from a folder holding `cells` cell changes from `origins`
+/// devices.
+pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
+    let per_origin = per_origin(cells, origins);
+    let cells = (per_origin * origins * CELLS_PER_ENTRY) as u64;
+    println!(
+        "folder-catchup: {cells} cell changes from {origins} origins ({per_origin} entries of {CELLS_PER_ENTRY} cells each) in one folder"
+    );
+    let dir = tempfile::tempdir()?;
+    let source = publish(dir.path(), per_origin, origins, Privacy::Open)?;
+    let on_disk = dir_size(&source.folder);
 
     // Baseline: plain SQLite upserts of the same rows into a plain table.
     let plain = Connection::open(dir.path().join("plain.db"))?;
@@ -146,23 +165,15 @@ pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
     res?;
 
     if std::env::var_os("SHOAL_BENCH_KEEP").is_some() {
-        println!("kept: folder {} workspace {}", folder.display(), devices[0].id());
+        println!("kept: folder {} workspace {}", source.folder.display(), source.workspace);
         std::mem::forget(dir);
         return Ok(());
     }
     // The catch-up runs in a fresh process, so its memory figure is its own and not what
     // this process kept from writing the data.
-    let text = run_child([
-        OsStr::new("folder-catchup-child"),
-        OsStr::new("--folder"),
-        folder.as_os_str(),
-        OsStr::new("--workspace-id"),
-        OsStr::new(&devices[0].id().to_string()),
-        OsStr::new("--file"),
-        dir.path().join("late.shoal").as_os_str(),
-    ])?;
-    let field = |name: &str| field(&text, name);
-    let (seconds, peak, pulled) = (field("seconds=")?, field("peak_rss_mib=")?, field("pulled=")?);
+    let late = dir.path().join("late.shoal");
+    let run = run_catchup(source.child_args("folder-catchup-child", &late), &source)?;
+    let (seconds, peak, pulled) = (run.seconds, run.peak_rss_mib, run.pulled);
     row("baseline: plain SQLite upserts of the same rows", rate(cells, plain_time), "cells/s");
     row("shoal: new device catches up from the folder", cells as f64 / seconds, "cells/s");
     println!(
@@ -178,15 +189,16 @@ pub fn catchup(cells: usize, origins: usize) -> anyhow::Result<()> {
 
 /// The catch-up half of [`catchup`], in its own process: join the workspace, sync once
 /// from the folder, print the time, entries pulled and peak RSS.
-pub fn catchup_child(folder: &Path, workspace: &str, file: &Path) -> anyhow::Result<()> {
-    let id = workspace.parse().context("workspace id")?;
+pub fn catchup_child(
+    folder: &Path,
+    workspace: &str,
+    file: &Path,
+    code: Option<&str>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let clock = ManualClock::new(1_700_000_000_000);
-    let late = Workspace::join(
-        file,
-        id,
-        WorkspaceOptions { clock: Arc::new(clock), ..Default::default() },
-    )?;
+    let options = WorkspaceOptions { clock: Arc::new(clock), ..Default::default() };
+    let late = crate::util::join(file, workspace, code, options)?;
     let (res, time) = timed(|| rt.block_on(late.sync_folder(folder)));
     let out = res?;
     anyhow::ensure!(out.status.in_sync(), "not in sync: {:?}", out.status);

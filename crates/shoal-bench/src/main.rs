@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo run --release -p shoal-bench -- <bench> [options]` (see `--help`).
 
+mod encrypted;
 mod folder;
 // The same allocator cap as the `shoal` binary: one file, two binaries.
 #[path = "../../shoal-cli/src/malloc.rs"]
@@ -73,6 +74,9 @@ enum Bench {
         workspace_id: String,
         #[arg(long)]
         file: std::path::PathBuf,
+        /// An invite code (members-only workspaces).
+        #[arg(long)]
+        code: Option<String>,
     },
     /// A new device catches up from a folder holding N entries of one row each (a key and
     /// 4 LWW cells), vs plain SQLite upserts of the same rows; bytes per entry on disk.
@@ -92,6 +96,26 @@ enum Bench {
         file: std::path::PathBuf,
         #[arg(long)]
         entries: u64,
+        /// An invite code (members-only workspaces).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// A new device catches up an encrypted workspace, as a ratio to the same catch-up of
+    /// the same workload in a members-only unencrypted one (pairs of runs, each catch-up in
+    /// its own process).
+    CatchupEncrypted {
+        /// The workload: `multi` (as `folder-catchup`) or `rows` (as `catchup-rows`).
+        #[arg(long, value_enum)]
+        kind: encrypted::Kind,
+        /// Cell changes (`multi`) or entries (`rows`).
+        #[arg(long)]
+        size: u64,
+        /// Devices that write (`multi`; `rows` has one).
+        #[arg(long, default_value_t = 3)]
+        origins: usize,
+        /// Pairs of catch-ups (plain and encrypted, alternating which goes first).
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
     },
     /// Durable single-row commits through the Workspace API vs plain SQLite single-row
     /// upsert transactions (same durability); WAL pages each commit writes.
@@ -117,12 +141,15 @@ fn main() -> anyhow::Result<()> {
         Bench::TablesRemote { cells } => tables::remote(cells),
         Bench::FolderCatchup { cells, origins } => folder::catchup(cells, origins),
         Bench::FolderLatency { samples } => folder::latency(samples),
-        Bench::FolderCatchupChild { folder, workspace_id, file } => {
-            folder::catchup_child(&folder, &workspace_id, &file)
+        Bench::FolderCatchupChild { folder, workspace_id, file, code } => {
+            folder::catchup_child(&folder, &workspace_id, &file, code.as_deref())
         }
         Bench::CatchupRows { entries } => rows::catchup(entries),
-        Bench::CatchupRowsChild { folder, workspace_id, file, entries } => {
-            rows::catchup_child(&folder, &workspace_id, &file, entries)
+        Bench::CatchupRowsChild { folder, workspace_id, file, entries, code } => {
+            rows::catchup_child(&folder, &workspace_id, &file, entries, code.as_deref())
+        }
+        Bench::CatchupEncrypted { kind, size, origins, pairs } => {
+            encrypted::catchup(kind, size, origins, pairs)
         }
         Bench::CommitRows { transactions } => rows::commit(transactions),
     }

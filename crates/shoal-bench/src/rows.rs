@@ -18,19 +18,19 @@
 //! bench checks that its ops are byte for byte the ones its encoder builds.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::{Connection, params};
-use shoal::core::{ManualClock, Op};
+use shoal::core::control::Role;
+use shoal::core::{ChainPosition, EntryBody, ManualClock, Op, chain_through};
 use shoal::sqlite::LocalTx;
 use shoal::tables::{CellWrite, ColumnId, RowKey, TableId, TableOp};
 use shoal::{ColumnType, TableSpec, Value, Workspace, WorkspaceOptions};
 
-use crate::util::{field, peak_rss_mib, rate, row, run_child, thread_cpu, timed};
+use crate::util::{Privacy, Published, peak_rss_mib, rate, row, run_catchup, thread_cpu, timed};
 
 /// LWW cells written per entry (the key is written too).
 const CELLS: u64 = 4;
@@ -162,8 +162,18 @@ fn produce(ws: &Workspace, entries: u64) -> anyhow::Result<()> {
     tx.put("items", &cells(&item(0)))?;
     let commit = tx.commit()?.context("the first row made no entry")?;
     let origin = ws.device().context("no device key")?;
-    let page = ws.replica().read_page(origin, commit.index)?;
-    let api_ops = page.first().and_then(|e| e.payload()).map(|p| p.ops.clone());
+    // From index 0: an encrypted entry opens only with the chain hash before it.
+    let page = ws.replica().read_page(origin, 0)?;
+    let at = page.iter().position(|e| e.index == commit.index).context("the first row's entry")?;
+    let api_ops = match &page[at].body {
+        EntryBody::Live(p) => Some(p.ops.clone()),
+        EntryBody::Encrypted(sealed) => {
+            let prev = chain_through(ChainPosition::start(&ws.id(), &origin), &page[..at])
+                .map_err(|(e, f)| anyhow::anyhow!("own log skips from {e} to {f}"))?;
+            Some(ws.replica().keyring()?.open(&origin, commit.index, &prev, sealed)?.ops)
+        }
+        EntryBody::Expunged(_) => None,
+    };
     anyhow::ensure!(
         api_ops == Some(vec![enc.op(item(0))?]),
         "the bench encodes a row's put differently from Transaction::commit"
@@ -219,6 +229,47 @@ fn seg_bytes(path: &Path) -> (u64, u64) {
     (bytes, files)
 }
 
+/// Device A of a new workspace of kind `privacy` (in `dir`) writes `entries` one-row
+/// entries and publishes them to the folder `dir/shared`.
+pub fn publish(dir: &Path, entries: u64, privacy: Privacy) -> anyhow::Result<Published> {
+    anyhow::ensure!(entries > 0, "--entries must be at least 1");
+    let folder = dir.join("shared");
+    std::fs::create_dir(&folder)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let a = Workspace::create(dir.join("a.shoal"), privacy.options(options()))?;
+    a.declare(&spec())?;
+    // A members-only workspace: an invite for the device that catches up.
+    let code = match privacy {
+        Privacy::Open => None,
+        _ => Some(a.invite(Role::Member, None, 1, "")?.encode()),
+    };
+    let control_entries = rt.block_on(a.cursors())?.total();
+    let (res, produce_time) = timed(|| produce(&a, entries));
+    res?;
+    let held = rt.block_on(a.cursors())?.total();
+    anyhow::ensure!(
+        held == entries + control_entries,
+        "device A holds {held} entries, not {entries} + {control_entries} (genesis, schema, invite)"
+    );
+    let (res, publish_time) = timed(|| rt.block_on(a.sync_folder(&folder)));
+    let published = res?.report.published;
+    anyhow::ensure!(published == held, "published {published} of {held} entries");
+    println!(
+        "device A ({}): {held} entries ({entries} rows after {control_entries} of genesis, schema and any invite), appended at {:.0} entries/s ({BATCH} per SQLite transaction), published in {:.1} s",
+        privacy.name(),
+        rate(entries, produce_time),
+        publish_time.as_secs_f64()
+    );
+    Ok(Published { folder, workspace: a.id().to_string(), code, held: Some(held) })
+}
+
+/// The arguments of the catch-up process of `entries` one-row entries from `source`.
+pub fn child_args(source: &Published, file: &Path, entries: u64) -> Vec<std::ffi::OsString> {
+    let mut args = source.child_args("catchup-rows-child", file);
+    args.extend(["--entries".into(), entries.to_string().into()]);
+    args
+}
+
 /// A new device catches up from a folder holding `entries` one-row entries.
 pub fn catchup(entries: u64) -> anyhow::Result<()> {
     anyhow::ensure!(entries > 0, "--entries must be at least 1");
@@ -226,28 +277,8 @@ pub fn catchup(entries: u64) -> anyhow::Result<()> {
         "catchup-rows: {entries} entries of one row each (a TEXT key and {CELLS} LWW cells: 2 TEXT of 20-60 B, INTEGER, REAL), one folder"
     );
     let dir = tempfile::tempdir()?;
-    let folder = dir.path().join("shared");
-    std::fs::create_dir(&folder)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let a = Workspace::create(dir.path().join("a.shoal"), options())?;
-    a.declare(&spec())?;
-    let schema_entries = rt.block_on(a.cursors())?.total();
-    let (res, produce_time) = timed(|| produce(&a, entries));
-    res?;
-    let held = rt.block_on(a.cursors())?.total();
-    anyhow::ensure!(
-        held == entries + schema_entries,
-        "device A holds {held} entries, not {entries} + {schema_entries} (genesis and schema)"
-    );
-    let (res, publish_time) = timed(|| rt.block_on(a.sync_folder(&folder)));
-    let published = res?.report.published;
-    anyhow::ensure!(published == held, "published {published} of {held} entries");
-    let (seg, seg_files) = seg_bytes(&folder);
-    println!(
-        "device A: {held} entries ({entries} rows + {schema_entries} genesis/schema), appended at {:.0} entries/s ({BATCH} per SQLite transaction), published in {:.1} s",
-        rate(entries, produce_time),
-        publish_time.as_secs_f64()
-    );
+    let source = publish(dir.path(), entries, Privacy::Open)?;
+    let (seg, seg_files) = seg_bytes(&source.folder);
 
     // Baseline: plain SQLite upserts of the same rows, 1,000 per transaction. Rows are
     // built outside the timed part.
@@ -276,39 +307,28 @@ pub fn catchup(entries: u64) -> anyhow::Result<()> {
     }
     drop(plain);
 
+    let late = dir.path().join("late.shoal");
     if std::env::var_os("SHOAL_BENCH_KEEP").is_some() {
-        println!(
-            "kept: catchup-rows-child --folder {} --workspace-id {} --file {} --entries {entries}",
-            folder.display(),
-            a.id(),
-            dir.path().join("late.shoal").display()
-        );
+        let args: Vec<String> = child_args(&source, &late, entries)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        println!("kept: {}", args.join(" "));
         std::mem::forget(dir);
         return Ok(());
     }
     // The catch-up runs in a fresh process, so its memory figure is its own and not what
     // this process kept from writing the data.
-    let text = run_child([
-        OsStr::new("catchup-rows-child"),
-        OsStr::new("--folder"),
-        folder.as_os_str(),
-        OsStr::new("--workspace-id"),
-        OsStr::new(&a.id().to_string()),
-        OsStr::new("--file"),
-        dir.path().join("late.shoal").as_os_str(),
-        OsStr::new("--entries"),
-        OsStr::new(&entries.to_string()),
-    ])?;
-    let field = |name: &str| field(&text, name);
-    let (seconds, peak, pulled) = (field("seconds=")?, field("peak_rss_mib=")?, field("pulled=")?);
-    anyhow::ensure!(pulled as u64 == held, "the new device pulled {pulled} of {held} entries");
-    let (p, s) = (rate(entries, plain_time), entries as f64 / seconds);
+    let run = run_catchup(child_args(&source, &late, entries), &source)?;
+    let (p, s) = (rate(entries, plain_time), entries as f64 / run.seconds);
     row("baseline: plain SQLite upserts, 1,000 rows per transaction", p, "rows/s");
     row("shoal: new device catches up from the folder (1 row/entry)", s, "entries/s");
     row("shoal: same, in cell changes (4 per entry, plus the key)", s * CELLS as f64, "cells/s");
     println!(
-        "ratio shoal/plain: {:.2}x (target >= 0.5x); target >= 100,000 entries/s; entries pulled {pulled}; peak RSS of the catch-up process {peak:.1} MiB",
-        s / p
+        "ratio shoal/plain: {:.2}x (target >= 0.5x); target >= 100,000 entries/s; entries pulled {}; peak RSS of the catch-up process {:.1} MiB",
+        s / p,
+        run.pulled,
+        run.peak_rss_mib
     );
     println!(
         "folder: {seg} bytes in {seg_files} .seg files = {:.1} bytes per entry (zstd level 3); the row's values are {:.1} bytes",
@@ -325,10 +345,10 @@ pub fn catchup_child(
     workspace: &str,
     file: &Path,
     entries: u64,
+    code: Option<&str>,
 ) -> anyhow::Result<()> {
-    let id = workspace.parse().context("workspace id")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let late = Workspace::join(file, id, options())?;
+    let late = crate::util::join(file, workspace, code, options())?;
     let (res, time) = timed(|| rt.block_on(late.sync_folder(folder)));
     let out = res?;
     let peak = peak_rss_mib();
