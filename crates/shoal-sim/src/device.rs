@@ -47,6 +47,8 @@ pub(crate) struct Device {
     pub faults: Arc<DeviceFaults>,
     /// A copy of its files (workspace, key, WAL) taken earlier, if any.
     pub backup: Option<PathBuf>,
+    /// Origins this device wrote under before a fork recovery gave it a new key.
+    pub past_origins: Vec<shoal_core::PeerId>,
 }
 
 /// The files that make up a workspace on disk: the file, its key, its WAL and shared memory.
@@ -97,12 +99,18 @@ impl Device {
     }
 
     /// `<workspace>/<origin>`: this device's own directory, relative to its folder.
-    pub(crate) fn own_dir(&self, workspace: WorkspaceId) -> Result<String, String> {
+    pub(crate) fn own_dirs(&self, workspace: WorkspaceId) -> Result<Vec<String>, String> {
         let origin = self.ws()?.device().ok_or("a device without an origin")?;
         let layout = Layout::new(&self.folder, workspace);
-        let dir = layout.origin_dir(&origin);
-        let rel = dir.strip_prefix(&self.folder).map_err(|e| e.to_string())?;
-        Ok(rel.to_string_lossy().into_owned())
+        let mut dirs = Vec::new();
+        // Its current origin, and those it wrote before a fork recovery handed them over
+        // (the folder tool keeps uploading every directory the device wrote).
+        for o in std::iter::once(&origin).chain(&self.past_origins) {
+            let dir = layout.origin_dir(o);
+            let rel = dir.strip_prefix(&self.folder).map_err(|e| e.to_string())?;
+            dirs.push(rel.to_string_lossy().into_owned());
+        }
+        Ok(dirs)
     }
 
     /// Restarts the process: everything open is dropped, the files are reopened.

@@ -280,6 +280,7 @@ impl Sim {
                 ws: None,
                 faults,
                 backup: None,
+                past_origins: Vec::new(),
             };
             let key = DeviceKey::from_secret_bytes(&rng.random::<[u8; 32]>());
             let ws = match (workspace, &invite) {
@@ -426,8 +427,7 @@ impl Sim {
             // --folder`): a device holds no key, and writes nothing, before its invite's keys
             // arrive. So every device starts with the founder's log.
             self.sync(0, false).await?;
-            let own = self.devices[0].own_dir(self.workspace)?;
-            self.cloud.upload(0, &own)?;
+            self.upload_own(0)?;
             self.cloud.deliver_all()?;
             for d in 1..self.devices.len() {
                 self.sync(d, false).await?;
@@ -455,10 +455,7 @@ impl Sim {
                 let armed = self.rng.random_bool(0.35);
                 self.sync(d, armed).await.map(|_| ())
             }
-            65..=74 => {
-                let own = self.devices[d].own_dir(self.workspace)?;
-                self.cloud.upload(d, &own)
-            }
+            65..=74 => self.upload_own(d),
             75..=87 => {
                 for _ in 0..self.rng.random_range(1..4) {
                     self.cloud.deliver_one(&mut self.rng)?;
@@ -609,6 +606,14 @@ impl Sim {
         self.sync(d, false).await
     }
 
+    /// The cloud uploads what device `d` wrote in its local folder.
+    fn upload_own(&mut self, d: usize) -> Result<(), String> {
+        for dir in self.devices[d].own_dirs(self.workspace)? {
+            self.cloud.upload(d, &dir)?;
+        }
+        Ok(())
+    }
+
     /// A device that found its own log forked (a restored backup that had written at
     /// indices the folder holds) recovers as the successor of its old key: its branch's
     /// writes are re-issued under the new key. The model follows: the dropped branch's
@@ -652,6 +657,7 @@ impl Sim {
             rec.forked_at, rec.succession.reissued
         ));
         self.devices[d].ws = Some(ws);
+        self.devices[d].past_origins.push(old);
         Ok(())
     }
 
@@ -681,8 +687,7 @@ impl Sim {
             return Ok(());
         }
         // The folder tool still uploads what the lost device had published.
-        let own = self.devices[d].own_dir(self.workspace)?;
-        self.cloud.upload(d, &own)?;
+        self.upload_own(d)?;
         self.note(format!("device {d} loses its files and joins again"));
         self.report.rebuilds += 1;
         let generation = self.devices[d].generation + 1;
@@ -707,11 +712,11 @@ impl Sim {
         for round in 1..=12 {
             self.report.heal_rounds = round;
             for d in 0..self.devices.len() {
-                if !self.sync(d, false).await? {
+                // A second pass for a device that found its own log forked and recovered.
+                if !self.sync(d, false).await? && !self.sync(d, false).await? {
                     return Err(format!("device {d}: a sync failed while healing"));
                 }
-                let own = self.devices[d].own_dir(self.workspace)?;
-                self.cloud.upload(d, &own)?;
+                self.upload_own(d)?;
             }
             self.cloud.deliver_all()?;
             // Removed and departed devices see less (their own later writes, not the new
@@ -728,7 +733,16 @@ impl Sim {
             }
             previous = Some(snapshots);
         }
-        Err("replicas did not agree after 12 heal rounds".into())
+        let mut why = String::new();
+        if let Some(first) = previous.as_ref().and_then(|p| p.first()) {
+            for (i, snap) in previous.iter().flatten().enumerate().skip(1) {
+                if let Some(diff) = snap.difference(first) {
+                    why = format!(": the {i}th member differs from the first: {diff}");
+                    break;
+                }
+            }
+        }
+        Err(format!("replicas did not agree after 12 heal rounds{why}"))
     }
 
     fn check(&mut self) -> Result<(), String> {
