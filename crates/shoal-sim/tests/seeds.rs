@@ -13,10 +13,12 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// Seeds that failed once, with the options they failed with, and what was wrong.
 const REGRESSIONS: &[(u64, usize, &str)] = &[
     // Restores of a backup taken before the device's first sync wrote at indices the
-    // folder already held (the backup knew no folder to take its entries back from).
+    // folder already held (the backup knew no folder to take its entries back from): a
+    // fork, now recovered as the old key's successor (seed 34 also found that the cloud
+    // must keep uploading the old origin's directory after a recovery).
     (15, 150, "restored backup without a known folder forked"),
     (26, 150, "restored backup without a known folder forked"),
-    (34, 150, "restored backup without a known folder forked"),
+    (34, 150, "restored backup without a known folder forked; recovered"),
     // A restored backup whose folder vanished before its first write wrote offline at
     // indices the folder held.
     (5069, 60, "restored backup with its folder away forked"),
