@@ -424,34 +424,30 @@ impl SqliteReplica {
 
     /// Removes a bookkeeping value (as [`SqliteReplica::set_meta`], reserved keys refused).
     pub fn remove_meta(&self, key: &str) -> Result<(), SyncError> {
-        self.check_writable()?;
-        if key.starts_with("workspace") || key.starts_with("device") {
-            return Err(SyncError::Misuse(format!("metadata key {key:?} is reserved")));
-        }
-        let guard = self.writer();
-        guard
-            .conn
-            .execute("DELETE FROM shoal_meta WHERE key = ?1", params![key])
-            .map_err(self.backend("remove metadata"))?;
-        Ok(())
+        self.write_meta(key, None)
     }
 
     /// Stores a bookkeeping value beside the log. Keys starting with `workspace` or
     /// `device` are the replica's own and refused.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), SyncError> {
+        self.write_meta(key, Some(value))
+    }
+
+    fn write_meta(&self, key: &str, value: Option<&[u8]>) -> Result<(), SyncError> {
         self.check_writable()?;
         if key.starts_with("workspace") || key.starts_with("device") {
             return Err(SyncError::Misuse(format!("metadata key {key:?} is reserved")));
         }
         let guard = self.writer();
-        guard
-            .conn
-            .execute(
+        match value {
+            Some(value) => guard.conn.execute(
                 "INSERT INTO shoal_meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![key, value],
-            )
-            .map_err(self.backend("write metadata"))?;
+            ),
+            None => guard.conn.execute("DELETE FROM shoal_meta WHERE key = ?1", params![key]),
+        }
+        .map_err(self.backend("write metadata"))?;
         Ok(())
     }
 

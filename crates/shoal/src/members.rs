@@ -2,8 +2,8 @@
 //! `docs/ARCHITECTURE.md`, "Membership").
 //!
 //! Owns: the [`Workspace`] methods that write control ops, and [`Members`], the roster as
-//! an app or the CLI shows it (each device with its role, who admitted it, its state, and
-//! how many of its stored entries are pending).
+//! an app or the CLI shows it (each device with its role, who admitted it, its state, how
+//! many of its stored entries are pending, and whether its log forked or was handed over).
 //!
 //! Invariants: an admin op is written only by a device the roster shows as an active admin,
 //! and is preceded by an ack of this device's stored cursors, so the op counts from its own
@@ -57,6 +57,12 @@ pub struct Member {
     pub pending: u64,
     /// This device.
     pub is_self: bool,
+    /// Its log forked (two signed versions: a copied file, a restored backup that had
+    /// written), and its owner has not recovered yet: why, with the evidence. Known from
+    /// this device's own check, or from evidence in the folder it last synced with.
+    pub forked: Option<String>,
+    /// The device it handed its key over to (clock or fork recovery), if any.
+    pub succeeded_by: Option<PeerId>,
 }
 
 impl Workspace {
@@ -78,7 +84,30 @@ impl Workspace {
             }
         }
         ids.sort();
+        let layout = self
+            .last_sync()?
+            .map(|l| shoal_filelog::layout::Layout::new(std::path::PathBuf::from(l.with), self.id()));
         for id in ids {
+            let succeeded_by = self.replica().superseded(id)?.map(|s| s.successor);
+            let forked = match (&layout, succeeded_by) {
+                (_, Some(_)) => None,
+                _ if Some(id) == me => self.fork()?,
+                (Some(layout), None) => {
+                    let (good, _) = shoal_filelog::fork::read_evidence(
+                        &layout.origin_dir(&id),
+                        &self.id(),
+                        &id,
+                    );
+                    good.first().map(|(path, ev)| {
+                        format!(
+                            "two signed versions of its log disagree at entry {} (evidence {})",
+                            ev.next.saturating_sub(1),
+                            path.display()
+                        )
+                    })
+                }
+                (None, None) => None,
+            };
             let stored = cursors.get(&id);
             let limit = if Some(id) == me { u64::MAX } else { roster.limit(&id) };
             let d = roster.device(&id);
@@ -95,6 +124,8 @@ impl Workspace {
                 stored,
                 pending: stored.saturating_sub(limit.min(stored)),
                 is_self: Some(id) == me,
+                forked,
+                succeeded_by,
             });
         }
         Ok(Members { open: roster.open, founded: roster.founded, devices })

@@ -174,6 +174,8 @@ pub fn list(ctx: &mut Ctx) -> Result<Outcome> {
                 "stored": m.stored,
                 "pending": m.pending,
                 "this_device": m.is_self,
+                "forked": m.forked,
+                "succeeded_by": m.succeeded_by.map(|p| p.to_hex()),
             }),
         )?;
         ctx.out.line(member_line(m))?;
@@ -197,6 +199,12 @@ fn member_line(m: &Member) -> String {
     }
     if m.pending > 0 {
         line.push_str(&format!("; {} of {} entries pending", m.pending, m.stored));
+    }
+    if let Some(why) = &m.forked {
+        line.push_str(&format!("; FORKED: {why}"));
+    }
+    if let Some(next) = m.succeeded_by {
+        line.push_str(&format!("; handed over to {}", next.short()));
     }
     line
 }
