@@ -20,16 +20,12 @@
 //! Never: stores an epoch key (every key is recovered from the control log and the key
 //! file), or trusts a wrap the roster does not.
 
-use std::cell::RefCell;
-use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use shoal_core::control::ControlOp;
 use shoal_core::encryption::{Keyring, wrap_key};
 use shoal_core::membership::{DeviceState, Roster};
-use shoal_core::{
-    ChainHash, ChainPosition, Entry, EntryBody, Payload, PeerId, SyncError, chain_through,
-};
+use shoal_core::{ChainHash, ChainPosition, PeerId, SyncError, chain_through};
 
 use crate::replica::{LocalTx, SqliteReplica};
 
@@ -49,34 +45,6 @@ pub(crate) struct Crypt {
     pub(crate) encrypted: bool,
     /// The keys held.
     pub(crate) keys: Arc<Keyring>,
-}
-
-/// Runs shorter than this are opened inline: a thread costs more than it saves.
-const OPEN_AHEAD_MIN: usize = 16;
-
-/// The encrypted entries of a run, opened on a thread of their own while the run is stored
-/// (opening is the one per-entry cost encryption adds, and it needs nothing the write lock
-/// guards). An entry the thread could not open (no key yet, not authentic) is opened
-/// again inline, where the outcome is recorded.
-pub(crate) struct OpenedAhead {
-    first: u64,
-    rx: Receiver<Option<Payload>>,
-    got: RefCell<Vec<Option<Payload>>>,
-}
-
-impl OpenedAhead {
-    /// Entry `index`'s plaintext, if the thread opened it (waits for it).
-    pub(crate) fn take(&self, index: u64) -> Option<Payload> {
-        let at = usize::try_from(index.checked_sub(self.first)?).ok()?;
-        let mut got = self.got.borrow_mut();
-        while got.len() <= at {
-            match self.rx.recv() {
-                Ok(opened) => got.push(opened),
-                Err(_) => return None,
-            }
-        }
-        got[at].clone()
-    }
 }
 
 pub(crate) fn encryption_expected(conn: &rusqlite::Connection) -> rusqlite::Result<bool> {
@@ -140,49 +108,6 @@ impl SqliteReplica {
     /// What materializing entries under `roster` needs.
     pub(crate) fn crypt(&self, roster: &Arc<Roster>) -> Crypt {
         Crypt { encrypted: self.is_encrypted(roster), keys: self.keyring_of(roster) }
-    }
-
-    /// Starts opening the encrypted entries of `entries` (contiguous, of one origin, the
-    /// first after chain hash `start`) on another thread, with the keys of the roster as
-    /// stored now plus the run's own control entries. `None` when there is little to open.
-    pub(crate) fn open_ahead(&self, start: ChainHash, entries: &[Entry]) -> Option<OpenedAhead> {
-        let encrypted =
-            entries.iter().filter(|e| matches!(e.body, EntryBody::Encrypted(_))).count();
-        if encrypted < OPEN_AHEAD_MIN {
-            return None;
-        }
-        let ws = self.inner.workspace;
-        let roster = self
-            .with_reader(|conn| {
-                crate::members::roster_with(&self.inner.roster, conn, &ws, entries)
-                    .map_err(|e| SyncError::backend("read the membership", e))
-            })
-            .ok()?;
-        let keys = self.keyring_of(&roster);
-        let mut work = Vec::with_capacity(entries.len());
-        let mut chain = start;
-        for e in entries {
-            let sealed = match &e.body {
-                EntryBody::Encrypted(c) => Some(c.clone()),
-                _ => None,
-            };
-            work.push((e.origin, e.index, chain, sealed));
-            chain = chain.link(&e.hash());
-        }
-        let first = entries.first()?.index;
-        let (tx, rx) = sync_channel(1024);
-        std::thread::Builder::new()
-            .name("shoal-open".into())
-            .spawn(move || {
-                for (origin, index, prev, sealed) in work {
-                    let opened = sealed.and_then(|c| keys.open(&origin, index, &prev, &c).ok());
-                    if tx.send(opened).is_err() {
-                        return; // the store gave up on the run
-                    }
-                }
-            })
-            .ok()?;
-        Some(OpenedAhead { first, rx, got: RefCell::new(Vec::new()) })
     }
 
     /// Records that this device joined an encrypted workspace (its invite says so): until

@@ -774,8 +774,6 @@ impl SqliteReplica {
         let ws = self.inner.workspace;
         let origin = run.origin();
         let wall = self.inner.clock.now_millis();
-        // Encrypted entries are opened on another thread while this one stores them.
-        let ahead = self.open_ahead(run.start().chain, run.entries());
         let mut guard = self.writer();
         guard.set_durability(Durability::Normal).map_err(self.backend("set synchronous"))?;
         let Writer { conn, materializer, .. } = &mut *guard;
@@ -853,9 +851,7 @@ impl SqliteReplica {
                         if materialized != e.index || stalled_here || superseded(e.index) {
                             continue;
                         }
-                        let opened = ahead.as_ref().and_then(|a| a.take(e.index));
-                        match materialize_entry(materializer, &tx, &ws, &crypt, &before, e, opened)
-                        {
+                        match materialize_entry(materializer, &tx, &ws, &crypt, &before, e) {
                             Ok(()) => materialized += 1,
                             Err(Unmaterialized::Stall(why) | Unmaterialized::Hold(why)) => {
                                 return Ok(Attempt::Failed { index: e.index, why });
@@ -1233,7 +1229,7 @@ impl SqliteReplica {
                 if crypt.encrypted {
                     prev = prev.link(&e.hash());
                 }
-                match materialize_entry(materializer, &tx, &ws, crypt, &before, e, None) {
+                match materialize_entry(materializer, &tx, &ws, crypt, &before, e) {
                     Ok(()) => materialized += 1,
                     Err(Unmaterialized::Stall(why) | Unmaterialized::Hold(why)) => {
                         failed = Some((e.index, why));
@@ -1394,8 +1390,7 @@ enum Unmaterialized {
 }
 
 /// Materializes one stored entry through the domain router, opening it first if it is
-/// encrypted (`prev`: the chain hash before it, which its associated data binds), unless
-/// it was `opened` already (`crypt::OpenedAhead`).
+/// encrypted (`prev`: the chain hash before it, which its associated data binds).
 fn materialize_entry(
     router: &mut DomainRouter,
     conn: &Connection,
@@ -1403,7 +1398,6 @@ fn materialize_entry(
     crypt: &Crypt,
     prev: &ChainHash,
     e: &Entry,
-    opened: Option<Payload>,
 ) -> Result<(), Unmaterialized> {
     let origin = e.origin;
     if let EntryBody::Live(p) = &e.body
@@ -1419,7 +1413,7 @@ fn materialize_entry(
             .map(|_| ())
             .map_err(Unmaterialized::Abort);
     }
-    let opened_here;
+    let opened;
     let payload = match &e.body {
         EntryBody::Expunged(_) => return Ok(()),
         EntryBody::Encrypted(_) if !crypt.encrypted => {
@@ -1428,14 +1422,11 @@ fn materialize_entry(
             ));
         }
         EntryBody::Encrypted(c) => {
-            opened_here = match opened {
-                Some(p) => p,
-                None => crypt.keys.open(&origin, e.index, prev, c).map_err(|err| match err {
-                    SealedOpenError::NoKey { .. } => Unmaterialized::Hold(err.to_string()),
-                    other => Unmaterialized::Stall(other.to_string()),
-                })?,
-            };
-            &opened_here
+            opened = crypt.keys.open(&origin, e.index, prev, c).map_err(|err| match err {
+                SealedOpenError::NoKey { .. } => Unmaterialized::Hold(err.to_string()),
+                other => Unmaterialized::Stall(other.to_string()),
+            })?;
+            &opened
         }
         EntryBody::Live(p) if crypt.encrypted && p.class() == Ok(EntryClass::Data) => {
             return Err(Unmaterialized::Stall(

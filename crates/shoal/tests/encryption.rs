@@ -164,14 +164,9 @@ async fn a_removal_rotates_the_key_and_the_removed_device_cannot_read_what_follo
     w.sync(&w.admin).await;
     w.admin.remove_device(c.device().unwrap()).unwrap();
     put(&w.admin, "a2", "after the removal").unwrap();
-    // Enough entries that catching up opens them on a thread of their own.
-    for i in 0..40 {
-        put(&w.admin, &format!("n{i:02}"), "bulk").unwrap();
-    }
     w.sync(&w.admin).await;
     w.sync(&b).await;
-    assert_eq!(ids(&b).len(), 42);
-    assert_eq!(ids(&b)[..2], ["a1", "a2"]);
+    assert_eq!(ids(&b), ["a1", "a2"]);
     // b saw the rotation: it writes under the new epoch.
     assert_eq!(b.replica().keyring().unwrap().newest().unwrap().0, 1);
     put(&b, "b1", "new epoch").unwrap();
@@ -184,12 +179,7 @@ async fn a_removal_rotates_the_key_and_the_removed_device_cannot_read_what_follo
     assert!(on_admin.pending.as_deref().unwrap_or("").contains("key of epoch 1"), "{on_admin:?}");
     assert!(on_admin.stalled.is_none(), "a missing key is pending, not a stall");
     w.sync(&w.admin).await;
-    assert_eq!(ids(&w.admin)[..3], ["a1", "a2", "b1"]);
-    assert_eq!(ids(&w.admin).len(), 43);
-    for ws in [&w.admin, &b] {
-        let check = ws.verify_state(|_| {}).unwrap();
-        assert!(check.differences.is_empty(), "{:?}", check.differences);
-    }
+    assert_eq!(ids(&w.admin), ["a1", "a2", "b1"]);
 }
 
 #[tokio::test]
