@@ -84,9 +84,9 @@ impl Workspace {
             }
         }
         ids.sort();
-        let layout = self
-            .last_sync()?
-            .map(|l| shoal_filelog::layout::Layout::new(std::path::PathBuf::from(l.with), self.id()));
+        let layout = self.last_sync()?.map(|l| {
+            shoal_filelog::layout::Layout::new(std::path::PathBuf::from(l.with), self.id())
+        });
         for id in ids {
             let succeeded_by = self.replica().superseded(id)?.map(|s| s.successor);
             let forked = match (&layout, succeeded_by) {
