@@ -59,19 +59,31 @@ impl SqliteReplica {
         Ok(self.keyring_of(&roster))
     }
 
-    /// Lends `keys` to a replica that holds no device key (a rebuild that checks another
-    /// replica's state): it opens entries with them. Ignored by a device's own replica, and
-    /// after the first call.
-    pub fn use_keys(&self, keys: Arc<Keyring>) {
-        if self.inner.device.is_none() {
-            let _ = self.inner.lent_keys.set(keys);
+    /// Makes this replica, which holds no device key, rebuild `original`'s state exactly
+    /// (a check of it, `shoal verify`): `original`'s own entries apply here as they do on
+    /// its device (never held), what it expects of the workspace before the genesis is
+    /// here (members only, encrypted) is expected here too, and entries open with its keys.
+    /// Ignored by a device's own replica, and after the first call.
+    pub fn rebuild_like(&self, original: &SqliteReplica) -> Result<(), SyncError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (Some(own), None) = (original.own_origin(), &self.inner.device) else {
+            return Ok(());
+        };
+        let keys = original.keyring()?;
+        if self.inner.rebuilding.set((own, keys)).is_ok() {
+            let expected = |flag: &std::sync::atomic::AtomicBool| flag.load(SeqCst);
+            self.inner.members_expected.store(expected(&original.inner.members_expected), SeqCst);
+            self.inner
+                .encryption_expected
+                .store(expected(&original.inner.encryption_expected), SeqCst);
         }
+        Ok(())
     }
 
     /// The keyring of `roster` (cached while the roster is the same).
     pub(crate) fn keyring_of(&self, roster: &Arc<Roster>) -> Arc<Keyring> {
-        if let Some(lent) = self.inner.lent_keys.get() {
-            return lent.clone();
+        if let Some((_, keys)) = self.inner.rebuilding.get() {
+            return keys.clone();
         }
         let cache = &self.inner.keyring;
         if let Ok(guard) = cache.lock()

@@ -205,11 +205,17 @@ impl SqliteReplica {
     /// with an invite ([`SqliteReplica::expect_members_only`]) holds everything.
     pub(crate) fn limit_of(&self, roster: &Roster, origin: &PeerId) -> u64 {
         let unknown_policy = !roster.founded && !self.members_expected();
-        if self.own_origin() == Some(*origin) || unknown_policy {
+        if self.applies_as_own() == Some(*origin) || unknown_policy {
             u64::MAX
         } else {
             roster.limit(origin)
         }
+    }
+
+    /// The origin whose entries always apply here: this device's, or, in a replica that
+    /// rebuilds a device's state (`SqliteReplica::rebuild_like`), that device's.
+    fn applies_as_own(&self) -> Option<PeerId> {
+        self.own_origin().or_else(|| self.inner.rebuilding.get().map(|(o, _)| *o))
     }
 
     fn members_expected(&self) -> bool {
@@ -290,7 +296,7 @@ impl SqliteReplica {
             return Ok(false);
         }
         let ws = self.inner.workspace;
-        let own = self.own_origin();
+        let own = self.applies_as_own();
         let wall = self.inner.clock.now_millis();
         self.in_write_transaction("settle membership", |w| {
             let roster = roster(&self.inner.roster, &w.conn, &ws)?;

@@ -87,8 +87,9 @@ pub(crate) struct Inner {
     pub(crate) members_expected: std::sync::atomic::AtomicBool,
     /// The keys this device holds, as last derived (`crypt`).
     pub(crate) keyring: crate::crypt::KeyringCache,
-    /// Keys lent to a replica without a device key (`SqliteReplica::use_keys`).
-    pub(crate) lent_keys: std::sync::OnceLock<Arc<shoal_core::encryption::Keyring>>,
+    /// For a replica without a device key that rebuilds a device's state
+    /// (`SqliteReplica::rebuild_like`): the device's origin and keys.
+    pub(crate) rebuilding: std::sync::OnceLock<(PeerId, Arc<shoal_core::encryption::Keyring>)>,
     /// The file records that the workspace is encrypted (`crypt`).
     pub(crate) encryption_expected: std::sync::atomic::AtomicBool,
     /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
@@ -378,7 +379,7 @@ impl SqliteReplica {
                 roster: std::sync::Mutex::new(None),
                 members_expected: std::sync::atomic::AtomicBool::new(members_expected),
                 keyring: std::sync::Mutex::new(None),
-                lent_keys: std::sync::OnceLock::new(),
+                rebuilding: std::sync::OnceLock::new(),
                 encryption_expected: std::sync::atomic::AtomicBool::new(encryption_expected),
                 clock: options.clock,
                 read_only,

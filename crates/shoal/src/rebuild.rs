@@ -113,8 +113,9 @@ impl Workspace {
             Options { clock: Arc::new(clock), domains: vec![Box::new(TablesMaterializer::new())] };
         let rebuilt =
             SqliteReplica::create(dir.path().join("rebuild.shoal"), self.id(), None, options)?;
-        // It opens encrypted entries with this device's keys.
-        rebuilt.use_keys(self.replica().keyring()?);
+        // It rebuilds this device's state: its own entries never held, what it expects of
+        // the workspace before the genesis, its keys.
+        rebuilt.rebuild_like(self.replica())?;
         let mut entries = 0;
         let cursors = self.replica().durable_cursors()?;
         for (origin, next) in cursors.iter() {

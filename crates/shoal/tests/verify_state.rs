@@ -117,3 +117,32 @@ fn a_counter_sum_and_a_tombstone_are_checked_too() {
     let d = only_difference(&ws);
     assert_eq!(d.column.as_deref(), Some("votes"), "{d}");
 }
+
+/// Found by the crash test (a `join --folder` killed mid-sync): a device whose own entries
+/// are held everywhere else (its invite is not here yet) still applies them itself, and
+/// the rebuild that checks it must do the same, and hold others' entries as it does
+/// before the genesis arrives.
+#[tokio::test]
+async fn a_device_whose_own_entries_are_held_elsewhere_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("shared");
+    std::fs::create_dir(&folder).unwrap();
+    let options = WorkspaceOptions { members_only: true, ..Default::default() };
+    let admin = Workspace::create(dir.path().join("a.shoal"), options).unwrap();
+    // A member's entries reach the folder before the admin's genesis does, for the joiner.
+    let code = shoal::core::invite::InviteCode::generate(admin.id(), "").unwrap();
+    let joiner =
+        Workspace::join_with_code(dir.path().join("j.shoal"), &code, Default::default()).unwrap();
+    joiner.declare(&TableSpec::new("todo").key("id", ColumnType::Text)).unwrap();
+    let check = |ws: &Workspace| {
+        let c = ws.verify_state(|_| {}).unwrap();
+        assert!(c.differences.is_empty(), "{:?}", c.differences);
+    };
+    check(&joiner);
+    // The genesis arrives, the invite (not written yet) does not: the joiner is no member
+    // in its own roster, and its own entries still apply on it.
+    admin.sync_folder(&folder).await.unwrap();
+    joiner.sync_folder(&folder).await.unwrap();
+    assert!(joiner.schema().unwrap().table("todo").is_some());
+    check(&joiner);
+}
