@@ -223,9 +223,12 @@ impl SqliteReplica {
                 {
                     continue;
                 }
-                let wrap = wrap_key(&ws, epoch, key, &exchange)
-                    .map_err(|e| SyncError::Misuse(e.to_string()))?;
-                wraps.push((*device, wrap));
+                // A member's key that cannot be wrapped for (a low-order point) gets nothing,
+                // and must not stop this device's sync.
+                match wrap_key(&ws, epoch, key, &exchange) {
+                    Ok(wrap) => wraps.push((*device, wrap)),
+                    Err(e) => tracing::warn!(%device, "no epoch key for this device: {e}"),
+                }
             }
             if !wraps.is_empty() {
                 ops.push(ControlOp::EpochKeys { epoch, wraps }.to_op());

@@ -204,8 +204,12 @@ impl Workspace {
             let keys = self.replica().keyring()?;
             for epoch in keys.epochs().filter(|e| !roster.was_given(&device, *e)) {
                 let Some(key) = keys.keys_of(epoch).first() else { continue };
-                let wrap = wrap_key(&self.id(), epoch, key, &exchange)
-                    .map_err(|e| Error::Membership(e.to_string()))?;
+                let wrap = wrap_key(&self.id(), epoch, key, &exchange).map_err(|e| {
+                    Error::Membership(format!(
+                        "device {device} published a key no epoch key can be wrapped for \
+                         ({e}): it could read nothing; not admitted"
+                    ))
+                })?;
                 ops.push(ControlOp::EpochKeys { epoch, wraps: vec![(device, wrap)] });
             }
         }
@@ -252,9 +256,12 @@ impl Workspace {
             if *id == device || status.role.is_none() || status.state != DeviceState::Active {
                 continue;
             }
-            let wrap = wrap_key(&self.id(), epoch, &key, &exchange)
-                .map_err(|e| Error::Membership(e.to_string()))?;
-            wraps.push((*id, wrap));
+            // A member whose key cannot be wrapped for (a low-order point) gets nothing; it
+            // must not stop the removal of another.
+            match wrap_key(&self.id(), epoch, &key, &exchange) {
+                Ok(wrap) => wraps.push((*id, wrap)),
+                Err(e) => tracing::warn!(device = %id, "no epoch key for this device: {e}"),
+            }
         }
         self.admin_ops(vec![remove, ControlOp::EpochKeys { epoch, wraps }])
     }

@@ -378,3 +378,43 @@ async fn a_device_that_recovers_its_clock_keeps_its_keys_and_its_stuck_writes_ar
     assert_eq!(ids(&b), ["a1", "a2", "stuck"]);
     assert_eq!(ids(&c), ["a1", "stuck"]);
 }
+
+/// A member that published an X25519 key no key can be wrapped for (a low-order point; it
+/// holds the invite code, so its join is valid) must not stop an admin's removal of
+/// someone else, nor its syncs.
+#[tokio::test]
+async fn a_member_with_an_unusable_exchange_key_blocks_nothing() {
+    use shoal::core::ExchangeKey;
+    let w = World::new(true).await;
+    let code = w.admin.invite(Role::Member, None, 3, "").unwrap();
+    w.sync(&w.admin).await;
+    let b = w.join("b.shoal", &code).await;
+    // The hostile joiner builds its join by hand: the proof signs workspace, origin and
+    // an all-zero exchange key (FORMAT §3.4).
+    let key = shoal::core::DeviceKey::from_secret_bytes(&[0x77; 32]);
+    let ws = w.admin.id();
+    let origin = key.peer_id(&ws);
+    let zero = ExchangeKey([0; 32]);
+    let mut message = b"shoal 2026-11 join v1\0".to_vec();
+    message.extend_from_slice(ws.as_bytes());
+    message.extend_from_slice(origin.as_bytes());
+    message.extend_from_slice(&zero.0);
+    let join = ControlOp::Join {
+        invite_key: code.key().public_key(),
+        exchange: zero,
+        proof: code.key().sign(&message),
+    };
+    let path = w.dir.path().join("x.shoal");
+    let x = shoal::sqlite::SqliteReplica::create(&path, ws, Some(key), Default::default()).unwrap();
+    x.append_local(vec![shoal::sqlite::LocalTx { ops: vec![join.to_op()], author: None }]).unwrap();
+    let entries = x.read_page(origin, 0).unwrap();
+    w.admin.replica().apply_entries(origin, entries).unwrap();
+    let roster = w.admin.replica().roster().unwrap();
+    assert!(roster.device(&origin).unwrap().role.is_some(), "its join is valid");
+    // The admin removes b: the new epoch is wrapped for every other member it can reach.
+    w.sync(&w.admin).await;
+    w.admin.remove_device(b.device().unwrap()).unwrap();
+    put(&w.admin, "a2", "after").unwrap();
+    w.sync(&w.admin).await;
+    assert_eq!(w.admin.replica().keyring().unwrap().newest().unwrap().0, 1);
+}
