@@ -112,6 +112,9 @@ impl SqliteReplica {
 
     /// Whether data entries must be encrypted, given `roster` (see the module doc).
     pub(crate) fn is_encrypted(&self, roster: &Roster) -> bool {
+        if roster.founded {
+            let _ = self.inner.encrypted_policy.set(roster.encrypted);
+        }
         roster.encrypted
             || (!roster.founded
                 && self.inner.encryption_expected.load(std::sync::atomic::Ordering::SeqCst))

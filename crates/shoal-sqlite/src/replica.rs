@@ -92,6 +92,9 @@ pub(crate) struct Inner {
     pub(crate) rebuilding: std::sync::OnceLock<(PeerId, Arc<shoal_core::encryption::Keyring>)>,
     /// The file records that the workspace is encrypted (`crypt`).
     pub(crate) encryption_expected: std::sync::atomic::AtomicBool,
+    /// Whether the genesis policy encrypts data, once the genesis is here (fixed for life:
+    /// a commit in a plaintext workspace then reads no roster).
+    pub(crate) encrypted_policy: std::sync::OnceLock<bool>,
     /// Opened with [`SqliteReplica::open_read_only`]: every write is refused.
     read_only: bool,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -381,6 +384,7 @@ impl SqliteReplica {
                 keyring: std::sync::Mutex::new(None),
                 rebuilding: std::sync::OnceLock::new(),
                 encryption_expected: std::sync::atomic::AtomicBool::new(encryption_expected),
+                encrypted_policy: std::sync::OnceLock::new(),
                 clock: options.clock,
                 read_only,
                 poller: Mutex::new(None),
@@ -609,7 +613,7 @@ impl SqliteReplica {
             let mut own = OwnLog::resume(key.clone(), ws, position);
             // Data entries of an encrypted workspace are sealed under the newest epoch key
             // held, and materialized here from the plaintext in hand.
-            let crypt = if data {
+            let crypt = if data && self.inner.encrypted_policy.get() != Some(&false) {
                 let roster = crate::members::roster(&self.inner.roster, &tx, &ws)
                     .map_err(self.backend("read the membership"))?;
                 Some(self.crypt(&roster)).filter(|c| c.encrypted)
