@@ -59,6 +59,7 @@ mod ingest;
 pub mod invite;
 pub mod membership;
 mod memory;
+pub mod store;
 mod sync;
 mod sync_loop;
 
