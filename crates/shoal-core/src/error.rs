@@ -113,6 +113,20 @@ pub enum SyncError {
         source_name: String,
     },
 
+    /// A remote replica (a relay) would not take entry `index` of `origin`: it stored what
+    /// came before, and that origin stalls there for it; the others keep syncing.
+    #[error("{by} would not take entry {origin}#{index}: {reason}")]
+    Refused {
+        /// The remote replica (a relay's address).
+        by: String,
+        /// The origin that stalls.
+        origin: PeerId,
+        /// The entry it would not take.
+        index: u64,
+        /// Why, in the remote's words.
+        reason: String,
+    },
+
     /// A source or destination is not reachable now (folder missing, peer disconnected);
     /// retry later.
     #[error("{what} is unavailable: {reason}")]
@@ -142,6 +156,7 @@ impl SyncError {
                 | SyncError::Gap { .. }
                 | SyncError::NeedsUpgrade { .. }
                 | SyncError::Rejected { .. }
+                | SyncError::Refused { .. }
                 | SyncError::Malformed { .. }
         )
     }

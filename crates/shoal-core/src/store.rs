@@ -260,10 +260,13 @@ impl LogProcessor<Entry> for StoredReplica {
     }
 }
 
+/// Each workspace's logs: every origin's entries and chain head.
+type MemoryLogs = HashMap<WorkspaceId, BTreeMap<PeerId, (Vec<Entry>, ChainPosition)>>;
+
 /// The reference [`LogStore`], in memory.
 #[derive(Debug)]
 pub struct MemoryLogStore {
-    logs: Mutex<HashMap<WorkspaceId, BTreeMap<PeerId, (Vec<Entry>, ChainPosition)>>>,
+    logs: Mutex<MemoryLogs>,
     feed: broadcast::Sender<StoreEvent>,
 }
 
@@ -282,12 +285,7 @@ impl MemoryLogStore {
         Self::default()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<WorkspaceId, BTreeMap<PeerId, (Vec<Entry>, ChainPosition)>>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryLogs> {
         // Every mutation completes before the guard drops.
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
