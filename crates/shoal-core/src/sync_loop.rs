@@ -24,6 +24,31 @@ use crate::error::SyncError;
 use crate::ids::PeerId;
 use crate::sync::HasCursors;
 
+/// Which way a sync moves entries, with any target (a folder, a relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Both ways.
+    #[default]
+    Both,
+    /// Only from the target into this device: a read-only mirror or backup, which never
+    /// publishes or pushes.
+    PullOnly,
+    /// Only from this device to the target.
+    PushOnly,
+}
+
+impl Direction {
+    /// Whether entries are taken in.
+    pub fn pulls(self) -> bool {
+        self != Direction::PushOnly
+    }
+
+    /// Whether entries are sent out.
+    pub fn pushes(self) -> bool {
+        self != Direction::PullOnly
+    }
+}
+
 /// The intervals of a sync loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoopTiming {

@@ -32,8 +32,8 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use shoal_core::{
-    CursorStream, DeviceKey, Entry, FileLogReplica, HasCursors, PeerCursors, PeerId, Replica,
-    SyncError, SyncTarget, WorkspaceId, run_sync_loop,
+    CursorStream, DeviceKey, Direction, Entry, FileLogReplica, HasCursors, PeerCursors, PeerId,
+    Replica, SyncError, SyncTarget, WorkspaceId, run_sync_loop,
 };
 
 use crate::config::Config;
@@ -134,6 +134,7 @@ pub struct SyncReport {
 pub struct Mirror {
     folder: FolderReplica,
     local: Arc<dyn Replica<Entry>>,
+    direction: Direction,
     status: Mutex<MirrorStatus>,
     pass: tokio::sync::Mutex<()>,
 }
@@ -159,7 +160,13 @@ impl Mirror {
             fork: None,
             forked: Vec::new(),
         };
-        Mirror { folder, local, status: Mutex::new(status), pass: tokio::sync::Mutex::new(()) }
+        Mirror {
+            folder,
+            local,
+            direction: Direction::Both,
+            status: Mutex::new(status),
+            pass: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// A mirror between the shared folder `folder` (workspace `workspace`) and the replica
@@ -172,6 +179,13 @@ impl Mirror {
         config: Config,
     ) -> Self {
         Mirror::new(FolderReplica::new(folder, workspace, key, config), local)
+    }
+
+    /// The same mirror moving entries only `direction`'s way: a pull-only mirror never
+    /// publishes (a read-only mirror or backup), a push-only one never pulls.
+    pub fn with_direction(mut self, direction: Direction) -> Self {
+        self.direction = direction;
+        self
     }
 
     /// The folder side.
@@ -194,18 +208,26 @@ impl Mirror {
     pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
         let _one_pass_at_a_time = self.pass.lock().await;
         let mut report = SyncReport::default();
-        let published = self.folder.publish_from(self.local.clone()).await;
+        let published = match self.direction.pushes() {
+            true => self.folder.publish_from(self.local.clone()).await,
+            false => Ok(0),
+        };
         if let Ok(n) = &published {
             report.published = *n;
         }
-        let pulled = shoal_core::pull(&self.folder, &*self.local).await;
+        let pulled = match self.direction.pulls() {
+            true => shoal_core::pull(&self.folder, &*self.local).await,
+            false => Ok(shoal_core::PullReport::default()),
+        };
         // Pulling can make the device write (a member acknowledges a new device it
         // stored, or what it applied before a cut): publish that in the same pass.
         let published = match (published, &pulled) {
-            (Ok(n), Ok(_)) => match self.folder.publish_from(self.local.clone()).await {
-                Ok(more) => Ok(n + more),
-                Err(e) => Err(e),
-            },
+            (Ok(n), Ok(_)) if self.direction.pushes() => {
+                match self.folder.publish_from(self.local.clone()).await {
+                    Ok(more) => Ok(n + more),
+                    Err(e) => Err(e),
+                }
+            }
             (other, _) => other,
         };
         if let Ok(n) = &published {

@@ -19,5 +19,6 @@
 pub mod auth;
 pub mod client;
 pub mod frame;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod session;

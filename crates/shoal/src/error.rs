@@ -34,6 +34,11 @@ pub enum Error {
     #[error(transparent)]
     Sync(#[from] shoal_core::SyncError),
 
+    /// A wait for a replica (a relay confirming it stored every local entry) ran out of
+    /// time; the message says what was still missing.
+    #[error("{0}")]
+    Timeout(String),
+
     /// Another sync of this workspace file is running (it holds the lock).
     #[error(
         "{}: another sync of this workspace is running (it holds {}); it syncs your changes too",

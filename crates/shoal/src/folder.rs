@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::workspace::Workspace;
 
 const LAST_SYNC: &str = "last_sync";
+/// Metadata key of the last successful relay sync (`<unix ms>\t<url>`).
+pub(crate) const LAST_RELAY_SYNC: &str = "last_relay_sync";
 
 /// The outcome of one folder sync: what moved, and the mirror's status after it (stalled
 /// origins, bad files with their paths).
@@ -138,7 +140,7 @@ impl Workspace {
 }
 
 /// The chain of one origin's log after its first `n` entries, reading pages from `read`.
-fn chain_at(
+pub(crate) fn chain_at(
     n: u64,
     start: shoal_core::ChainPosition,
     mut read: impl FnMut(u64) -> Result<Vec<shoal_core::Entry>>,

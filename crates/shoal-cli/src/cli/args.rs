@@ -108,11 +108,16 @@ Examples:
   shoal watch --json todo --count 1             stop after one change")]
     Watch(WatchArgs),
 
-    /// Sync with a shared folder: once, or continuously with --watch.
+    /// Sync with a shared folder or a relay: once, or continuously with --watch.
     #[command(after_help = "\
 Examples:
   shoal sync --folder ~/Dropbox/shoal             one pass: publish, pull, report
   shoal sync --folder ~/Dropbox/shoal --watch     keep syncing until Ctrl-C
+  shoal sync --server ws://relay.example:7070     one pass with a relay
+  shoal sync --server ws://relay:7070 --wait      return once the relay stored everything
+  shoal sync --server ws://relay:7070 --watch     real-time sync until Ctrl-C
+  shoal sync --folder backup --pull-only          a read-only mirror: never publishes
+  shoal sync --server ws://relay:7070 --dry-run   what would move; moves nothing
 
 Exit code 2 if a file in the folder is damaged or an origin is stalled (after syncing
 everything else).")]
@@ -451,13 +456,38 @@ pub struct WatchArgs {
 pub struct SyncArgs {
     /// The shared folder (Dropbox, iCloud Drive, Syncthing, a network share...). It must
     /// exist: Shoal never creates it.
-    #[arg(long, value_name = "DIR", required = true)]
-    pub folder: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
+    pub folder: Option<PathBuf>,
 
-    /// Keep syncing (on local commits, folder changes and every 2 s) until Ctrl-C or
-    /// SIGTERM.
-    #[arg(long)]
+    /// A relay (`shoal serve`): ws://host:port or wss://host:port.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Keep syncing (on local commits, remote changes and every few seconds) until Ctrl-C
+    /// or SIGTERM.
+    #[arg(long, conflicts_with_all = ["wait", "dry_run"])]
     pub watch: bool,
+
+    /// Return only once the relay has durably stored every entry this device holds (exit
+    /// code 2 if it has not within --timeout).
+    #[arg(long, requires = "server")]
+    pub wait: bool,
+
+    /// How long --wait waits (e.g. 10s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, requires = "wait")]
+    pub timeout: std::time::Duration,
+
+    /// Only take entries in; never publish or push (a read-only mirror or backup).
+    #[arg(long, conflicts_with = "push_only")]
+    pub pull_only: bool,
+
+    /// Only publish or push; take nothing in.
+    #[arg(long)]
+    pub push_only: bool,
+
+    /// Say what would move; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `shoal status`.

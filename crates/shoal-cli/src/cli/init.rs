@@ -66,7 +66,7 @@ pub async fn run(ctx: &mut Ctx, a: InitArgs) -> Result<Outcome> {
         ctx.out.line("members only: add devices with `shoal invite`")?;
     }
     let outcome = match &a.folder {
-        Some(folder) => sync::sync_once(ctx, &ws, folder).await?,
+        Some(folder) => sync::sync_once(ctx, &ws, folder, shoal::Direction::Both).await?,
         None => Outcome::Ok,
     };
     if join.is_some() {

@@ -26,7 +26,7 @@ async fn maybe_sync(ctx: &mut Ctx, ws: &Workspace, folder: Option<&Path>) -> Res
     match folder {
         Some(folder) => {
             sync::check_folder_exists(folder)?;
-            sync::sync_once(ctx, ws, folder).await
+            sync::sync_once(ctx, ws, folder, shoal::Direction::Both).await
         }
         None => Ok(Outcome::Ok),
     }
@@ -124,7 +124,7 @@ pub async fn join(ctx: &mut Ctx, a: JoinArgs) -> Result<Outcome> {
     let ws = Workspace::join_with_code(&path, &code, super::clock::options())?;
     super::init::announce(ctx, &ws, &path, false)?;
     match &folder {
-        Some(folder) => sync::sync_once(ctx, &ws, folder).await,
+        Some(folder) => sync::sync_once(ctx, &ws, folder, shoal::Direction::Both).await,
         None => {
             out::warn("no sync folder: run `shoal sync --folder DIR` to fetch the workspace");
             Ok(Outcome::Ok)

@@ -17,6 +17,7 @@ mod init;
 mod log;
 mod members;
 mod out;
+mod relay;
 mod rows;
 mod sync;
 mod tables;

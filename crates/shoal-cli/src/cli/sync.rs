@@ -17,7 +17,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use shoal::core::{HasCursors, PeerCursors, PeerId};
 use shoal::filelog::{Config, FolderPuller, Mirror, MirrorStatus, SyncReport};
-use shoal::{SyncLock, Workspace};
+use shoal::{Direction, SyncLock, Workspace};
 
 use super::args::{StatusArgs, SyncArgs};
 use super::out::{self, Out, time_text};
@@ -30,12 +30,58 @@ const PROGRESS_THRESHOLD: u64 = 500;
 /// `shoal sync`.
 pub async fn run(ctx: &mut Ctx, a: SyncArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
-    check_folder_exists(&a.folder)?;
-    if a.watch {
-        sync_watch(ctx, &ws, &a.folder).await
-    } else {
-        sync_once(ctx, &ws, &a.folder).await
+    let direction = match (a.pull_only, a.push_only) {
+        (true, _) => Direction::PullOnly,
+        (_, true) => Direction::PushOnly,
+        _ => Direction::Both,
+    };
+    if let Some(url) = &a.server {
+        super::relay::check_url(url)?;
+        return super::relay::sync(ctx, &ws, url, &a, direction).await;
     }
+    let Some(folder) = &a.folder else { bail!("give --folder DIR or --server URL") };
+    check_folder_exists(folder)?;
+    if a.dry_run {
+        dry_run(ctx, &ws, folder, direction).await
+    } else if a.watch {
+        sync_watch(ctx, &ws, folder, direction).await
+    } else {
+        sync_once(ctx, &ws, folder, direction).await
+    }
+}
+
+/// `shoal sync --folder DIR --dry-run`: what a pass would move, from both sides' cursors.
+async fn dry_run(
+    ctx: &mut Ctx,
+    ws: &Workspace,
+    folder: &Path,
+    direction: Direction,
+) -> Result<Outcome> {
+    let puller = FolderPuller::new(folder, ws.id(), Config::default());
+    let folder_cursors = puller
+        .cursors()
+        .map_err(|e| anyhow!(e).context(format!("reading {}", folder.display())))?;
+    let local = ws.replica().durable_cursors()?;
+    let own = ws.device();
+    let would_publish = match (own, direction.pushes()) {
+        (Some(o), true) => local.get(&o).saturating_sub(folder_cursors.get(&o)),
+        _ => 0,
+    };
+    let would_pull: u64 = if direction.pulls() {
+        folder_cursors.ahead_of(&local).iter().map(|(_, from, to)| to - from).sum()
+    } else {
+        0
+    };
+    ctx.out.emit(
+        "dry_run",
+        json!({ "folder": folder.display().to_string(), "would_publish": would_publish, "would_pull": would_pull }),
+    )?;
+    ctx.out.line(format!(
+        "dry run with {}: would publish {would_publish} entr{}, pull {would_pull}; nothing moved",
+        folder.display(),
+        if would_publish == 1 { "y" } else { "ies" }
+    ))?;
+    Ok(Outcome::Ok)
 }
 
 /// Fails with a message naming the folder unless it exists and is a directory.
@@ -100,9 +146,14 @@ fn one_shot_config() -> Config {
 }
 
 /// One sync pass with `folder` (see the module doc), reported on `ctx.out`.
-pub async fn sync_once(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
+pub async fn sync_once(
+    ctx: &mut Ctx,
+    ws: &Workspace,
+    folder: &Path,
+    direction: Direction,
+) -> Result<Outcome> {
     let lock = lock_sync(ws)?;
-    let mirror = ws.folder_mirror(folder, one_shot_config(), &lock)?;
+    let mirror = ws.folder_mirror(folder, one_shot_config(), &lock)?.with_direction(direction);
     let start = ws.replica().durable_cursors()?;
     let folder_cursors = mirror.folder().cursors().await.unwrap_or_default();
     let behind: u64 = folder_cursors
@@ -253,9 +304,14 @@ fn bad_file_json(b: &shoal::filelog::BadFile) -> serde_json::Value {
 
 /// `shoal sync --watch`: runs the mirror until Ctrl-C or SIGTERM, printing each pass that
 /// moved something and each problem as it appears or clears.
-async fn sync_watch(ctx: &mut Ctx, ws: &Workspace, folder: &Path) -> Result<Outcome> {
+async fn sync_watch(
+    ctx: &mut Ctx,
+    ws: &Workspace,
+    folder: &Path,
+    direction: Direction,
+) -> Result<Outcome> {
     let Some(lock) = wait_for_sync_lock(ws).await? else { return Ok(Outcome::Ok) };
-    let mirror = ws.folder_mirror(folder, Config::default(), &lock)?;
+    let mirror = ws.folder_mirror(folder, Config::default(), &lock)?.with_direction(direction);
     if out::interactive() {
         out::warn(format!(
             "syncing {} with {}; Ctrl-C ends",
