@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::auth_message;
 use crate::frame::{Access, Frame, PROTOCOL_VERSION, RelayId, Request, Response};
-use crate::session::{DEAD_AFTER_MS, PING_AFTER_MS};
+use crate::session::{DEAD_AFTER_MS, ENTRANT_RUN, PING_AFTER_MS};
 
 /// How long a request may wait for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -363,9 +363,14 @@ impl LogProcessor<Entry> for RemoteReplica {
         let first = entries.first().map_or(0, |e| e.index);
         let mut entries = entries;
         if self.access() == Access::Entrant {
-            // Until the relay has stored its admission, a device may push only its own
-            // first entry; the rest of the origin waits (a stall for this pass).
-            entries.retain(|e| e.index == 0);
+            // Until the relay has stored its admission, a device may push only a log's
+            // first run (entry 0 to the first seal: a join, or the workspace's genesis);
+            // the rest of the origin waits (a stall for this pass).
+            let end = entries.iter().position(|e| e.seal.is_some()).map_or(0, |i| i + 1);
+            if first != 0 || end > ENTRANT_RUN {
+                entries.clear();
+            }
+            entries.truncate(end);
             if entries.is_empty() {
                 return Err(SyncError::Refused {
                     by: format!("relay {}", self.inner.url),

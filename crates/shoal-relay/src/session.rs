@@ -9,7 +9,8 @@
 //! Invariants:
 //! - Nothing but `Hello` is sent before a valid `Auth`; nothing but `Refused` after a
 //!   refusal; every served request gets exactly one response, in request order.
-//! - An entrant's only accepted request is a push of its own entry 0; a member's are all.
+//! - An entrant's only accepted request is a push of a log's first run (its join, or a
+//!   workspace's genesis); a member's are all.
 //! - A peer that sends nothing for [`DEAD_AFTER_MS`] is closed; one that exceeds its rate,
 //!   sends an oversize or malformed frame, or has more than [`Limits::max_pending`]
 //!   requests unanswered is closed with a refusal naming it.
@@ -357,18 +358,29 @@ impl ServerSession {
     }
 }
 
+/// Most entries an entrant may push in one log's first run.
+pub const ENTRANT_RUN: usize = 64;
+
 /// Whether a device with `access` may make `request`.
+///
+/// An entrant may push only the first run of a log (from entry 0, at most [`ENTRANT_RUN`]
+/// entries): its own join or request to join, or a workspace's genesis (a new workspace,
+/// or one this relay does not hold yet, brought by any device that holds it). Both are
+/// self-authenticating (the ingest pipeline checks the genesis against the workspace id and
+/// the seal against the origin), and neither makes the entrant a reader: only the roster
+/// folded from them does.
 fn allowed(access: Access, peer: &PeerId, request: &Request) -> Result<(), String> {
     match (access, request) {
         (Access::Member, _) => Ok(()),
-        (Access::Entrant, Request::Push { origin, entries })
-            if origin == peer && entries.iter().all(|e| e.index == 0) =>
+        (Access::Entrant, Request::Push { entries, .. })
+            if entries.len() <= ENTRANT_RUN
+                && entries.iter().enumerate().all(|(i, e)| e.index == i as u64) =>
         {
             Ok(())
         }
         (Access::Entrant, _) => Err(format!(
-            "device {peer} is not a member of the workspace (yet): it may push only its own \
-             first entry (a genesis, a join or a request to join)"
+            "device {peer} is not a member of the workspace (yet): it may push only the first \
+             run of a log (its join or request, or the workspace's genesis)"
         )),
     }
 }
@@ -446,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entrant_may_push_only_its_own_first_entry() {
+    fn an_entrant_may_push_only_the_first_run_of_a_log() {
         let (mut s, peer) = open_session(Access::Entrant);
         let out = s.on_bytes(&Frame::Request { id: 7, request: Request::Cursors }.to_bytes(), 2);
         assert!(
@@ -459,11 +471,32 @@ mod tests {
             ),
             "{out:?}"
         );
-        let push = Request::Push { origin: peer, entries: Vec::new() };
-        let out = s.on_bytes(&Frame::Request { id: 8, request: push.clone() }.to_bytes(), 3);
-        assert_eq!(out, vec![Action::Serve { id: 8, request: push }]);
-        let other = Request::Push { origin: PeerId::from_bytes([9; 16]), entries: Vec::new() };
-        let out = s.on_bytes(&Frame::Request { id: 9, request: other }.to_bytes(), 4);
+        let entry = |index| shoal_core::Entry {
+            origin: peer,
+            index,
+            body: shoal_core::EntryBody::Expunged(shoal_core::EntryHash([0; 32])),
+            seal: None,
+        };
+        let first_run = Request::Push { origin: peer, entries: vec![entry(0), entry(1)] };
+        let out = s.on_bytes(&Frame::Request { id: 8, request: first_run.clone() }.to_bytes(), 3);
+        assert_eq!(out, vec![Action::Serve { id: 8, request: first_run }]);
+        for entries in [
+            vec![entry(1)],
+            vec![entry(0), entry(2)],
+            (0..=ENTRANT_RUN as u64).map(entry).collect(),
+        ] {
+            let later = Request::Push { origin: peer, entries };
+            let out = s.on_bytes(&Frame::Request { id: 9, request: later }.to_bytes(), 4);
+            assert!(
+                matches!(
+                    &out[..],
+                    [Action::Send(Frame::Response { response: Response::Error { .. }, .. })]
+                ),
+                "{out:?}"
+            );
+        }
+        let read = Request::Read { origin: peer, from: 0 };
+        let out = s.on_bytes(&Frame::Request { id: 10, request: read }.to_bytes(), 5);
         assert!(matches!(
             &out[..],
             [Action::Send(Frame::Response { response: Response::Error { .. }, .. })]

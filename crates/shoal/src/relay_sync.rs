@@ -120,39 +120,30 @@ impl Workspace {
             local.check_writable()?;
         }
         let own = self.device();
-        if options.direction != Direction::PushOnly && out.member {
-            let mut report = pull(remote, local).await?;
-            // An origin that stalled on entries its successor (later in the same pass)
-            // supersedes moves on a second pass.
-            if report.stalled.iter().any(|(o, _)| local.superseded(*o).ok().flatten().is_some()) {
-                let again = pull(remote, local).await?;
-                report.new += again.new;
-                report.duplicates += again.duplicates;
-                report.stalled = again.stalled;
+        // A device the relay does not count as a member yet pushes a log's first run (its
+        // join, or the genesis of a workspace the relay does not hold); if that made it a
+        // member, the pass runs again as one.
+        for _ in 0..2 {
+            let was_member = remote.access() == Access::Member;
+            if options.direction.pulls() && was_member {
+                self.relay_pull(remote, &mut out, &before_local, &before_remote).await?;
             }
-            out.pulled = report.new;
-            out.duplicates += report.duplicates;
-            for (origin, e) in report.stalled {
-                if Some(origin) == own && matches!(e, SyncError::Rejected { .. }) {
-                    return Err(self.relay_fork(
-                        &url,
-                        before_local.get(&origin).min(before_remote.get(&origin)),
-                    ));
+            if let (Some(own), true) = (own, was_member) {
+                self.check_own_log_at_relay(remote, own).await?;
+            }
+            if options.direction.pushes() {
+                let report = pull(local, remote).await?;
+                out.pushed += report.new;
+                out.duplicates += report.duplicates;
+                out.stalled.retain(|(_, why)| !why.starts_with("at the relay"));
+                for (origin, e) in report.stalled {
+                    out.stalled.push((origin, format!("at the relay: {e}")));
                 }
-                out.stalled.push((origin, format!("here: {e}")));
-            }
-        }
-        if let Some(own) = own {
-            self.check_own_log_at_relay(remote, own).await?;
-        }
-        if options.direction != Direction::PullOnly {
-            let report = pull(local, remote).await?;
-            out.pushed = report.new;
-            out.duplicates += report.duplicates;
-            for (origin, e) in report.stalled {
-                out.stalled.push((origin, format!("at the relay: {e}")));
             }
             out.member = remote.access() == Access::Member;
+            if was_member || !out.member {
+                break;
+            }
         }
         let after_local = local.cursors().await?;
         let after_remote = if out.member { remote.cursors().await? } else { PeerCursors::new() };
@@ -160,6 +151,37 @@ impl Workspace {
         self.record_relay_sync(&url)?;
         out.clock_ahead = self.clock_ahead()?;
         Ok(out)
+    }
+
+    /// Takes what the relay holds and this device lacks; this device's own log coming back
+    /// different from what it wrote is a fork.
+    async fn relay_pull(
+        &self,
+        remote: &RemoteReplica,
+        out: &mut RelaySync,
+        before_local: &PeerCursors,
+        before_remote: &PeerCursors,
+    ) -> Result<()> {
+        let local = self.replica();
+        let mut report = pull(remote, local).await?;
+        // An origin that stalled on entries its successor (later in the same pass)
+        // supersedes moves on a second pass.
+        if report.stalled.iter().any(|(o, _)| local.superseded(*o).ok().flatten().is_some()) {
+            let again = pull(remote, local).await?;
+            report.new += again.new;
+            report.duplicates += again.duplicates;
+            report.stalled = again.stalled;
+        }
+        out.pulled += report.new;
+        out.duplicates += report.duplicates;
+        for (origin, e) in report.stalled {
+            if Some(origin) == self.device() && matches!(e, SyncError::Rejected { .. }) {
+                let at = before_local.get(&origin).min(before_remote.get(&origin));
+                return Err(self.relay_fork(remote.url(), at));
+            }
+            out.stalled.push((origin, format!("here: {e}")));
+        }
+        Ok(())
     }
 
     /// The relay's copy of this device's own log must be the one this device wrote: the
