@@ -85,4 +85,4 @@ pub use sync::{
     Applied, BatchApplied, FileLogPuller, FileLogReplica, FileLogSink, HasCursors, LogPosition,
     LogProcessor, LogSource, Replica, run_blocking,
 };
-pub use sync_loop::{Direction, LoopTiming, SyncTarget, run_sync_loop};
+pub use sync_loop::{Direction, LoopTiming, SyncTarget, jittered, run_sync_loop};

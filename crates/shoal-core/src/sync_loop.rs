@@ -5,7 +5,8 @@
 //! device's own origin (debounced, so a burst becomes one pass), after the target reports
 //! other origins' progress, when the target asks for a retry, and every poll interval
 //! regardless; after a failed pass, back off exponentially (listening to nothing but the
-//! deadline). [`SyncTarget`] is what a transport provides; [`LoopTiming`] the intervals.
+//! deadline), jittered. [`SyncTarget`] is what a transport provides; [`LoopTiming`] the
+//! intervals.
 //!
 //! Invariants: events only decide *when* to look; every pass diffs cursors against the
 //! durable state, so a dropped or merged event costs latency, never data. A failure of one
@@ -70,6 +71,15 @@ impl LoopTiming {
     }
 }
 
+/// Scales `wait` by a random factor in [0.5, 1), so that devices cut off together (a relay
+/// restart) do not all come back in the same instant. Without randomness, the full wait.
+pub fn jittered(wait: Duration) -> Duration {
+    match crate::ids::random_bytes::<2>() {
+        Ok(r) => wait.mul_f64(0.5 + f64::from(u16::from_le_bytes(r)) / 131_072.0),
+        Err(_) => wait,
+    }
+}
+
 /// What a transport provides to the sync loop.
 #[async_trait]
 pub trait SyncTarget: Send + Sync {
@@ -109,7 +119,7 @@ pub async fn run_sync_loop(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, failures, "sync pass failed; retrying");
-                Some(timing.backoff(failures))
+                Some(jittered(timing.backoff(failures)))
             }
         };
         let now = Instant::now();

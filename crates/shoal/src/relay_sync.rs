@@ -277,7 +277,7 @@ impl Workspace {
             }
             failures += 1;
             tokio::time::sleep(
-                jittered(Duration::from_millis(100) * 2u32.pow(failures.min(5)))
+                shoal_core::jittered(Duration::from_millis(100) * 2u32.pow(failures.min(5)))
                     .min(deadline.saturating_duration_since(Instant::now())),
             )
             .await;
@@ -331,14 +331,6 @@ impl Workspace {
         .await?;
         Ok(())
     }
-}
-
-/// Scales `d` by a random factor in [0.5, 1.0), so that many devices cut off together do
-/// not come back together.
-pub(crate) fn jittered(d: Duration) -> Duration {
-    let r: [u8; 2] = shoal_core::random_bytes().unwrap_or([0, 0]);
-    let f = 0.5 + f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) / 2.0;
-    d.mul_f64(f)
 }
 
 type OnPass = Box<dyn Fn(&std::result::Result<RelaySync, String>) + Send + Sync>;

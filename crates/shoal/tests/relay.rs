@@ -193,3 +193,45 @@ async fn pull_only_never_pushes_push_only_never_pulls_and_a_dry_run_moves_nothin
     assert!(s.pushed > 0 && s.pulled == 0, "{s:?}");
     assert!(rows(&b).iter().all(|r| r[0] == Value::text("b1").unwrap()), "b pulled nothing");
 }
+
+/// Waits up to `secs` for `f` to hold, checking every 20 ms.
+async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_devices_see_each_others_writes_live_not_at_the_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _) = start_relay().await;
+    let (admin, b) = pair(dir.path(), &url, false).await;
+    let mut stops = Vec::new();
+    for ws in [admin.clone(), b.clone()] {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        let url = url.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            ws.watch_server(&url, RelayOptions::default(), |_| {}, shutdown).await
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The loops poll every 10 s: seeing a write within 3 s is the relay's live hint.
+    for i in 0..3 {
+        put(&admin, &format!("live-a{i}"), "from the admin");
+        let id = Value::text(format!("live-a{i}")).unwrap();
+        assert!(eventually(3, || rows(&b).iter().any(|r| r[0] == id)).await, "b sees a{i}");
+        put(&b, &format!("live-b{i}"), "from b");
+        let id = Value::text(format!("live-b{i}")).unwrap();
+        assert!(eventually(3, || rows(&admin).iter().any(|r| r[0] == id)).await, "admin sees b{i}");
+    }
+    drop(stops);
+}
