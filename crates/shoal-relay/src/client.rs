@@ -40,6 +40,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting and authenticating may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How a device connects to a relay.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// A PEM file of extra trusted roots for `wss://` (a relay with a private or
+    /// self-signed certificate); `None`: the file named by `SHOAL_RELAY_CA`, if set.
+    pub extra_roots: Option<std::path::PathBuf>,
+}
+
 /// A connection to a relay, as a replica of one workspace (see the module doc). Cheap to
 /// clone; the connection closes when the last clone is dropped.
 #[derive(Debug, Clone)]
@@ -75,15 +83,25 @@ fn unavailable(url: &str, reason: impl Into<String>) -> SyncError {
 }
 
 impl RemoteReplica {
-    /// Connects to the relay at `url` (`ws://host:port/v1/sync`, or without the path) and
-    /// authenticates as `key`'s device in `workspace`.
+    /// Connects to the relay at `url` (`ws://host:port/v1/sync`, or without the path; or
+    /// `wss://`) and authenticates as `key`'s device in `workspace`.
     pub async fn connect(
         url: &str,
         workspace: WorkspaceId,
         key: &DeviceKey,
     ) -> Result<RemoteReplica, SyncError> {
+        Self::connect_with(url, workspace, key, &ConnectOptions::default()).await
+    }
+
+    /// [`RemoteReplica::connect`] with options (extra trusted roots for `wss://`).
+    pub async fn connect_with(
+        url: &str,
+        workspace: WorkspaceId,
+        key: &DeviceKey,
+        options: &ConnectOptions,
+    ) -> Result<RemoteReplica, SyncError> {
         let url = sync_url(url);
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(&url, workspace, key))
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(&url, workspace, key, options))
             .await
             .map_err(|_| {
                 unavailable(&url, format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))
@@ -94,10 +112,19 @@ impl RemoteReplica {
         url: &str,
         workspace: WorkspaceId,
         key: &DeviceKey,
+        options: &ConnectOptions,
     ) -> Result<RemoteReplica, SyncError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| unavailable(url, format!("cannot connect: {e}")))?;
+        let connector = if url.starts_with("wss://") {
+            let config = crate::tls::client_config(options.extra_roots.as_deref())
+                .map_err(|e| unavailable(url, e))?;
+            Some(tokio_tungstenite::Connector::Rustls(config))
+        } else {
+            None
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+                .await
+                .map_err(|e| unavailable(url, format!("cannot connect: {e}")))?;
         let (relay, challenge, max_frame) = match next_frame(&mut ws, url).await? {
             Frame::Hello { version, relay, challenge, max_frame } => {
                 if version != PROTOCOL_VERSION {

@@ -22,3 +22,4 @@ pub mod frame;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod session;
+pub mod tls;

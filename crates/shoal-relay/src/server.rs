@@ -206,6 +206,32 @@ impl Relay {
             .await
     }
 
+    /// Serves over TLS (`wss://`) on `listener` with the certificate chain and private key
+    /// in the PEM files `cert` and `key`, until `shutdown` completes.
+    pub async fn serve_tls(
+        self: &Arc<Self>,
+        listener: std::net::TcpListener,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let config = crate::tls::server_config(cert, key)?;
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+        listener.set_nonblocking(true)?;
+        axum_server::from_tcp_rustls(
+            listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(config),
+        )?
+        .handle(handle)
+        .serve(self.router().into_make_service_with_connect_info::<SocketAddr>())
+        .await
+    }
+
     fn lock_counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         // Counts are updated in one step each; a panic elsewhere cannot leave them torn.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())

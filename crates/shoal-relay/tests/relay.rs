@@ -14,7 +14,7 @@ use shoal_core::{
     DeviceKey, Domain, HasCursors, Hlc, LogSource, MemoryReplica, Op, Payload, WorkspaceId, pull,
 };
 use shoal_relay::auth::auth_message;
-use shoal_relay::client::RemoteReplica;
+use shoal_relay::client::{ConnectOptions, RemoteReplica};
 use shoal_relay::frame::RelayId;
 use shoal_relay::frame::{Frame, PROTOCOL_VERSION, RefuseCode, Request};
 use shoal_relay::server::{Relay, RelayConfig};
@@ -194,4 +194,36 @@ async fn an_entrant_reads_nothing_and_pushes_only_its_first_entry_and_an_oversiz
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(ra.cursors().await.is_ok(), "other connections keep working");
+}
+
+#[tokio::test]
+async fn a_device_syncs_over_tls_trusting_the_relays_own_certificate_and_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("shoal-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+
+    let relay = Relay::new(Arc::new(MemoryLogStore::new()), RelayConfig::new(RelayId([1; 32])));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("wss://localhost:{}", listener.local_addr().unwrap().port());
+    let (c, k) = (cert_pem.clone(), key_pem.clone());
+    tokio::spawn(async move { relay.serve_tls(listener, &c, &k, std::future::pending()).await });
+
+    let ka = DeviceKey::from_secret_bytes(&[1; 32]);
+    let (ws, a) = found(&ka);
+    a.append_local(vec![data(1)]).unwrap();
+    // Without the relay's certificate among its roots, the device refuses the connection.
+    let err = RemoteReplica::connect(&url, ws, &ka).await.unwrap_err().to_string();
+    assert!(err.contains("cannot connect"), "{err}");
+    let options = ConnectOptions { extra_roots: Some(cert_pem.clone()) };
+    let ra = RemoteReplica::connect_with(&url, ws, &ka, &options).await.unwrap();
+    let report = pull(&a, &ra).await.unwrap();
+    assert_eq!(report.new, 2);
+    let b = MemoryReplica::new(ws, None);
+    let rb = RemoteReplica::connect_with(&url, ws, &ka, &options).await.unwrap();
+    pull(&rb, &b).await.unwrap();
+    assert_eq!(b.contents(), a.contents());
+    let _ = std::fs::remove_dir_all(&dir);
 }
