@@ -421,7 +421,7 @@ impl LogStore for MemoryLogStore {
 /// Stores with a feed that fires asynchronously (PostgreSQL's LISTEN/NOTIFY) are waited for
 /// up to [`conformance::FEED_WAIT`]. Failures panic (these are tests).
 #[cfg(any(test, feature = "conformance"))]
-#[allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod conformance {
     use std::sync::Arc;
     use std::time::Duration;
@@ -446,8 +446,11 @@ pub mod conformance {
     /// A device writing its own log of a workspace, for building runs by hand.
     #[derive(Debug)]
     pub struct Device {
+        /// The workspace it writes in.
         pub workspace: WorkspaceId,
+        /// Its key.
         pub key: DeviceKey,
+        /// Its log (its position is what a store's head must reach).
         pub log: OwnLog,
         hlc: u64,
     }
@@ -472,6 +475,7 @@ pub mod conformance {
             (d, e)
         }
 
+        /// Its origin in the workspace.
         pub fn origin(&self) -> PeerId {
             self.log.origin()
         }

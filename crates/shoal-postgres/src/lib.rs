@@ -152,6 +152,7 @@ pub fn describe_config(config: &Config) -> String {
             Host::Unix(path) => path.display().to_string(),
         })
         .collect();
+    let hosts = if hosts.is_empty() { vec!["localhost".to_owned()] } else { hosts };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or(user);
     format!("postgres://{user}@{}:{port}/{db}", hosts.join(","))
@@ -175,13 +176,12 @@ impl PgLogStore {
         let feed = broadcast::Sender::new(STORE_FEED_CAPACITY);
         let gaps = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready) = oneshot::channel();
-        let listener = tokio::spawn(listen(
-            config.clone(),
-            name.clone(),
-            feed.clone(),
-            gaps.clone(),
-            ready_tx,
-        ));
+        // The feed's connection is idle for long stretches: probe it, so a dead peer is
+        // noticed (and the feed reconnected) in about a minute rather than TCP's two hours.
+        let mut listen_config = config.clone();
+        listen_config.keepalives_idle(Duration::from_secs(30));
+        let listener =
+            tokio::spawn(listen(listen_config, name.clone(), feed.clone(), gaps.clone(), ready_tx));
         let inner = Inner { config, name, idle: Mutex::new(vec![client]), feed, gaps, listener };
         // The store reports appends from the moment it is returned.
         match ready.await {

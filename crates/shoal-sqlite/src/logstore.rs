@@ -130,8 +130,9 @@ impl SqliteLogStore {
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(SyncError::Unavailable {
                     what: path.display().to_string(),
-                    reason: "another process has this relay store open (one process per SQLite \
-                             relay; use PostgreSQL for several relay nodes)"
+                    reason: "the relay store is open elsewhere (another process, or another \
+                             SqliteLogStore in this one): one process per SQLite relay; use \
+                             PostgreSQL for several relay nodes"
                         .into(),
                 });
             }
@@ -645,7 +646,7 @@ mod tests {
             append(&store, ws, entries.clone()).await;
             // A second open of the same file (as another process would) is refused.
             let err = SqliteLogStore::open(&path).unwrap_err();
-            assert!(err.to_string().contains("another process"), "{err}");
+            assert!(err.to_string().contains("open elsewhere"), "{err}");
         }
         let store = SqliteLogStore::open(&path).unwrap();
         assert_eq!(read_all(&store, ws, d.origin(), 0).await, entries);
