@@ -41,6 +41,7 @@ mod checkpoint;
 mod crypt;
 mod guard;
 mod keyfile;
+mod logstore;
 mod materialize;
 mod members;
 mod replica;
@@ -50,6 +51,7 @@ mod tables;
 
 pub use guard::check_app_sql;
 pub use keyfile::{KeyFileError, key_path};
+pub use logstore::{RELAY_APPLICATION_ID, RELAY_FORMAT_VERSION, SqliteLogStore};
 pub use materialize::{DomainRouter, MaterializeError, Materializer};
 pub use replica::{LocalCommit, LocalTx, Options, OriginStatus, PAGE_ENTRIES, SqliteReplica};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION, OpenError};
