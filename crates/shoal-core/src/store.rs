@@ -111,6 +111,10 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// The workspaces that hold at least one entry.
     async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError>;
 
+    /// The relay deployment's id (what devices' authentication signatures name): made at
+    /// random the first time and kept in the store, so every node sharing it shares it.
+    async fn relay_id(&self) -> Result<[u8; 32], SyncError>;
+
     /// A feed of every append to this store, by any process that shares it.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 
@@ -268,6 +272,7 @@ type MemoryLogs = HashMap<WorkspaceId, BTreeMap<PeerId, (Vec<Entry>, ChainPositi
 pub struct MemoryLogStore {
     logs: Mutex<MemoryLogs>,
     feed: broadcast::Sender<StoreEvent>,
+    relay_id: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl Default for MemoryLogStore {
@@ -275,6 +280,7 @@ impl Default for MemoryLogStore {
         MemoryLogStore {
             logs: Mutex::new(HashMap::new()),
             feed: broadcast::Sender::new(STORE_FEED_CAPACITY),
+            relay_id: std::sync::OnceLock::new(),
         }
     }
 }
@@ -401,6 +407,15 @@ impl LogStore for MemoryLogStore {
         let mut ws: Vec<_> = self.lock().keys().copied().collect();
         ws.sort();
         Ok(ws)
+    }
+
+    async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
+        if let Some(id) = self.relay_id.get() {
+            return Ok(*id);
+        }
+        let fresh = crate::ids::random_bytes::<32>()
+            .map_err(|e| SyncError::backend("memory store: a relay id", e))?;
+        Ok(*self.relay_id.get_or_init(|| fresh))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
@@ -982,6 +997,15 @@ pub mod conformance {
         stored_replica_converges(make().await).await;
         tampered_entry_rejected(make().await).await;
         roster_follows_control(make().await).await;
+        relay_id_is_stable(make().await).await;
+    }
+
+    /// The relay id is made once: every later call (and every clone sharing the store)
+    /// gets the same one.
+    pub async fn relay_id_is_stable(store: Arc<dyn LogStore>) {
+        let first = store.relay_id().await.expect("a relay id");
+        assert_eq!(store.relay_id().await.expect("a relay id"), first);
+        assert_ne!(first, [0; 32], "a random id");
     }
 
     /// One `#[tokio::test]` per property, each on a fresh store from the async block given:
@@ -993,7 +1017,7 @@ pub mod conformance {
                 round_trip pages_end_on_seals heads_follow_appends moved_stores_nothing
                 concurrent_writers workspaces_isolated control_entries_counted
                 feed_reports_appends stored_replica_converges tampered_entry_rejected
-                roster_follows_control);
+                roster_follows_control relay_id_is_stable);
         };
         (@each $make:expr; $($name:ident)*) => {
             $(

@@ -95,6 +95,12 @@ CREATE TABLE relay_entries (
 CREATE INDEX relay_entries_control ON relay_entries (workspace, origin, idx) WHERE control;
 -- Each origin's chain head (the next index, the chain hash after next - 1) and how many
 -- control entries it stored (their sum is the workspace's control count).
+-- The deployment's own settings (its relay id): the one table not about a workspace,
+-- local to the coordinator when the others are distributed.
+CREATE TABLE relay_meta (
+    key   text  PRIMARY KEY,
+    value bytea NOT NULL
+);
 CREATE TABLE relay_heads (
     workspace bytea  NOT NULL,
     origin    bytea  NOT NULL,
@@ -737,6 +743,25 @@ impl LogStore for PgLogStore {
                     .ok_or_else(|| self.damaged(format!("a workspace id of {} bytes", ws.len())))
             })
             .collect()
+    }
+
+    async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
+        let what = "read the relay id";
+        let fresh = shoal_core::random_bytes::<32>()
+            .map_err(|e| SyncError::backend(format!("{}: a relay id", self.inner.name), e))?;
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO relay_meta (key, value) VALUES ('relay_id', $1) ON CONFLICT DO NOTHING",
+            &[&&fresh[..]],
+        )
+        .await
+        .map_err(self.pg(what))?;
+        let id: Vec<u8> = c
+            .query_one("SELECT value FROM relay_meta WHERE key = 'relay_id'", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(self.pg(what))?;
+        id.try_into().map_err(|v: Vec<u8>| self.damaged(format!("a relay id of {} bytes", v.len())))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

@@ -100,7 +100,7 @@ async fn every_table_and_index_leads_with_the_workspace() {
                  WHERE i.indrelid = t.oid AND i.indisprimary) \
              FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
              WHERE n.nspname = current_schema() AND t.relkind IN ('r', 'p') \
-               AND t.relname <> 'shoal_migrations' ORDER BY 1",
+               AND t.relname NOT IN ('shoal_migrations', 'relay_meta') ORDER BY 1",
             &[],
         )
         .await
@@ -117,7 +117,7 @@ async fn every_table_and_index_leads_with_the_workspace() {
             "SELECT i.indexrelid::regclass::text, a.attname::text FROM pg_index i \
              JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-             WHERE n.nspname = current_schema() AND t.relname <> 'shoal_migrations' ORDER BY 1",
+             WHERE n.nspname = current_schema() AND t.relname NOT IN ('shoal_migrations', 'relay_meta') ORDER BY 1",
             &[],
         )
         .await

@@ -359,7 +359,7 @@ impl Relay {
 }
 
 async fn healthz(State(relay): State<Arc<Relay>>) -> impl IntoResponse {
-    match relay.store.workspaces().await {
+    match relay.store.relay_id().await {
         Ok(_) => (StatusCode::OK, "ok\n".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}\n")),
     }

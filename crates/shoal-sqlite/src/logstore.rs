@@ -70,6 +70,12 @@ CREATE INDEX relay_entries_control ON relay_entries (workspace, origin, idx) WHE
 
 -- Each origin's chain head: the next index and the chain hash after next - 1, and how many
 -- control entries the origin stored (their sum is the workspace's control count).
+-- The deployment's own settings (its relay id): the one table not about a workspace.
+CREATE TABLE relay_meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE relay_heads (
     workspace BLOB    NOT NULL,
     origin    BLOB    NOT NULL,
@@ -542,6 +548,27 @@ impl LogStore for SqliteLogStore {
         .await
     }
 
+    async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
+        let fresh = shoal_core::random_bytes::<32>().map_err(|e| {
+            SyncError::backend(format!("{}: a relay id", self.inner.path.display()), e)
+        })?;
+        let inner = self.inner.clone();
+        let id: Vec<u8> = run_blocking(move || {
+            let path = inner.path.display().to_string();
+            let sql = |e| SyncError::backend(format!("{path}: the relay id"), e);
+            let conn = lock(&inner.writer);
+            conn.execute(
+                "INSERT OR IGNORE INTO relay_meta (key, value) VALUES ('relay_id', ?1)",
+                params![&fresh[..]],
+            )
+            .map_err(sql)?;
+            conn.query_row("SELECT value FROM relay_meta WHERE key = 'relay_id'", [], |r| r.get(0))
+                .map_err(sql)
+        })
+        .await?;
+        id.try_into().map_err(|v: Vec<u8>| self.damaged(format!("a relay id of {} bytes", v.len())))
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.feed.subscribe()
     }
@@ -617,6 +644,9 @@ mod tests {
         async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError> {
             self.store.workspaces().await
         }
+        async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
+            self.store.relay_id().await
+        }
         fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
             self.store.subscribe()
         }
@@ -641,8 +671,10 @@ mod tests {
         let ws = WorkspaceId::from_bytes([1; 16]);
         let mut d = Device::new(1, ws);
         let entries = d.data(3, 5);
+        let relay_id;
         {
             let store = SqliteLogStore::open(&path).unwrap();
+            relay_id = store.relay_id().await.unwrap();
             append(&store, ws, entries.clone()).await;
             // A second open of the same file (as another process would) is refused.
             let err = SqliteLogStore::open(&path).unwrap_err();
@@ -651,6 +683,7 @@ mod tests {
         let store = SqliteLogStore::open(&path).unwrap();
         assert_eq!(read_all(&store, ws, d.origin(), 0).await, entries);
         assert_eq!(store.head(ws, d.origin()).await.unwrap(), d.log.position());
+        assert_eq!(store.relay_id().await.unwrap(), relay_id, "the relay keeps its id");
         drop(store);
 
         // A device workspace file (or any other database) is not a relay store.

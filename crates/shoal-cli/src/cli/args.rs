@@ -123,6 +123,22 @@ Exit code 2 if a file in the folder is damaged or an origin is stalled (after sy
 everything else).")]
     Sync(SyncArgs),
 
+    /// Run a relay: real-time sync for devices that share no folder (no workspace needed).
+    #[command(after_help = "\
+Examples:
+  shoal serve                                         ws://127.0.0.1:7070, SQLite file shoal-relay.db
+  shoal serve --listen 0.0.0.0:7070 --db sqlite:/var/lib/shoal/relay.db
+  shoal serve --listen 0.0.0.0:443 --tls-cert cert.pem --tls-key key.pem
+  shoal serve --db postgres://shoal@db.internal/shoal  one of many nodes over PostgreSQL
+  shoal serve --new-workspaces refuse                 serve only workspaces already here
+
+Devices connect with `shoal sync --server ws://HOST:PORT` (wss:// with TLS). The relay
+serves only members of each workspace (from the workspace's own membership log), stores
+encrypted workspaces as ciphertext, and needs no data keys. Endpoints: /v1/sync (the
+protocol, docs/PROTOCOL.md), /healthz, /metrics (Prometheus). Logs go to stderr
+(RUST_LOG=debug for more). Ctrl-C or SIGTERM stops it gracefully. See docs/DEPLOY.md.")]
+    Serve(ServeArgs),
+
     /// Show the workspace, every origin's progress, stalls, the last sync and conflicts.
     #[command(after_help = "\
 Examples:
@@ -488,6 +504,62 @@ pub struct SyncArgs {
     /// Say what would move; move nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Whether a relay takes workspaces it does not hold yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NewWorkspacesArg {
+    /// A device may bring a workspace (its genesis) to the relay.
+    Accept,
+    /// Only workspaces the relay already holds are served.
+    Refuse,
+}
+
+/// `shoal serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+
+    /// Where the relay stores entries: sqlite:PATH (one relay process) or
+    /// postgres://USER@HOST/DB (any number of relay nodes).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "sqlite:shoal-relay.db",
+        env = "SHOAL_RELAY_DB",
+        hide_env_values = true
+    )]
+    pub db: String,
+
+    /// TLS certificate chain (PEM); devices then connect with wss://.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Whether a device may bring a workspace the relay does not hold yet.
+    #[arg(long, value_enum, default_value = "accept")]
+    pub new_workspaces: NewWorkspacesArg,
+
+    /// Connections one device may hold at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_connections_per_device: usize,
+
+    /// Connections one workspace may hold at once.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_connections_per_workspace: usize,
+
+    /// Connections the relay holds at once.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// The largest frame (message) a device may send, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20)]
+    pub max_frame: usize,
 }
 
 /// `shoal status`.

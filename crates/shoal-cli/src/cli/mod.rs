@@ -162,6 +162,7 @@ async fn run(command: Command, ctx: &mut Ctx) -> Result<Outcome> {
         Command::Admit(a) => members::admit(ctx, a).await,
         Command::Remove(a) => members::remove(ctx, a).await,
         Command::Leave(a) => members::leave(ctx, a).await,
+        Command::Serve(a) => relay::serve(ctx, a).await,
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use shoal::{Direction, RelayOptions, RelaySync, Workspace};
 
-use super::args::SyncArgs;
+use super::args::{NewWorkspacesArg, ServeArgs, SyncArgs};
 use super::out::{self, time_text};
 use super::{Ctx, Outcome};
 
@@ -138,4 +138,63 @@ pub fn check_url(url: &str) -> Result<()> {
         bail!("--server {url}: a relay URL starts with ws:// or wss://");
     }
     Ok(())
+}
+
+/// Opens the store `--db` names.
+async fn open_store(db: &str) -> Result<std::sync::Arc<dyn shoal::core::store::LogStore>> {
+    if let Some(path) = db.strip_prefix("sqlite:") {
+        let store = shoal::sqlite::SqliteLogStore::open(path)
+            .map_err(|e| anyhow!(e).context(format!("--db {db}")))?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let store = shoal_postgres::PgLogStore::connect(db).await.map_err(|e| anyhow!(e))?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    bail!("--db {db}: give sqlite:PATH or postgres://USER@HOST/DATABASE")
+}
+
+/// `shoal serve`: runs a relay until Ctrl-C or SIGTERM.
+pub async fn serve(ctx: &mut Ctx, a: ServeArgs) -> Result<Outcome> {
+    use shoal::relay::auth::NewWorkspaces;
+    use shoal::relay::server::{Relay, RelayConfig};
+    let store = open_store(&a.db).await?;
+    let relay_id =
+        store.relay_id().await.map_err(|e| anyhow!(e).context("reading the relay's id"))?;
+    let mut config = RelayConfig::new(shoal::relay::frame::RelayId(relay_id));
+    config.new_workspaces = match a.new_workspaces {
+        NewWorkspacesArg::Accept => NewWorkspaces::Accept,
+        NewWorkspacesArg::Refuse => NewWorkspaces::Refuse,
+    };
+    config.max_connections = a.max_connections;
+    config.max_connections_per_workspace = a.max_connections_per_workspace;
+    config.max_connections_per_device = a.max_connections_per_device;
+    config.limits.max_frame = a.max_frame;
+    let listener =
+        std::net::TcpListener::bind(a.listen).map_err(|e| anyhow!("--listen {}: {e}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if a.tls_cert.is_some() { "wss" } else { "ws" };
+    let described = store.describe();
+    let relay = Relay::new(store, config);
+    ctx.out.emit(
+        "serving",
+        json!({ "url": format!("{scheme}://{addr}"), "db": described, "relay_id": hex_id(&relay_id) }),
+    )?;
+    ctx.out.line(format!("shoal relay listening on {scheme}://{addr} (storage: {described})"))?;
+    let shutdown = super::shutdown_signal();
+    let served = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => relay.serve_tls(listener, cert, key, shutdown).await,
+        _ => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            relay.serve(listener, shutdown).await
+        }
+    };
+    served.map_err(|e| anyhow!("relay on {addr}: {e}"))?;
+    out::warn("relay stopped");
+    Ok(Outcome::Ok)
+}
+
+fn hex_id(id: &[u8; 32]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
