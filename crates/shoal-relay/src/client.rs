@@ -37,6 +37,11 @@ use crate::session::{DEAD_AFTER_MS, ENTRANT_RUN, PING_AFTER_MS};
 /// How long a request may wait for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest frame a device takes from a relay: a page of entries ends on a seal, so it
+/// may carry one entry as large as the format allows ([`shoal_core::MAX_CIPHERTEXT_BYTES`])
+/// and some more.
+pub const MAX_INCOMING_FRAME: usize = (shoal_core::MAX_CIPHERTEXT_BYTES as usize) + (16 << 20);
+
 /// How long connecting and authenticating may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -46,6 +51,8 @@ pub struct ConnectOptions {
     /// A PEM file of extra trusted roots for `wss://` (a relay with a private or
     /// self-signed certificate); `None`: the file named by `SHOAL_RELAY_CA`, if set.
     pub extra_roots: Option<std::path::PathBuf>,
+    /// How long a request may wait for its response (default [`REQUEST_TIMEOUT`]).
+    pub request_timeout: Option<Duration>,
 }
 
 /// A connection to a relay, as a replica of one workspace (see the module doc). Cheap to
@@ -60,6 +67,7 @@ struct Inner {
     url: String,
     relay: RelayId,
     max_frame: usize,
+    request_timeout: Duration,
     out: mpsc::Sender<Frame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
@@ -121,11 +129,39 @@ impl RemoteReplica {
         } else {
             None
         };
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+        // A page ends on a seal, so it can hold one entry of any size the format allows.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_INCOMING_FRAME))
+            .max_frame_size(Some(MAX_INCOMING_FRAME));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
                 .await
                 .map_err(|e| unavailable(url, format!("cannot connect: {e}")))?;
-        let (relay, challenge, max_frame) = match next_frame(&mut ws, url).await? {
+        let (link, pump) = websocket_link(ws);
+        let remote = Self::over_link(link, url, workspace, key, options).await;
+        match remote {
+            Ok(r) => {
+                r.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(pump);
+                Ok(r)
+            }
+            Err(e) => {
+                pump.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Authenticates over an already open [`Link`] (a WebSocket's, or the simulation's
+    /// in-memory one) named `name` in messages, and serves requests over it.
+    pub async fn over_link(
+        mut link: Link,
+        name: &str,
+        workspace: WorkspaceId,
+        key: &DeviceKey,
+        options: &ConnectOptions,
+    ) -> Result<RemoteReplica, SyncError> {
+        let url = name;
+        let (relay, challenge, max_frame) = match next_frame(&mut link, url).await? {
             Frame::Hello { version, relay, challenge, max_frame } => {
                 if version != PROTOCOL_VERSION {
                     return Err(unavailable(
@@ -146,14 +182,15 @@ impl RemoteReplica {
         let signature = key.sign(&auth_message(&relay, &challenge, &workspace, &peer));
         let auth =
             Frame::Auth { version: PROTOCOL_VERSION, workspace, key: key.public_key(), signature };
-        ws.send(Message::Binary(auth.to_bytes().into()))
+        link.tx
+            .send(auth.to_bytes())
             .await
-            .map_err(|e| unavailable(url, format!("connection lost: {e}")))?;
+            .map_err(|_| unavailable(url, "closed the connection"))?;
         let (access, cursors) = loop {
-            match next_frame(&mut ws, url).await? {
+            match next_frame(&mut link, url).await? {
                 Frame::Welcome { access, cursors } => break (access, cursors),
                 Frame::Ping(n) => {
-                    let _ = ws.send(Message::Binary(Frame::Pong(n).to_bytes().into())).await;
+                    let _ = link.tx.send(Frame::Pong(n).to_bytes()).await;
                 }
                 Frame::Refused { code, message } => {
                     return Err(unavailable(url, format!("refused ({code:?}): {message}")));
@@ -168,6 +205,7 @@ impl RemoteReplica {
             url: url.to_string(),
             relay,
             max_frame,
+            request_timeout: options.request_timeout.unwrap_or(REQUEST_TIMEOUT),
             out,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -176,7 +214,7 @@ impl RemoteReplica {
             closed: watch::Sender::new(None),
             tasks: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(run_connection(Arc::downgrade(&inner), ws, rx));
+        let task = tokio::spawn(run_connection(Arc::downgrade(&inner), link, rx));
         inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
         Ok(RemoteReplica { inner })
     }
@@ -224,14 +262,15 @@ impl RemoteReplica {
                 self.closed().unwrap_or_else(|| "connection closed".into()),
             ));
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        match tokio::time::timeout(self.inner.request_timeout, rx).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => {
                 Err(unavailable(url, self.closed().unwrap_or_else(|| "connection closed".into())))
             }
             Err(_) => {
                 self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                Err(unavailable(url, format!("no response within {} s", REQUEST_TIMEOUT.as_secs())))
+                let secs = self.inner.request_timeout.as_secs_f64();
+                Err(unavailable(url, format!("no response within {secs} s")))
             }
         }
     }
@@ -256,30 +295,77 @@ pub fn sync_url(url: &str) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn next_frame(ws: &mut Ws, url: &str) -> Result<Frame, SyncError> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(b))) => {
-                return Frame::decode(&b).map_err(|e| SyncError::Malformed {
-                    source_name: format!("relay {url}"),
-                    what: "frame",
-                    problem: e,
-                });
+/// One connection's frames as bytes, both ways: what a transport carries. Closed when
+/// either side drops its half.
+#[derive(Debug)]
+pub struct Link {
+    /// Frames to the other side.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// Frames from the other side.
+    pub rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Link {
+    /// Two connected ends, each queueing up to `capacity` frames.
+    pub fn pair(capacity: usize) -> (Link, Link) {
+        let (a_tx, b_rx) = mpsc::channel(capacity);
+        let (b_tx, a_rx) = mpsc::channel(capacity);
+        (Link { tx: a_tx, rx: a_rx }, Link { tx: b_tx, rx: b_rx })
+    }
+}
+
+/// Carries a WebSocket's binary messages over a [`Link`]; the returned task ends (and the
+/// link closes) when either side does. WebSocket pings are answered by the library.
+fn websocket_link(ws: Ws) -> (Link, JoinHandle<()>) {
+    let (mine, theirs) = Link::pair(16);
+    let Link { tx, mut rx } = theirs;
+    let (mut sink, mut stream) = ws.split();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(bytes) => {
+                        if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Binary(b))) => {
+                        if tx.send(b.to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        // Not the protocol: end the connection (the other side is broken).
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Text(_))) => return Err(unavailable(url, "sent a text message")),
-            Some(Ok(Message::Close(_))) | None => {
-                return Err(unavailable(url, "closed the connection"));
-            }
-            Some(Err(e)) => return Err(unavailable(url, format!("connection lost: {e}"))),
         }
+        let _ = sink.close().await;
+    });
+    (mine, task)
+}
+
+async fn next_frame(link: &mut Link, url: &str) -> Result<Frame, SyncError> {
+    match link.rx.recv().await {
+        Some(b) => Frame::decode(&b).map_err(|e| SyncError::Malformed {
+            source_name: format!("relay {url}"),
+            what: "frame",
+            problem: e,
+        }),
+        None => Err(unavailable(url, "closed the connection")),
     }
 }
 
 /// The connection's task: writes queued frames, reads frames, answers pings, and detects
 /// a silent relay. Ends when the relay closes, goes silent, or every handle is dropped.
-async fn run_connection(inner: std::sync::Weak<Inner>, ws: Ws, mut rx: mpsc::Receiver<Frame>) {
-    let (mut sink, mut stream) = ws.split();
+async fn run_connection(inner: std::sync::Weak<Inner>, link: Link, mut rx: mpsc::Receiver<Frame>) {
+    let Link { tx: sink, rx: mut stream } = link;
     let mut last_heard = Instant::now();
     let mut pinged = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -287,42 +373,38 @@ async fn run_connection(inner: std::sync::Weak<Inner>, ws: Ws, mut rx: mpsc::Rec
         tokio::select! {
             frame = rx.recv() => match frame {
                 Some(f) => {
-                    if let Err(e) = sink.send(Message::Binary(f.to_bytes().into())).await {
-                        break format!("connection lost: {e}");
+                    if sink.send(f.to_bytes()).await.is_err() {
+                        break "the connection closed".into();
                     }
                 }
                 None => break "closed by this device".into(),
             },
-            msg = stream.next() => {
+            msg = stream.recv() => {
                 last_heard = Instant::now();
                 pinged = false;
                 let Some(inner) = inner.upgrade() else { break "closed by this device".into() };
-                match msg {
-                    Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
-                        Ok(Frame::Response { id, response }) => {
-                            let tx = inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                            if let Some(tx) = tx {
-                                let _ = tx.send(response);
-                            }
+                let Some(b) = msg else { break "the relay closed the connection".into() };
+                match Frame::decode(&b) {
+                    Ok(Frame::Response { id, response }) => {
+                        let tx = inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(response);
                         }
-                        Ok(Frame::Advanced(delta)) => inner.cursors.publish(&delta),
-                        Ok(Frame::Welcome { access, cursors }) => {
-                            inner.access.send_replace(access);
-                            inner.cursors.publish(&cursors);
+                    }
+                    Ok(Frame::Advanced(delta)) => inner.cursors.publish(&delta),
+                    Ok(Frame::Welcome { access, cursors }) => {
+                        inner.access.send_replace(access);
+                        inner.cursors.publish(&cursors);
+                    }
+                    Ok(Frame::Ping(n)) => {
+                        if sink.send(Frame::Pong(n).to_bytes()).await.is_err() {
+                            break "the connection closed".into();
                         }
-                        Ok(Frame::Ping(n)) => {
-                            if let Err(e) = sink.send(Message::Binary(Frame::Pong(n).to_bytes().into())).await {
-                                break format!("connection lost: {e}");
-                            }
-                        }
-                        Ok(Frame::Pong(_)) => {}
-                        Ok(Frame::Refused { code, message }) => break format!("refused ({code:?}): {message}"),
-                        Ok(other) => break format!("sent an unexpected {} frame", other.name()),
-                        Err(e) => break format!("sent a malformed frame: {e}"),
-                    },
-                    Some(Ok(Message::Close(_))) | None => break "the relay closed the connection".into(),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break format!("connection lost: {e}"),
+                    }
+                    Ok(Frame::Pong(_)) => {}
+                    Ok(Frame::Refused { code, message }) => break format!("refused ({code:?}): {message}"),
+                    Ok(other) => break format!("sent an unexpected {} frame", other.name()),
+                    Err(e) => break format!("sent a malformed frame: {e}"),
                 }
             }
             _ = tick.tick() => {
@@ -332,8 +414,8 @@ async fn run_connection(inner: std::sync::Weak<Inner>, ws: Ws, mut rx: mpsc::Rec
                 }
                 if silent >= PING_AFTER_MS && !pinged {
                     pinged = true;
-                    if let Err(e) = sink.send(Message::Binary(Frame::Ping(silent).to_bytes().into())).await {
-                        break format!("connection lost: {e}");
+                    if sink.send(Frame::Ping(silent).to_bytes()).await.is_err() {
+                        break "the connection closed".into();
                     }
                 }
             }
@@ -345,7 +427,6 @@ async fn run_connection(inner: std::sync::Weak<Inner>, ws: Ws, mut rx: mpsc::Rec
         // Dropping the senders fails every waiting request with the reason above.
         inner.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
-    let _ = sink.close().await;
 }
 
 #[async_trait]

@@ -8,7 +8,8 @@
 //! entries inside a frame use the entry wire form of `docs/FORMAT.md` §3 unchanged, so a
 //! relay forwards the bytes a device signed.
 //!
-//! Never: panics or allocates more than the frame's own length on any input.
+//! Never: panics on any input, or reserves room for more items than the frame has bytes
+//! left.
 
 use shoal_core::codec::{DecodeError, DecodeProblem, Encode, Reader, put_bytes, put_varint};
 use shoal_core::{Entry, PeerCursors, PeerId, PublicKey, WorkspaceId};
@@ -232,8 +233,9 @@ mod tag {
 }
 
 fn put_cursors(out: &mut Vec<u8>, c: &PeerCursors) {
-    put_varint(out, c.len() as u64);
-    for (origin, next) in c.iter() {
+    // Position 0 is "absent": never listed (the decoder refuses it).
+    put_varint(out, c.iter().filter(|(_, next)| *next > 0).count() as u64);
+    for (origin, next) in c.iter().filter(|(_, next)| *next > 0) {
         out.extend_from_slice(origin.as_bytes());
         put_varint(out, next);
     }

@@ -8,11 +8,13 @@
 //! and ticking the heartbeat.
 //!
 //! Invariants:
-//! - Each connection is one task plus a writer; its outbound queue holds at most
-//!   [`OUTBOUND_FRAMES`] frames. Responses wait for room (the peer that does not read
-//!   stops being read: its own backpressure); `Advanced` hints never wait: when the queue
-//!   is full they are merged and sent once there is room, so a slow client costs a bounded
-//!   amount of memory and catches up by cursor diff.
+//! - Each connection is one task plus a writer, over a [`Link`] (a WebSocket's, or the
+//!   simulation's in-memory one); its outbound queue holds at most [`OUTBOUND_FRAMES`]
+//!   frames. Responses wait for room (the peer that does not read stops being read: its
+//!   own backpressure), at most [`SEND_DEADLINE`], then the peer is dropped; `Advanced`
+//!   hints never wait: when the queue is full they are merged and sent once there is room,
+//!   so a slow client costs a bounded amount of memory and catches up by cursor diff.
+//! - When the relay stops, every connection is refused with `Shutdown`.
 //! - Connections are counted per relay, per workspace and per device, and refused over
 //!   the limits before any request is served.
 //! - Requests are served through the workspace's [`StoredReplica`]: pushes go through the
@@ -48,6 +50,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use crate::auth::{NewWorkspaces, access_of};
+use crate::client::Link;
 use crate::frame::{Access, Frame, RefuseCode, RelayId, Request, Response};
 use crate::session::{Action, Limits, ServerSession};
 
@@ -143,6 +146,8 @@ pub struct Relay {
     registry: Registry,
     started: Instant,
     next_conn: AtomicU64,
+    /// Set when the relay stops: every connection is refused with `Shutdown`.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Holds one counted connection; uncounts it when dropped.
@@ -183,6 +188,7 @@ impl Relay {
             registry,
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
+            shutdown: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -201,6 +207,13 @@ impl Relay {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let stopping = self.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Open connections are upgraded WebSockets, which graceful shutdown does not
+            // wait for: tell each to go (clients reconnect with backoff elsewhere).
+            stopping.shutdown.send_replace(true);
+        };
         axum::serve(listener, self.router().into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await
@@ -218,8 +231,10 @@ impl Relay {
         let config = crate::tls::server_config(cert, key)?;
         let handle = axum_server::Handle::new();
         let stopper = handle.clone();
+        let stopping = self.clone();
         tokio::spawn(async move {
             shutdown.await;
+            stopping.shutdown.send_replace(true);
             stopper.graceful_shutdown(Some(Duration::from_secs(5)));
         });
         listener.set_nonblocking(true)?;
@@ -386,6 +401,10 @@ async fn upgrade(
     })
 }
 
+/// How long a response may wait for room in a connection's outbound queue before the
+/// peer counts as not reading, and is dropped.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(30);
+
 /// A connection's outbound side: a bounded queue to its writer, with `Advanced` hints
 /// merged while the queue is full.
 struct Outbound {
@@ -394,12 +413,14 @@ struct Outbound {
 }
 
 impl Outbound {
+    /// Queues `frame`; false when the writer is gone or the peer has not made room for
+    /// [`SEND_DEADLINE`] (it does not read).
     async fn send(&mut self, frame: Frame) -> bool {
         if let Frame::Advanced(delta) = &frame {
             self.held_hint.merge(delta);
             return self.flush_hint();
         }
-        self.tx.send(frame).await.is_ok()
+        matches!(tokio::time::timeout(SEND_DEADLINE, self.tx.send(frame)).await, Ok(Ok(())))
     }
 
     /// Sends the merged hint if there is room; true unless the writer is gone.
@@ -418,145 +439,195 @@ impl Outbound {
     }
 }
 
-async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
-    let conn = relay.next_conn.fetch_add(1, Ordering::Relaxed);
+/// Carries a WebSocket's binary messages over a [`Link`] until either side ends. A text
+/// message is not the protocol: it ends the connection. WebSocket pings are answered by
+/// the library (the session's own heartbeat is what detects a dead peer).
+async fn websocket_pump(socket: WebSocket, link: Link) {
+    let Link { tx, mut rx } = link;
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
-    let writer_relay = relay.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            let bytes = frame.to_bytes();
-            writer_relay.metrics.count(&writer_relay.metrics.bytes, "out", bytes.len() as u64);
-            let last = matches!(frame, Frame::Refused { .. });
-            if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                return;
-            }
-            if last {
-                let _ = sink.close().await;
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let mut out = Outbound { tx, held_hint: PeerCursors::new() };
-    let challenge: [u8; 32] = match random_bytes() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "no randomness for a challenge; connection dropped");
-            return;
-        }
-    };
-    let (mut session, actions) = ServerSession::new(
-        relay.config.relay,
-        challenge,
-        relay.config.limits,
-        addr.to_string(),
-        relay.now_ms(),
-    );
-    let mut counted = match relay.admit_connection() {
-        Ok(c) => c,
-        Err(message) => {
-            relay.refused(RefuseCode::Limit);
-            let _ = out.send(Frame::Refused { code: RefuseCode::Limit, message }).await;
-            drop(out);
-            let _ = writer.await;
-            return;
-        }
-    };
-    tracing::debug!(conn, "connected");
-    let mut feed: Option<broadcast::Receiver<shoal_core::store::StoreEvent>> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut pending = std::collections::VecDeque::from(actions);
     loop {
-        // Carry out what the session asked for, in order.
-        while let Some(action) = pending.pop_front() {
-            match action {
-                Action::Send(frame) => {
-                    if !out.send(frame).await {
-                        return;
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(bytes) => {
+                    if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                        break;
                     }
                 }
-                Action::CheckAccess { workspace, peer } => {
-                    if let Err(message) = relay.count_device(&mut counted, workspace, peer) {
-                        relay.refused(RefuseCode::Limit);
-                        pending.extend(session.refuse(RefuseCode::Limit, message));
-                        continue;
+                None => break,
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if tx.send(b.to_vec()).await.is_err() {
+                        break;
                     }
-                    feed = Some(relay.store.subscribe());
-                    let access = relay.access(workspace, peer).await;
-                    let cursors = relay.replica(workspace).cursors().await.unwrap_or_default();
-                    pending.extend(session.on_access(access, cursors));
                 }
-                Action::Serve { id, request } => {
-                    let Some((ws, peer)) = session.peer() else { continue };
-                    let (response, roster_changed) = relay.serve_request(ws, request).await;
-                    // A changed access is announced before the response, so the device
-                    // knows it when its push returns (an entrant whose join was stored is
-                    // a member for its next request).
-                    if roster_changed {
-                        let access = relay.access(ws, peer).await;
-                        let cursors = relay.replica(ws).cursors().await.unwrap_or_default();
-                        pending.extend(session.on_access(access, cursors));
+                Some(Ok(Message::Text(_))) => {
+                    // Handed on as bytes the session cannot decode: it refuses the peer.
+                    if tx.send(vec![0xff]).await.is_err() {
+                        break;
                     }
-                    pending.extend(session.on_served(id, response));
                 }
-                Action::Close { code, message } => {
-                    relay.refused(code);
-                    tracing::info!(code = ?code, %message, "connection refused");
-                    drop(out);
-                    let _ = writer.await;
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            },
+        }
+    }
+    // Let the writer's last frames (a refusal) go out before closing.
+    while let Ok(bytes) = rx.try_recv() {
+        let _ = sink.send(Message::Binary(bytes.into())).await;
+    }
+    let _ = sink.close().await;
+}
+
+async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
+    let (mine, theirs) = Link::pair(OUTBOUND_FRAMES);
+    let pump = tokio::spawn(websocket_pump(socket, theirs));
+    relay.serve_link(mine, addr.to_string()).await;
+    let _ = pump.await;
+}
+
+impl Relay {
+    /// Serves one connection over `link` (a WebSocket's, or the simulation's in-memory
+    /// one), its peer named `peer_name` until it authenticates. Returns when the
+    /// connection ends.
+    pub async fn serve_link(self: &Arc<Self>, link: Link, peer_name: String) {
+        let relay = self;
+        let conn = relay.next_conn.fetch_add(1, Ordering::Relaxed);
+        let Link { tx: link_tx, rx: mut link_rx } = link;
+        let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
+        let writer_relay = relay.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                let bytes = frame.to_bytes();
+                writer_relay.metrics.count(&writer_relay.metrics.bytes, "out", bytes.len() as u64);
+                let last = matches!(frame, Frame::Refused { .. });
+                if link_tx.send(bytes).await.is_err() || last {
                     return;
                 }
             }
-        }
-        if !out.flush_hint() {
-            return;
-        }
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    relay.metrics.count(&relay.metrics.bytes, "in", bytes.len() as u64);
-                    pending.extend(session.on_bytes(&bytes, relay.now_ms()));
-                }
-                Some(Ok(Message::Text(_))) => {
-                    let msg = format!("{}: text message (the protocol is binary)", session.peer_name());
-                    pending.extend(session.refuse(RefuseCode::Protocol, msg));
-                }
-                // WebSocket pings are answered by the library; they count as life.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "connection lost");
-                    break;
-                }
-            },
-            ev = async { match feed.as_mut() { Some(f) => f.recv().await, None => std::future::pending().await } } => {
-                let Some((ws, peer)) = session.peer() else { continue };
-                match ev {
-                    Ok(ev) if ev.workspace == ws => {
-                        pending.extend(session.on_store_advanced([(ev.origin, ev.next)].into_iter().collect()));
-                        if ev.control {
+        });
+        let mut out = Outbound { tx, held_hint: PeerCursors::new() };
+        let challenge: [u8; 32] = match random_bytes() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "no randomness for a challenge; connection dropped");
+                return;
+            }
+        };
+        let (mut session, actions) = ServerSession::new(
+            relay.config.relay,
+            challenge,
+            relay.config.limits,
+            peer_name,
+            relay.now_ms(),
+        );
+        let mut counted = match relay.admit_connection() {
+            Ok(c) => c,
+            Err(message) => {
+                relay.refused(RefuseCode::Limit);
+                let _ = out.send(Frame::Refused { code: RefuseCode::Limit, message }).await;
+                drop(out);
+                let _ = writer.await;
+                return;
+            }
+        };
+        tracing::debug!(conn, "connected");
+        let mut shutdown = relay.shutdown.subscribe();
+        let mut feed: Option<broadcast::Receiver<shoal_core::store::StoreEvent>> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut pending = std::collections::VecDeque::from(actions);
+        loop {
+            // Carry out what the session asked for, in order.
+            while let Some(action) = pending.pop_front() {
+                match action {
+                    Action::Send(frame) => {
+                        if !out.send(frame).await {
+                            tracing::info!("connection dropped: the peer does not read");
+                            relay.refused(RefuseCode::Limit);
+                            return;
+                        }
+                    }
+                    Action::CheckAccess { workspace, peer } => {
+                        if let Err(message) = relay.count_device(&mut counted, workspace, peer) {
+                            pending.extend(session.refuse(RefuseCode::Limit, message));
+                            continue;
+                        }
+                        feed = Some(relay.store.subscribe());
+                        let access = relay.access(workspace, peer).await;
+                        let cursors = relay.replica(workspace).cursors().await.unwrap_or_default();
+                        pending.extend(session.on_access(access, cursors));
+                    }
+                    Action::Serve { id, request } => {
+                        let Some((ws, peer)) = session.peer() else { continue };
+                        let (response, roster_changed) = relay.serve_request(ws, request).await;
+                        // A changed access is announced before the response, so the device
+                        // knows it when its push returns (an entrant whose join was stored
+                        // is a member for its next request).
+                        if roster_changed {
                             let access = relay.access(ws, peer).await;
                             let cursors = relay.replica(ws).cursors().await.unwrap_or_default();
                             pending.extend(session.on_access(access, cursors));
                         }
+                        pending.extend(session.on_served(id, response));
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed notices: announce everything (cheap; the device diffs) and
-                        // re-check access in case a missed one changed the roster.
-                        let cursors = relay.replica(ws).cursors().await.unwrap_or_default();
-                        pending.extend(session.on_store_advanced(cursors.clone()));
-                        let access = relay.access(ws, peer).await;
-                        pending.extend(session.on_access(access, cursors));
+                    Action::Close { code, message } => {
+                        relay.refused(code);
+                        tracing::info!(code = ?code, %message, "connection refused");
+                        drop(out);
+                        let _ = writer.await;
+                        return;
                     }
-                    Err(broadcast::error::RecvError::Closed) => feed = None,
                 }
             }
-            _ = tick.tick() => pending.extend(session.on_tick(relay.now_ms())),
+            if !out.flush_hint() {
+                return;
+            }
+            tokio::select! {
+                msg = link_rx.recv() => match msg {
+                    Some(bytes) => {
+                        relay.metrics.count(&relay.metrics.bytes, "in", bytes.len() as u64);
+                        pending.extend(session.on_bytes(&bytes, relay.now_ms()));
+                    }
+                    None => break,
+                },
+                ev = async { match feed.as_mut() { Some(f) => f.recv().await, None => std::future::pending().await } } => {
+                    let Some((ws, peer)) = session.peer() else { continue };
+                    match ev {
+                        Ok(ev) if ev.workspace == ws => {
+                            pending.extend(session.on_store_advanced([(ev.origin, ev.next)].into_iter().collect()));
+                            if ev.control {
+                                let access = relay.access(ws, peer).await;
+                                let cursors = relay.replica(ws).cursors().await.unwrap_or_default();
+                                pending.extend(session.on_access(access, cursors));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Missed notices: announce everything (cheap; the device diffs)
+                            // and re-check access in case a missed one changed the roster.
+                            let cursors = relay.replica(ws).cursors().await.unwrap_or_default();
+                            pending.extend(session.on_store_advanced(cursors.clone()));
+                            let access = relay.access(ws, peer).await;
+                            pending.extend(session.on_access(access, cursors));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => feed = None,
+                    }
+                }
+                () = async {
+                    while !*shutdown.borrow_and_update() {
+                        if shutdown.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                } => {
+                    let msg = "the relay is shutting down; reconnect later".to_string();
+                    pending.extend(session.refuse(RefuseCode::Shutdown, msg));
+                }
+                _ = tick.tick() => pending.extend(session.on_tick(relay.now_ms())),
+            }
         }
+        tracing::debug!("disconnected");
+        drop(out);
+        let _ = writer.await;
     }
-    tracing::debug!("disconnected");
-    drop(out);
-    let _ = writer.await;
 }

@@ -217,7 +217,7 @@ async fn a_device_syncs_over_tls_trusting_the_relays_own_certificate_and_nothing
     // Without the relay's certificate among its roots, the device refuses the connection.
     let err = RemoteReplica::connect(&url, ws, &ka).await.unwrap_err().to_string();
     assert!(err.contains("cannot connect"), "{err}");
-    let options = ConnectOptions { extra_roots: Some(cert_pem.clone()) };
+    let options = ConnectOptions { extra_roots: Some(cert_pem.clone()), ..Default::default() };
     let ra = RemoteReplica::connect_with(&url, ws, &ka, &options).await.unwrap();
     let report = pull(&a, &ra).await.unwrap();
     assert_eq!(report.new, 2);
