@@ -13,7 +13,7 @@ mkdir -p "$LOG_DIR"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(segment entry table_op control_op entry_body value row_key fork_evidence payload
-        segment_name id_dir invite_code key_wrap encrypted_entry)
+        segment_name id_dir invite_code key_wrap encrypted_entry relay_frame)
 fi
 for t in "${targets[@]}"; do
     echo "== $t: start $(date -u +%FT%TZ)"

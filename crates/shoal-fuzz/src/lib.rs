@@ -45,6 +45,9 @@ use shoal_filelog::segment::{
     Compression, Expected, FLAG_ZSTD, FORMAT_VERSION, HEADER_LEN, MAGIC, Segment, TRAILER_LEN,
     checksum,
 };
+use shoal_relay::auth::auth_message;
+use shoal_relay::frame::{Access, Frame, PROTOCOL_VERSION, RefuseCode, RelayId, Request, Response};
+use shoal_relay::session::{Action, Limits, ServerSession};
 use shoal_tables::{RowKey, TableOp, Value};
 
 /// A fuzz target: feeds `data` to one decoder and panics if the decoder breaks a rule.
@@ -62,6 +65,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("invite_code", invite_code),
     ("key_wrap", key_wrap),
     ("payload", payload),
+    ("relay_frame", relay_frame),
     ("row_key", row_key),
     ("segment", segment),
     ("segment_name", segment_name),
@@ -316,6 +320,87 @@ pub fn id_dir(data: &[u8]) {
     let Ok(name) = std::str::from_utf8(data) else { return };
     if let Some(id) = parse_id_dir(name) {
         assert_eq!(hex::encode(id), name, "id directory name is not canonical");
+    }
+}
+
+/// The relay id the `relay_frame` target's sessions run under (that of the protocol's test
+/// vectors, `docs/PROTOCOL.md` §7).
+pub const FUZZ_RELAY: RelayId = RelayId([3; 32]);
+/// The challenge of those sessions (the vectors' too, so the vector `Auth` frame is valid).
+pub const FUZZ_CHALLENGE: [u8; 32] = [9; 32];
+
+/// The `Auth` frame of [`vector_key`] for [`FUZZ_RELAY`] and [`FUZZ_CHALLENGE`].
+pub fn relay_auth_frame() -> Frame {
+    let (key, ws) = (vector_key(), vector_workspace());
+    let peer = key.peer_id(&ws);
+    let signature = key.sign(&auth_message(&FUZZ_RELAY, &FUZZ_CHALLENGE, &ws, &peer));
+    Frame::Auth { version: PROTOCOL_VERSION, workspace: ws, key: key.public_key(), signature }
+}
+
+/// A relay session in which [`vector_key`]'s device is authenticated with `access`.
+fn open_session(access: Access) -> ServerSession {
+    static AUTH: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let auth = AUTH.get_or_init(|| relay_auth_frame().to_bytes());
+    let (mut s, _) =
+        ServerSession::new(FUZZ_RELAY, FUZZ_CHALLENGE, Limits::default(), "fuzz".into(), 0);
+    let checking = s.on_bytes(auth, 1);
+    assert!(matches!(checking[..], [Action::CheckAccess { .. }]), "{checking:?}");
+    let welcome = s.on_access(Ok(access), shoal_core::PeerCursors::new());
+    assert!(matches!(welcome[..], [Action::Send(Frame::Welcome { .. })]), "{welcome:?}");
+    s
+}
+
+fn refused(out: &[Action], code: RefuseCode) -> bool {
+    matches!(out, [Action::Send(Frame::Refused { code: c, .. }), Action::Close { code: d, .. }]
+        if *c == code && *d == code)
+}
+
+/// `shoal_relay::frame::Frame::decode` (one protocol message, `docs/PROTOCOL.md` §2):
+/// accepted input re-encodes to itself. Then the relay's session takes the input, as the
+/// first message of a connection and (when it is a request) as a request of an
+/// authenticated member and of an entrant; what it answers must follow the state machine of
+/// `docs/PROTOCOL.md` §4 (a pong, an access check, a request served or denied, or a
+/// refusal with the code the input calls for).
+pub fn relay_frame(data: &[u8]) {
+    let decoded = Frame::decode(data);
+    if let Ok(f) = &decoded {
+        assert_eq!(f.to_bytes(), data, "relay frame does not re-encode to its input");
+        let _ = f.name();
+    }
+    let (mut s, _) =
+        ServerSession::new(FUZZ_RELAY, FUZZ_CHALLENGE, Limits::default(), "fuzz".into(), 0);
+    let out = s.on_bytes(data, 1);
+    match &decoded {
+        Err(_) => assert!(refused(&out, RefuseCode::Protocol), "{out:?}"),
+        Ok(Frame::Ping(n)) => assert_eq!(out, vec![Action::Send(Frame::Pong(*n))]),
+        Ok(Frame::Pong(_)) => assert!(out.is_empty(), "{out:?}"),
+        Ok(Frame::Auth { version, .. }) if *version != PROTOCOL_VERSION => {
+            assert!(refused(&out, RefuseCode::Version), "{out:?}");
+        }
+        Ok(Frame::Auth { .. }) => assert!(
+            matches!(out[..], [Action::CheckAccess { .. }]) || refused(&out, RefuseCode::BadAuth),
+            "{out:?}"
+        ),
+        Ok(_) => assert!(refused(&out, RefuseCode::Protocol), "{out:?}"),
+    }
+    let Ok(Frame::Request { id, request }) = decoded else { return };
+    let own = vector_key().peer_id(&vector_workspace());
+    for access in [Access::Member, Access::Entrant] {
+        let out = open_session(access).on_bytes(data, 2);
+        let allowed = access == Access::Member
+            || matches!(&request, Request::Push { origin, entries }
+                if *origin == own && entries.iter().all(|e| e.index == 0));
+        if allowed {
+            assert_eq!(out, vec![Action::Serve { id, request: request.clone() }]);
+        } else {
+            assert!(
+                matches!(&out[..], [Action::Send(Frame::Response {
+                    id: i,
+                    response: Response::Error { code: RefuseCode::NotAMember, .. },
+                })] if *i == id),
+                "{out:?}"
+            );
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use shoal_tables::{
 use crate::{vector_key, vector_workspace};
 
 const ENTRY_VECTOR_HEX: &str = include_str!("../../shoal-core/testdata/entry-v2.hex");
+const RELAY_VECTORS: &str = include_str!("../../shoal-relay/testdata/protocol.txt");
 const SEGMENT_VECTOR: &[u8] = include_bytes!("../../shoal-filelog/testdata/segment-v2.seg");
 const SEGMENT_VECTOR_RAW: &[u8] = include_bytes!("../../shoal-filelog/testdata/segment-v2-raw.seg");
 
@@ -59,6 +60,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             })
             .collect(),
         "payload" => payloads().iter().map(Encode::to_bytes).collect(),
+        "relay_frame" => relay_frames(),
         "key_wrap" => invite_keys()
             .iter()
             .map(|keys| {
@@ -124,6 +126,31 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The frames of the protocol's test vectors (`docs/PROTOCOL.md` §7: every frame kind, a
+/// valid `Auth` for the target's relay and challenge), then pushes and pages of the seed
+/// entries (live, expunged, encrypted, sealed and not) and an entrant's push of entry 0.
+fn relay_frames() -> Vec<Vec<u8>> {
+    use shoal_relay::frame::{Frame, Request, Response};
+    let mut out: Vec<Vec<u8>> = RELAY_VECTORS
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| !name.starts_with("auth_"))
+        .map(|(_, hex)| hex::decode(hex).expect("the protocol vectors are hex"))
+        .collect();
+    let origin = vector_key().peer_id(&vector_workspace());
+    let entries = entries();
+    out.push(
+        Frame::Request { id: 7, request: Request::Push { origin, entries: entries.clone() } }
+            .to_bytes(),
+    );
+    out.push(
+        Frame::Request { id: 8, request: Request::Push { origin, entries: entries[..1].to_vec() } }
+            .to_bytes(),
+    );
+    out.push(Frame::Response { id: 9, response: Response::Entries(entries) }.to_bytes());
+    out
 }
 
 fn entry_vector() -> Vec<u8> {

@@ -177,6 +177,13 @@ fn seeds_are_accepted_by_their_decoders() {
         let sealed = shoal_fuzz::seal_for_fuzzing(&ws, &origin, s[0].into(), &s[1..]);
         ring.open(&origin, shoal_fuzz::FUZZ_INDEX, &shoal_fuzz::FUZZ_PREV, &sealed).unwrap();
     }
+    let mut reached_access_check = false;
+    for s in seeds("relay_frame") {
+        let frame = shoal_relay::frame::Frame::decode(&s).unwrap();
+        assert_eq!(frame.to_bytes(), s);
+        reached_access_check |= frame == shoal_fuzz::relay_auth_frame();
+    }
+    assert!(reached_access_check, "a relay_frame seed authenticates (the session opens)");
     for s in seeds("segment_name") {
         shoal_filelog::layout::SegmentName::parse(std::str::from_utf8(&s).unwrap()).unwrap();
     }
