@@ -384,12 +384,13 @@ pub fn relay_frame(data: &[u8]) {
         Ok(_) => assert!(refused(&out, RefuseCode::Protocol), "{out:?}"),
     }
     let Ok(Frame::Request { id, request }) = decoded else { return };
-    let own = vector_key().peer_id(&vector_workspace());
     for access in [Access::Member, Access::Entrant] {
         let out = open_session(access).on_bytes(data, 2);
+        // An entrant may push a log's first run (PROTOCOL.md §3), of any origin.
         let allowed = access == Access::Member
-            || matches!(&request, Request::Push { origin, entries }
-                if *origin == own && entries.iter().all(|e| e.index == 0));
+            || matches!(&request, Request::Push { entries, .. }
+                if entries.len() <= shoal_relay::session::ENTRANT_RUN
+                    && entries.iter().enumerate().all(|(i, e)| e.index == i as u64));
         if allowed {
             assert_eq!(out, vec![Action::Serve { id, request: request.clone() }]);
         } else {
