@@ -247,6 +247,12 @@ impl Relay {
         .await
     }
 
+    /// Stops serving: every open connection is refused with `Shutdown` (what `serve` and
+    /// `serve_tls` do when their shutdown completes; a simulated relay restart too).
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+
     fn lock_counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         // Counts are updated in one step each; a panic elsewhere cannot leave them torn.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())

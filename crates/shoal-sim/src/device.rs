@@ -9,8 +9,9 @@
 //! is reproducible from its seed.
 //!
 //! Never: copies a workspace file that is open (a backup closes the device first), or
-//! restores a backup while entries written after it are not in the device's folder (that
-//! loss is the user's, not Shoal's, and would make the check meaningless).
+//! restores a backup while entries written after it are not in the device's folder, and
+//! at the relay in a run with one (that loss is the user's, not Shoal's, and would make the
+//! check meaningless).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -19,7 +19,9 @@
 //! when rebuilt, with it, so entries are held until the invite and the genesis arrive. In
 //! those runs the founder now and then removes a device or a device leaves (drawn from a
 //! generator of their own); the device out keeps writing and syncing. Seeds that are 3
-//! modulo 4 run an end-to-end encrypted workspace (a removal rotates the key). Then the
+//! modulo 4 run an end-to-end encrypted workspace (a removal rotates the key). Seeds
+//! divisible by 3 also sync through the real relay server over faulty in-memory links,
+//! restarted now and then (`relay`). Then the
 //! faults heal, everything quiesces, and every member replica must hold exactly the state
 //! (hidden state and views) of the independent in-memory model (`shoal_tables::
 //! TablesModel`) fed with every acknowledged write its author may make: the members agree
@@ -43,6 +45,7 @@ mod check;
 mod cloud;
 mod device;
 mod faults;
+mod relay;
 mod workload;
 
 use std::path::PathBuf;
@@ -63,6 +66,7 @@ use check::Snapshot;
 use cloud::Cloud;
 use device::{Device, sim_config};
 use faults::{DeviceFaults, FaultRates};
+use relay::SimRelay;
 use workload::{Written, random_write};
 
 /// What to simulate.
@@ -79,12 +83,22 @@ pub struct SimOptions {
     /// An end-to-end encrypted workspace (members-only too); `None` decides by the seed
     /// (seeds that are 3 modulo 4: half the members-only runs).
     pub encrypted: Option<bool>,
+    /// Devices also sync through a relay (the real server code over the in-memory store,
+    /// reached over links that drop, duplicate, reorder, delay and cut frames, restarted now
+    /// and then); `None` decides by the seed (seeds divisible by 3), without drawing from
+    /// the seeded generator.
+    pub relay: Option<bool>,
 }
 
 impl SimOptions {
     /// Whether the run for `seed` is members-only.
     pub fn members_only_for(&self, seed: u64) -> bool {
         self.encrypted_for(seed) || self.members_only.unwrap_or(seed % 2 == 1)
+    }
+
+    /// Whether devices of the run for `seed` also sync through a relay.
+    pub fn relay_for(&self, seed: u64) -> bool {
+        self.relay.unwrap_or(seed.is_multiple_of(3))
     }
 
     /// Whether the run for `seed` is encrypted.
@@ -95,7 +109,7 @@ impl SimOptions {
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { devices: None, steps: 150, members_only: None, encrypted: None }
+        SimOptions { devices: None, steps: 150, members_only: None, encrypted: None, relay: None }
     }
 }
 
@@ -131,6 +145,14 @@ pub struct Report {
     pub rebuilds: u64,
     /// Clock jumps and stalls.
     pub clock_events: u64,
+    /// Devices also synced through a relay.
+    pub relay: bool,
+    /// Sync passes through the relay.
+    pub relay_syncs: u64,
+    /// Relay restarts.
+    pub relay_restarts: u64,
+    /// Faults injected on relay links (frames dropped, duplicated, reordered, delayed; cuts).
+    pub link_faults: u64,
     /// Heal rounds until every replica agreed.
     pub heal_rounds: usize,
     /// What the cloud did.
@@ -165,6 +187,9 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     }
     if let Some(e) = options.encrypted {
         cmd.push_str(if e { " --encrypted" } else { " --plaintext" });
+    }
+    if let Some(r) = options.relay {
+        cmd.push_str(if r { " --relay" } else { " --no-relay" });
     }
     cmd
 }
@@ -227,6 +252,8 @@ struct Sim {
     /// Per origin: the first index it wrote after its own roster showed it removed or gone.
     written_after_cut: std::collections::BTreeMap<PeerId, u64>,
     wide_left: bool,
+    /// The relay, in runs that have one.
+    relay: Option<SimRelay>,
     steps: usize,
     report: Report,
     trace: Vec<String>,
@@ -327,8 +354,16 @@ impl Sim {
             cuts: Vec::new(),
             written_after_cut: Default::default(),
             wide_left,
+            relay: options.relay_for(seed).then(|| SimRelay::new(seed)),
             steps: options.steps,
-            report: Report { seed, devices: n, members_only, encrypted, ..Report::default() },
+            report: Report {
+                seed,
+                devices: n,
+                members_only,
+                encrypted,
+                relay: options.relay_for(seed),
+                ..Report::default()
+            },
             trace: Vec::new(),
         };
         // The genesis is the founder's first acknowledged write.
@@ -448,12 +483,22 @@ impl Sim {
         if self.report.members_only && self.membership_rng.random_bool(0.015) {
             self.membership()?;
         }
+        if let Some(relay) = self.relay.as_mut()
+            && relay.restart_now()
+        {
+            relay.restart();
+            self.note("the relay restarts".into());
+        }
         let d = self.rng.random_range(0..self.devices.len());
         match self.rng.random_range(0..100) {
             0..=44 => self.write(d),
             45..=64 => {
                 let armed = self.rng.random_bool(0.35);
-                self.sync(d, armed).await.map(|_| ())
+                if self.relay.as_mut().is_some_and(SimRelay::chosen) {
+                    self.relay_sync(d, armed).await.map(|_| ())
+                } else {
+                    self.sync(d, armed).await.map(|_| ())
+                }
             }
             65..=74 => self.upload_own(d),
             75..=87 => {
@@ -582,6 +627,50 @@ impl Sim {
         }
     }
 
+    /// One sync pass of device `d` through the relay, over a faulty link if `armed`.
+    /// Returns whether it succeeded.
+    async fn relay_sync(&mut self, d: usize, armed: bool) -> Result<bool, String> {
+        let Some(relay) = self.relay.as_mut() else { return Ok(false) };
+        self.report.relay_syncs += 1;
+        let faults_before = relay.faults.load(std::sync::atomic::Ordering::Relaxed);
+        let ws = self.devices[d].ws.clone().ok_or("device not open")?;
+        let result = match relay.connect(&ws, format!("sim device {d}"), armed).await {
+            Ok(remote) => {
+                let pass = ws.relay_pass(&remote, shoal::RelayOptions::default());
+                match tokio::time::timeout(std::time::Duration::from_secs(20), pass).await {
+                    Ok(r) => r.map(|_| ()).map_err(|e| (e.to_string(), Some(e))),
+                    Err(_) => Err(("the pass took over 20 s".into(), None)),
+                }
+            }
+            Err(e) => Err((e, None)),
+        };
+        let faults = relay.faults.load(std::sync::atomic::Ordering::Relaxed) - faults_before;
+        self.report.link_faults += faults;
+        self.report.relay_restarts = relay.restarts;
+        let active = self.active[self.devices[d].slot];
+        match result {
+            Ok(()) => {
+                self.note(format!(
+                    "device {d} syncs with the relay{}",
+                    if faults > 0 { " (faults)" } else { "" }
+                ));
+                Ok(true)
+            }
+            Err((e, Some(ShoalError::Forked(_) | ShoalError::Sync(SyncError::Forked { .. })))) => {
+                self.note(format!("device {d} finds its own log forked at the relay: {e}"));
+                self.recover_fork(d)?;
+                Ok(false)
+            }
+            Err((e, _)) if armed || !active => {
+                self.note(format!("device {d} relay sync fails as expected: {e}"));
+                Ok(false)
+            }
+            Err((e, _)) => {
+                Err(format!("device {d}: relay sync failed with no fault injected: {e}"))
+            }
+        }
+    }
+
     fn clock_event(&mut self, d: usize) {
         self.report.clock_events += 1;
         let device = &mut self.devices[d];
@@ -598,12 +687,36 @@ impl Sim {
         self.note(format!("device {d} clock: offset {offset} ms, frozen {frozen:?}"));
     }
 
-    /// A clean pass whose success means every entry of `d` is in its local folder.
+    /// A clean pass whose success means every entry of `d` is in its local folder, and in
+    /// a run with a relay, at the relay too (for a member). A device restored from a backup
+    /// then finds each of its old entries wherever it syncs first, so a branch it writes
+    /// after the restore is found forked there; were its old entries in one store only, it
+    /// could publish the new branch to the other, and no replica would see both until a
+    /// device carried one branch to the other's store (`docs/ARCHITECTURE.md`, "Forks
+    /// across stores").
     async fn publish_all(&mut self, d: usize) -> Result<bool, String> {
         if !self.cloud.present(d) {
             return Ok(false);
         }
-        self.sync(d, false).await
+        if self.relay.is_none() || !self.active[self.devices[d].slot] {
+            return self.sync(d, false).await;
+        }
+        // A pass can make the device write (an ack of what it pulled): go round until a
+        // round writes nothing, so both stores hold every entry.
+        for _ in 0..4 {
+            let own = |ws: &shoal::Workspace| -> Result<u64, String> {
+                let me = ws.device().ok_or("no origin")?;
+                Ok(ws.replica().durable_cursors().map_err(|e| e.to_string())?.get(&me))
+            };
+            let before = own(self.devices[d].ws()?)?;
+            if !self.sync(d, false).await? || !self.relay_sync(d, false).await? {
+                return Ok(false);
+            }
+            if own(self.devices[d].ws()?)? == before {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The cloud uploads what device `d` wrote in its local folder.
@@ -715,6 +828,13 @@ impl Sim {
                 // A second pass for a device that found its own log forked and recovered.
                 if !self.sync(d, false).await? && !self.sync(d, false).await? {
                     return Err(format!("device {d}: a sync failed while healing"));
+                }
+                if self.relay.is_some()
+                    && !self.relay_sync(d, false).await?
+                    && !self.relay_sync(d, false).await?
+                    && self.active[self.devices[d].slot]
+                {
+                    return Err(format!("device {d}: a relay sync failed while healing"));
                 }
                 self.upload_own(d)?;
             }

@@ -42,6 +42,12 @@ struct Args {
     /// No run encrypted.
     #[arg(long)]
     plaintext: bool,
+    /// Every run also syncs through a relay (default: seeds divisible by 3).
+    #[arg(long, conflicts_with = "no_relay")]
+    relay: bool,
+    /// No run uses a relay.
+    #[arg(long)]
+    no_relay: bool,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,11 @@ fn main() -> ExitCode {
         steps: args.steps,
         members_only,
         encrypted,
+        relay: match (args.relay, args.no_relay) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
     };
     if let Some(seed) = args.seed {
         return match run(seed, &options) {
@@ -77,6 +88,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut acknowledged, mut crashes, mut faults) = (Vec::new(), 0, 0, 0);
     let (mut removals, mut recoveries, mut encrypted) = (0, 0, 0);
+    let (mut relay_runs, mut relay_syncs, mut relay_restarts, mut link_faults) = (0, 0, 0, 0);
     for seed in args.from..args.from.saturating_add(args.count) {
         if seed > args.from && (seed - args.from) % 100 == 0 {
             eprintln!(
@@ -94,6 +106,10 @@ fn main() -> ExitCode {
                 removals += r.removals;
                 recoveries += r.fork_recoveries;
                 encrypted += u64::from(r.encrypted);
+                relay_runs += u64::from(r.relay);
+                relay_syncs += r.relay_syncs;
+                relay_restarts += r.relay_restarts;
+                link_faults += r.link_faults;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -105,7 +121,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults, {encrypted} encrypted runs, {removals} removals, {recoveries} fork recoveries",
+        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults, {encrypted} encrypted runs, {removals} removals, {recoveries} fork recoveries; {relay_runs} runs with a relay: {relay_syncs} relay syncs, {relay_restarts} relay restarts, {link_faults} link faults",
         args.count,
         args.from,
         started.elapsed().as_secs_f64(),
