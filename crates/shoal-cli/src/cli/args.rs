@@ -280,8 +280,13 @@ pub struct InviteArgs {
     pub uses: u32,
 
     /// The sync folder: the invite is published there at once, and the code names it.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub folder: Option<PathBuf>,
+
+    /// A relay (ws:// or wss://): the invite is published there at once, and the code
+    /// names it, so `shoal join CODE` syncs with it.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// `shoal join`.
@@ -291,8 +296,12 @@ pub struct JoinArgs {
     pub code: String,
 
     /// The sync folder (default: the one named in the code).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub folder: Option<PathBuf>,
+
+    /// The relay (default: the one named in the code, if it names a relay).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// `shoal admit`.

@@ -44,7 +44,14 @@ pub async fn invite(ctx: &mut Ctx, a: InviteArgs) -> Result<Outcome> {
     if let Some(folder) = &a.folder {
         sync::check_folder_exists(folder)?;
     }
-    let hint = a.folder.as_deref().map(|f| f.display().to_string()).unwrap_or_default();
+    if let Some(url) = &a.server {
+        super::relay::check_url(url)?;
+    }
+    let hint = match (&a.folder, &a.server) {
+        (Some(f), _) => f.display().to_string(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => String::new(),
+    };
     let code = ws.invite(role(&a.role), valid_for, a.uses, &hint)?;
     let text = code.encode();
     ctx.out.emit(
@@ -72,6 +79,23 @@ pub async fn invite(ctx: &mut Ctx, a: InviteArgs) -> Result<Outcome> {
                 None => String::new(),
             }
         ));
+    }
+    if let Some(url) = &a.server {
+        // Published quietly: the output is the code.
+        return match ws.sync_server(url).await {
+            Ok(s) if s.relay_has_everything => Ok(Outcome::Ok),
+            Ok(_) => {
+                out::warn(format!(
+                    "the invite may not be at relay {url} yet: run `shoal sync --server {url} --wait`"
+                ));
+                Ok(Outcome::Failed)
+            }
+            Err(shoal::Error::SyncBusy { .. }) => {
+                out::warn("a sync of this workspace is running: it publishes the invite");
+                Ok(Outcome::Ok)
+            }
+            Err(e) => Err(anyhow!(e).context(format!("publishing the invite to relay {url}"))),
+        };
     }
     let Some(folder) = &a.folder else {
         out::warn("the invite is published with this device's next `shoal sync`");
@@ -109,6 +133,25 @@ pub async fn invite(ctx: &mut Ctx, a: InviteArgs) -> Result<Outcome> {
 pub async fn join(ctx: &mut Ctx, a: JoinArgs) -> Result<Outcome> {
     let path = ctx.workspace_path()?.to_owned();
     let code = InviteCode::parse(&a.code).map_err(|e| anyhow!("the invite code: {e}"))?;
+    let relay_hint = code.hint.starts_with("ws://") || code.hint.starts_with("wss://");
+    let server =
+        a.server.clone().or_else(|| (a.folder.is_none() && relay_hint).then(|| code.hint.clone()));
+    if let Some(url) = &server {
+        super::relay::check_url(url)?;
+        let ws = Workspace::join_with_code(&path, &code, super::clock::options())?;
+        super::init::announce(ctx, &ws, &path, false)?;
+        let args = super::args::SyncArgs {
+            folder: None,
+            server: Some(url.clone()),
+            watch: false,
+            wait: false,
+            timeout: Duration::from_secs(10),
+            pull_only: false,
+            push_only: false,
+            dry_run: false,
+        };
+        return super::relay::sync(ctx, &ws, url, &args, shoal::Direction::Both).await;
+    }
     let folder: Option<PathBuf> = match (&a.folder, code.hint.as_str()) {
         (Some(f), _) => Some(f.clone()),
         (None, "") => None,
@@ -126,7 +169,10 @@ pub async fn join(ctx: &mut Ctx, a: JoinArgs) -> Result<Outcome> {
     match &folder {
         Some(folder) => sync::sync_once(ctx, &ws, folder, shoal::Direction::Both).await,
         None => {
-            out::warn("no sync folder: run `shoal sync --folder DIR` to fetch the workspace");
+            out::warn(
+                "no sync folder or relay: run `shoal sync --folder DIR` or `shoal sync --server \
+                 URL` to fetch the workspace",
+            );
             Ok(Outcome::Ok)
         }
     }
