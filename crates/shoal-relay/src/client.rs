@@ -275,6 +275,14 @@ impl RemoteReplica {
         }
     }
 
+    /// Tells the relay this device's own cursors (after a pass), for its lag metric. A
+    /// notice: nothing waits for it; a closed connection ignores it.
+    pub async fn report_position(&self, cursors: PeerCursors) {
+        if self.access() == Access::Member {
+            let _ = self.inner.out.send(Frame::Position(cursors)).await;
+        }
+    }
+
     fn unexpected(&self, what: &str, response: Response) -> SyncError {
         match response {
             Response::Error { code, message } => {

@@ -204,6 +204,10 @@ pub enum Frame {
     /// Relay → device: origins the relay's store advanced, at their new positions (a hint;
     /// the device's next pass diffs cursors).
     Advanced(PeerCursors),
+    /// Device → relay, after each pass: the device's own cursors (what it holds), so the
+    /// relay can tell how far behind its devices are (the `lag` metric). A notice: no
+    /// response; never trusted for anything else.
+    Position(PeerCursors),
     /// Either side: are you there?
     Ping(u64),
     /// Either side: the answer to a [`Frame::Ping`] with the same nonce.
@@ -220,6 +224,7 @@ mod tag {
     pub const ADVANCED: u8 = 7;
     pub const PING: u8 = 8;
     pub const PONG: u8 = 9;
+    pub const POSITION: u8 = 10;
 
     pub const REQ_CURSORS: u8 = 1;
     pub const REQ_READ: u8 = 2;
@@ -336,6 +341,10 @@ impl Encode for Frame {
             }
             Frame::Advanced(c) => {
                 out.push(tag::ADVANCED);
+                put_cursors(out, c);
+            }
+            Frame::Position(c) => {
+                out.push(tag::POSITION);
                 put_cursors(out, c);
             }
             Frame::Ping(n) => {
@@ -488,6 +497,7 @@ impl Frame {
                 Frame::Response { id, response }
             }
             tag::ADVANCED => Frame::Advanced(read_cursors(r)?),
+            tag::POSITION => Frame::Position(read_cursors(r)?),
             tag::PING => Frame::Ping(r.u64_le("nonce")?),
             tag::PONG => Frame::Pong(r.u64_le("nonce")?),
             v => {
@@ -508,6 +518,7 @@ impl Frame {
             Frame::Request { .. } => "request",
             Frame::Response { .. } => "response",
             Frame::Advanced(_) => "advanced",
+            Frame::Position(_) => "position",
             Frame::Ping(_) => "ping",
             Frame::Pong(_) => "pong",
         }

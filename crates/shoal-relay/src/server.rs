@@ -94,6 +94,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkspaceLabel {
+    workspace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: String,
 }
@@ -106,6 +111,7 @@ struct Metrics {
     bytes: Family<DirectionLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
     stalled_pushes: Counter,
+    lag: Family<WorkspaceLabel, Gauge>,
 }
 
 impl Metrics {
@@ -115,6 +121,12 @@ impl Metrics {
         r.register("entries", "Entries stored (in) and served (out)", self.entries.clone());
         r.register("bytes", "Frame bytes received (in) and sent (out)", self.bytes.clone());
         r.register("refused", "Connections and frames refused, by reason", self.refused.clone());
+        r.register(
+            "workspace_lag_entries",
+            "Per workspace with connected devices: entries the relay holds that the furthest \
+             behind of them did not hold at its last pass",
+            self.lag.clone(),
+        );
         r.register(
             "stalled_pushes",
             "Pushes whose origin stalled (entries the relay would not take)",
@@ -148,6 +160,21 @@ pub struct Relay {
     next_conn: AtomicU64,
     /// Set when the relay stops: every connection is refused with `Shutdown`.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Each member connection's last reported position (its device's cursors), for the lag
+    /// metric.
+    positions: Mutex<HashMap<u64, (WorkspaceId, PeerCursors)>>,
+}
+
+/// Forgets a connection's position when the connection ends.
+struct Positioned<'a> {
+    relay: &'a Relay,
+    conn: u64,
+}
+
+impl Drop for Positioned<'_> {
+    fn drop(&mut self) {
+        self.relay.positions.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.conn);
+    }
 }
 
 /// Holds one counted connection; uncounts it when dropped.
@@ -189,6 +216,7 @@ impl Relay {
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
             shutdown: tokio::sync::watch::Sender::new(false),
+            positions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -245,6 +273,31 @@ impl Relay {
         .handle(handle)
         .serve(self.router().into_make_service_with_connect_info::<SocketAddr>())
         .await
+    }
+
+    /// Sets the lag gauge: per workspace, the most entries any connected device lacked at
+    /// its last reported position. One heads read per workspace with reporting devices, at
+    /// scrape time only.
+    async fn update_lag(&self) {
+        let by_workspace: HashMap<WorkspaceId, Vec<PeerCursors>> = {
+            let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m: HashMap<WorkspaceId, Vec<PeerCursors>> = HashMap::new();
+            for (ws, c) in positions.values() {
+                m.entry(*ws).or_default().push(c.clone());
+            }
+            m
+        };
+        self.metrics.lag.clear();
+        for (ws, devices) in by_workspace {
+            let Ok(heads) = self.store.heads(ws).await else { continue };
+            let lag = devices
+                .iter()
+                .map(|d| heads.iter().map(|(o, h)| h.next.saturating_sub(d.get(o))).sum::<u64>())
+                .max()
+                .unwrap_or(0);
+            let label = WorkspaceLabel { workspace: ws.to_hex() };
+            self.metrics.lag.get_or_create(&label).set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
     }
 
     /// Stops serving: every open connection is refused with `Shutdown` (what `serve` and
@@ -387,6 +440,7 @@ async fn healthz(State(relay): State<Arc<Relay>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> impl IntoResponse {
+    relay.update_lag().await;
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &relay.registry) {
         Ok(()) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], out),
@@ -538,6 +592,7 @@ impl Relay {
             }
         };
         tracing::debug!(conn, "connected");
+        let _positioned = Positioned { relay, conn };
         let mut shutdown = relay.shutdown.subscribe();
         let mut feed: Option<broadcast::Receiver<shoal_core::store::StoreEvent>> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -575,6 +630,13 @@ impl Relay {
                             pending.extend(session.on_access(access, cursors));
                         }
                         pending.extend(session.on_served(id, response));
+                    }
+                    Action::Position(cursors) => {
+                        if let Some((ws, _)) = session.peer() {
+                            let mut positions =
+                                relay.positions.lock().unwrap_or_else(|p| p.into_inner());
+                            positions.insert(conn, (ws, cursors));
+                        }
                     }
                     Action::Close { code, message } => {
                         relay.refused(code);

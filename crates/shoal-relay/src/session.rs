@@ -79,6 +79,8 @@ pub enum Action {
         /// What to do.
         request: Request,
     },
+    /// The device reported its own cursors (record them for the lag metric).
+    Position(PeerCursors),
     /// Send `Refused` with this code and message (already queued as a `Send` before it),
     /// then close the connection.
     Close {
@@ -266,6 +268,10 @@ impl ServerSession {
                     }
                 }
             }
+            (State::Open { access: Access::Member, .. }, Frame::Position(cursors)) => {
+                vec![Action::Position(cursors)]
+            }
+            (State::Open { .. }, Frame::Position(_)) => Vec::new(),
             (State::Open { peer, access, .. }, Frame::Request { id, request }) => {
                 let (peer, access) = (*peer, *access);
                 if self.pending >= self.limits.max_pending {

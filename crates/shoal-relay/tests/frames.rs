@@ -173,6 +173,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u64>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
         (any::<u64>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),
         cursors().prop_map(Frame::Advanced),
+        cursors().prop_map(Frame::Position),
         any::<u64>().prop_map(Frame::Ping),
         any::<u64>().prop_map(Frame::Pong),
     ]
@@ -362,7 +363,7 @@ fn a_push_carries_only_its_own_origin() {
 fn unknown_tags_kinds_codes_and_access_values_are_refused() {
     for bytes in [
         vec![0],
-        vec![10],
+        vec![11],
         vec![5, 1, 0],
         vec![5, 1, 4],
         vec![6, 1, 0],

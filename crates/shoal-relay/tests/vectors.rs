@@ -114,6 +114,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>)> {
             },
         ),
         ("advanced", Frame::Advanced([(other, 301)].into_iter().collect())),
+        ("position", Frame::Position(cursors.clone())),
         ("ping", Frame::Ping(0x0102_0304_0506_0708)),
         ("pong", Frame::Pong(0x0102_0304_0506_0708)),
     ];
@@ -176,7 +177,7 @@ fn every_frame_vector_decodes_and_reencodes_to_its_bytes() {
         kinds.insert(kind(&frame));
     }
     // One line per frame kind (Welcome twice), per request kind and per response kind.
-    assert_eq!(kinds.len(), 7 + 3 + 5, "{kinds:?}");
+    assert_eq!(kinds.len(), 8 + 3 + 5, "{kinds:?}");
     assert_eq!(parsed().len(), expected.len());
 }
 

@@ -148,6 +148,7 @@ impl Workspace {
         let after_local = local.cursors().await?;
         let after_remote = if out.member { remote.cursors().await? } else { PeerCursors::new() };
         out.relay_has_everything = out.member && ahead(&after_local, &after_remote) == 0;
+        remote.report_position(after_local.clone()).await;
         self.record_relay_sync(&url)?;
         out.clock_ahead = self.clock_ahead()?;
         Ok(out)

@@ -235,3 +235,57 @@ async fn watching_devices_see_each_others_writes_live_not_at_the_next_poll() {
     }
     drop(stops);
 }
+
+/// `GET path` on the relay at `url` (ws://host:port/...), the body as text.
+async fn http_get(url: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_connections_entries_and_how_far_behind_each_workspace_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = start_relay().await;
+    let (admin, b) = pair(dir.path(), &url, false).await;
+    assert!(http_get(&url, "/healthz").await.ends_with("ok\n"));
+    // b stays connected after a pass; the admin then writes three entries.
+    let remote = b.connect_relay(&url).await.unwrap();
+    b.relay_pass(&remote, RelayOptions::default()).await.unwrap();
+    for i in 0..3 {
+        put(&admin, &format!("late{i}"), "x");
+    }
+    admin.sync_server(&url).await.unwrap();
+    // What b lacks: the three writes, and whatever the admin's pass wrote (acks).
+    let held = b.cursors().await.unwrap();
+    let behind: u64 =
+        store.heads(admin.id()).await.unwrap().iter().map(|(o, h)| h.next - held.get(o)).sum();
+    assert!(behind >= 3);
+    let metrics = http_get(&url, "/metrics").await;
+    // (b's position was reported before the admin wrote: no race here.)
+    let lag = format!(
+        "shoal_relay_workspace_lag_entries{{workspace=\"{}\"}} {behind}",
+        admin.id().to_hex()
+    );
+    assert!(metrics.contains(&lag), "{metrics}");
+    assert!(metrics.contains("shoal_relay_connections 1"), "{metrics}");
+    assert!(metrics.contains("shoal_relay_entries_total{direction=\"in\"}"), "{metrics}");
+    // b catches up: its lag is 0 (once the relay has read b's position, a notice sent
+    // after the pass).
+    b.relay_pass(&remote, RelayOptions::default()).await.unwrap();
+    let lag =
+        format!("shoal_relay_workspace_lag_entries{{workspace=\"{}\"}} 0", admin.id().to_hex());
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(&url, "/metrics").await;
+        if metrics.contains(&lag) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{metrics}");
+}
