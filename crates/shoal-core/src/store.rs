@@ -108,9 +108,6 @@ pub trait LogStore: Send + Sync + fmt::Debug {
     /// How many control entries `workspace` holds (only grows; the roster cache's key).
     async fn control_count(&self, workspace: WorkspaceId) -> Result<u64, SyncError>;
 
-    /// The workspaces that hold at least one entry.
-    async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError>;
-
     /// The relay deployment's id (what devices' authentication signatures name): made at
     /// random the first time and kept in the store, so every node sharing it shares it.
     async fn relay_id(&self) -> Result<[u8; 32], SyncError>;
@@ -360,7 +357,7 @@ impl LogStore for MemoryLogStore {
         let origin = run.origin();
         let mut logs = self.lock();
         // Check the head before creating anything: a moved or empty run leaves no trace (no
-        // empty log in `heads`, no workspace in `workspaces`).
+        // empty log in `heads`, nothing listed).
         let head = logs
             .get(&workspace)
             .and_then(|w| w.get(&origin))
@@ -401,12 +398,6 @@ impl LogStore for MemoryLogStore {
 
     async fn control_count(&self, workspace: WorkspaceId) -> Result<u64, SyncError> {
         Ok(self.control_entries(workspace).await?.len() as u64)
-    }
-
-    async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError> {
-        let mut ws: Vec<_> = self.lock().keys().copied().collect();
-        ws.sort();
-        Ok(ws)
     }
 
     async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
@@ -681,7 +672,6 @@ pub mod conformance {
         assert_eq!(heads, want);
         let cursors = StoredReplica::new(store.clone(), ws).cursors().await.unwrap();
         assert_eq!((cursors.get(&a.origin()), cursors.get(&b.origin()), cursors.len()), (5, 1, 2));
-        assert_eq!(store.workspaces().await.unwrap(), vec![ws]);
     }
 
     /// A run verified against a head that is no longer the store's is `Moved` and stores
@@ -734,7 +724,6 @@ pub mod conformance {
         );
         store.append(other, &empty).await.unwrap();
         assert!(store.heads(other).await.unwrap().is_empty());
-        assert_eq!(store.workspaces().await.unwrap(), vec![ws]);
     }
 
     /// Two writers push the same origin's entries at once (through two replicas of one
@@ -806,11 +795,6 @@ pub mod conformance {
             (1, 2)
         );
         assert!(store.control_entries(wb).await.unwrap().iter().all(|e| e.origin == b.origin()));
-        let mut ws = store.workspaces().await.unwrap();
-        let mut want = vec![wa, wb];
-        ws.sort();
-        want.sort();
-        assert_eq!(ws, want);
         let unknown = WorkspaceId::from_bytes([0xEE; 16]);
         assert!(store.heads(unknown).await.unwrap().is_empty());
         assert_eq!(store.control_count(unknown).await.unwrap(), 0);

@@ -18,8 +18,8 @@
 //! backoff).
 //!
 //! Invariants:
-//! - Every table and every index leads with the workspace id (`bytea`), and every query but
-//!   [`LogStore::workspaces`] (an administrative listing) names one workspace, so the schema
+//! - Every table and every index leads with the workspace id (`bytea`) (except
+//!   `relay_meta`, the deployment's own id), and every query names one workspace, so the schema
 //!   can be distributed by workspace id (Citus: `create_distributed_table('relay_entries',
 //!   'workspace')`, `relay_heads` colocated) or split across clusters by a routing table.
 //!   An append touches one workspace's rows: one shard.
@@ -726,23 +726,6 @@ impl LogStore for PgLogStore {
             .map_err(self.pg(&what))?;
         u64::try_from(n)
             .map_err(|_| self.damaged(format!("workspace {workspace}: {n} control entries")))
-    }
-
-    async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError> {
-        let what = "list the workspaces";
-        let c = self.client().await?;
-        // The one query that spans workspaces: an administrative listing, not sync.
-        let rows = c
-            .query("SELECT DISTINCT workspace FROM relay_heads ORDER BY workspace", &[])
-            .await
-            .map_err(self.pg(what))?;
-        rows.iter()
-            .map(|r| {
-                let ws: &[u8] = r.try_get(0).map_err(self.pg(what))?;
-                WorkspaceId::from_slice(ws)
-                    .ok_or_else(|| self.damaged(format!("a workspace id of {} bytes", ws.len())))
-            })
-            .collect()
     }
 
     async fn relay_id(&self) -> Result<[u8; 32], SyncError> {

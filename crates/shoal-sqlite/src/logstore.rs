@@ -528,26 +528,6 @@ impl LogStore for SqliteLogStore {
             .map_err(|_| self.damaged(format!("workspace {workspace}: {n} control entries")))
     }
 
-    async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError> {
-        let path = self.inner.path.clone();
-        // The one query that spans workspaces: listing them (administration, not sync).
-        self.with_reader("list the workspaces".into(), move |conn, sql| {
-            let mut stmt = conn
-                .prepare_cached("SELECT DISTINCT workspace FROM relay_heads ORDER BY workspace")
-                .map_err(sql)?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let ws = row.map_err(sql)?;
-                out.push(WorkspaceId::from_slice(&ws).ok_or_else(|| {
-                    damaged(&path, format!("a workspace id of {} bytes", ws.len()))
-                })?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
         let fresh = shoal_core::random_bytes::<32>().map_err(|e| {
             SyncError::backend(format!("{}: a relay id", self.inner.path.display()), e)
@@ -641,9 +621,6 @@ mod tests {
         async fn control_count(&self, ws: WorkspaceId) -> Result<u64, SyncError> {
             self.store.control_count(ws).await
         }
-        async fn workspaces(&self) -> Result<Vec<WorkspaceId>, SyncError> {
-            self.store.workspaces().await
-        }
         async fn relay_id(&self) -> Result<[u8; 32], SyncError> {
             self.store.relay_id().await
         }
@@ -736,7 +713,5 @@ mod tests {
         check(store.heads(ws).await.unwrap_err());
         raw.execute("UPDATE relay_heads SET origin = x'01'", []).unwrap();
         check(store.heads(ws).await.unwrap_err());
-        raw.execute("UPDATE relay_heads SET workspace = x'01'", []).unwrap();
-        check(store.workspaces().await.unwrap_err());
     }
 }
