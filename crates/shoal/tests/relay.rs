@@ -151,12 +151,23 @@ async fn a_copied_device_finds_its_fork_at_the_relay() {
     }
     let a = Workspace::open(dir.path().join("a.shoal"), Default::default()).unwrap();
     let copy = Workspace::open(dir.path().join("copy.shoal"), Default::default()).unwrap();
-    put(&a, "x", "from the original");
+    put(&a, "x-original", "from the original");
     a.sync_server(&url).await.unwrap();
-    put(&copy, "x", "from the copy");
+    put(&copy, "x-copy", "from the copy");
     let err = copy.sync_server(&url).await.unwrap_err();
     assert!(matches!(err, Error::Sync(shoal::core::SyncError::Forked { .. })), "{err}");
     assert!(copy.fork().unwrap().is_some(), "the fork is recorded");
+    // Recovered against the relay's copy: the copy writes on under a new key, its write
+    // re-issued, and every device ends with both writes, once.
+    let (copy, rec) = copy.recover_fork_at_relay(&url).await.unwrap();
+    assert_eq!(rec.succession.reissued, 1, "{rec:?}");
+    copy.sync_server(&url).await.unwrap();
+    a.sync_server(&url).await.unwrap();
+    copy.sync_server(&url).await.unwrap();
+    let ids = |ws: &Workspace| rows(ws).into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
+    let both = vec![Value::text("x-copy").unwrap(), Value::text("x-original").unwrap()];
+    assert_eq!(ids(&a), both);
+    assert_eq!(ids(&copy), both);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

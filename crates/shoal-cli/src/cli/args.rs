@@ -170,10 +170,11 @@ Exit code 2 if anything fails; every bad file is reported.")]
     #[command(after_help = "\
 Examples:
   shoal recover-fork --folder ~/Dropbox/shoal    recover, then sync
+  shoal recover-fork --server ws://relay:7070    the fork was found at a relay
 
 The other copy keeps its key and its writes; every device applies both copies' writes once.
 Refused if this device's log is not forked.")]
-    RecoverFork(RecoverClockArgs),
+    RecoverFork(RecoverForkArgs),
 
     /// After this device wrote with a clock far ahead (and the machine's clock is right
     /// again): hand its log to a new device key and re-issue the stuck writes.
@@ -615,6 +616,19 @@ pub struct RecoverClockArgs {
     /// the fork was found in; the last synced folder if absent) and syncs after.
     #[arg(long, value_name = "DIR")]
     pub folder: Option<PathBuf>,
+}
+
+/// `shoal recover-fork`.
+#[derive(Debug, Args)]
+pub struct RecoverForkArgs {
+    /// The sync folder the fork was found in (the last synced folder if neither this nor
+    /// --server is given); synced after.
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    pub folder: Option<PathBuf>,
+
+    /// The relay the fork was found at; synced after.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// `shoal demo`.

@@ -14,7 +14,7 @@ use serde_json::json;
 use shoal::core::{SystemClock, WallClock, human_duration};
 use shoal::{Workspace, WorkspaceOptions};
 
-use super::args::RecoverClockArgs;
+use super::args::{RecoverClockArgs, RecoverForkArgs};
 use super::out;
 use super::{Ctx, Outcome};
 
@@ -91,8 +91,16 @@ pub async fn run(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
 }
 
 /// `shoal recover-fork`.
-pub async fn recover_fork(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome> {
+pub async fn recover_fork(ctx: &mut Ctx, a: RecoverForkArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
+    if let Some(url) = &a.server {
+        super::relay::check_url(url)?;
+        let (ws, rec) = ws.recover_fork_at_relay(url).await?;
+        report_fork_recovery(ctx, &rec)?;
+        ws.sync_server(url).await?;
+        ctx.out.line(format!("published to relay {url}"))?;
+        return Ok(Outcome::Ok);
+    }
     let folder = match &a.folder {
         Some(f) => f.clone(),
         None => match ws.last_sync()? {
@@ -104,7 +112,15 @@ pub async fn recover_fork(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome>
     };
     super::sync::check_folder_exists(&folder)?;
     let (ws, rec) = ws.recover_fork(&folder)?;
-    let s = rec.succession;
+    report_fork_recovery(ctx, &rec)?;
+    ws.sync_folder(&folder).await?;
+    ctx.out.line(format!("published to {}", folder.display()))?;
+    Ok(Outcome::Ok)
+}
+
+/// Prints what a fork recovery did.
+fn report_fork_recovery(ctx: &mut Ctx, rec: &shoal::ForkRecovery) -> Result<()> {
+    let s = &rec.succession;
     ctx.out.emit(
         "recovered",
         json!({
@@ -122,7 +138,5 @@ pub async fn recover_fork(ctx: &mut Ctx, a: RecoverClockArgs) -> Result<Outcome>
         s.predecessor.short(),
         s.reissued
     ))?;
-    ws.sync_folder(&folder).await?;
-    ctx.out.line(format!("published to {}", folder.display()))?;
-    Ok(Outcome::Ok)
+    Ok(())
 }
