@@ -7,6 +7,8 @@
 //! of every origin: a device that syncs with a folder too carries the folder's entries to
 //! the relay, each once (entries keep their origin and index; duplicates cost nothing).
 //!
+//! Relay syncs take no sync lock (see [`Workspace::relay_pass`]).
+//!
 //! Never: writes to the relay in `--pull-only` mode, pulls in `--push-only` mode, moves
 //! anything in a dry run, or holds the relay connection across passes of different
 //! workspaces.
@@ -83,15 +85,17 @@ impl Workspace {
 
     /// [`Workspace::sync_server`] with options (direction, dry run).
     pub async fn sync_server_with(&self, url: &str, options: RelayOptions) -> Result<RelaySync> {
-        let _lock = self.try_lock_sync()?.ok_or_else(|| Error::SyncBusy {
-            path: self.path().to_owned(),
-            lock: self.sync_lock_path(),
-        })?;
         let remote = self.connect_relay(url).await?;
         self.relay_pass(&remote, options).await
     }
 
-    /// One pass over an open relay connection (for the holder of the sync lock).
+    /// One pass over an open relay connection.
+    ///
+    /// **Decision:** relay syncs take no sync lock. The lock keeps two syncs from
+    /// publishing the same device's entries into one folder; a relay takes every push
+    /// through its ingest pipeline, so two passes (or a folder sync and a relay sync at
+    /// once, as a device that carries entries between the two runs them) only cost
+    /// duplicates, and a dead target blocks no other.
     pub async fn relay_pass(
         &self,
         remote: &RemoteReplica,
@@ -239,10 +243,6 @@ impl Workspace {
         timeout: Duration,
     ) -> Result<RelaySync> {
         let deadline = Instant::now() + timeout;
-        let _lock = self.try_lock_sync()?.ok_or_else(|| Error::SyncBusy {
-            path: self.path().to_owned(),
-            lock: self.sync_lock_path(),
-        })?;
         let mut last_error: Option<Error> = None;
         let mut remote: Option<RemoteReplica> = None;
         let mut failures = 0u32;
@@ -301,10 +301,6 @@ impl Workspace {
         on_pass: impl Fn(&std::result::Result<RelaySync, String>) + Send + Sync + 'static,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let _lock = self.try_lock_sync()?.ok_or_else(|| Error::SyncBusy {
-            path: self.path().to_owned(),
-            lock: self.sync_lock_path(),
-        })?;
         let own = self.device().ok_or_else(|| Error::Path {
             path: self.path().to_owned(),
             reason: "this workspace file has no device key, so it cannot sync".into(),

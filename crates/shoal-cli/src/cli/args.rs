@@ -118,6 +118,7 @@ Examples:
   shoal sync --server ws://relay:7070 --watch     real-time sync until Ctrl-C
   shoal sync --folder backup --pull-only          a read-only mirror: never publishes
   shoal sync --server ws://relay:7070 --dry-run   what would move; moves nothing
+  shoal sync --folder shared --server ws://relay:7070 --watch   both at once
 
 Exit code 2 if a file in the folder is damaged or an origin is stalled (after syncing
 everything else).")]
@@ -482,10 +483,11 @@ pub struct WatchArgs {
 pub struct SyncArgs {
     /// The shared folder (Dropbox, iCloud Drive, Syncthing, a network share...). It must
     /// exist: Shoal never creates it.
-    #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
+    #[arg(long, value_name = "DIR", required_unless_present = "server")]
     pub folder: Option<PathBuf>,
 
-    /// A relay (`shoal serve`): ws://host:port or wss://host:port.
+    /// A relay (`shoal serve`): ws://host:port or wss://host:port. With --folder too, the
+    /// device syncs with both (and carries the folder's entries to the relay).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
 

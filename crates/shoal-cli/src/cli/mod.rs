@@ -69,6 +69,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A second context for a task that runs beside this one (its own stdout handle).
+    fn sibling(&self) -> Ctx {
+        Ctx {
+            workspace: self.workspace.clone(),
+            out: Out::new(self.out.is_json()),
+            matches: self.matches.clone(),
+        }
+    }
+
     /// The workspace path from --workspace or SHOAL_WORKSPACE.
     fn workspace_path(&self) -> Result<&Path> {
         self.workspace.as_deref().ok_or_else(|| {

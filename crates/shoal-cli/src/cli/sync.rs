@@ -37,16 +37,65 @@ pub async fn run(ctx: &mut Ctx, a: SyncArgs) -> Result<Outcome> {
     };
     if let Some(url) = &a.server {
         super::relay::check_url(url)?;
-        return super::relay::sync(ctx, &ws, url, &a, direction).await;
     }
-    let Some(folder) = &a.folder else { bail!("give --folder DIR or --server URL") };
+    match (&a.folder, &a.server) {
+        (Some(folder), Some(url)) => both(ctx, &ws, folder, url, &a, direction).await,
+        (None, Some(url)) => super::relay::sync(ctx, &ws, url, &a, direction).await,
+        (Some(folder), None) => folder_sync(ctx, &ws, folder, &a, direction).await,
+        (None, None) => bail!("give --folder DIR or --server URL"),
+    }
+}
+
+/// `shoal sync --folder DIR --server URL`: the folder, then the relay, then the folder
+/// again (to publish what the relay pass wrote); with `--watch`, both loops at once. A
+/// relay sync takes no sync lock, so neither waits for the other.
+async fn both(
+    ctx: &mut Ctx,
+    ws: &Workspace,
+    folder: &Path,
+    url: &str,
+    a: &SyncArgs,
+    direction: Direction,
+) -> Result<Outcome> {
+    check_folder_exists(folder)?;
+    if a.watch {
+        let mut relay_ctx = ctx.sibling();
+        let relay_ws = ws.clone();
+        let (f, r) = tokio::join!(
+            sync_watch(ctx, ws, folder, direction),
+            super::relay::sync(&mut relay_ctx, &relay_ws, url, a, direction)
+        );
+        return Ok(worst(f?, r?));
+    }
+    let first = folder_sync(ctx, ws, folder, a, direction).await?;
+    let relay = super::relay::sync(ctx, ws, url, a, direction).await?;
+    if a.dry_run {
+        return Ok(worst(first, relay));
+    }
+    let again = folder_sync(ctx, ws, folder, a, direction).await?;
+    Ok(worst(worst(first, relay), again))
+}
+
+/// The worse of two outcomes (a failure wins).
+fn worst(a: Outcome, b: Outcome) -> Outcome {
+    if a == Outcome::Failed || b == Outcome::Failed { Outcome::Failed } else { a }
+}
+
+/// `shoal sync --folder DIR ...`.
+async fn folder_sync(
+    ctx: &mut Ctx,
+    ws: &Workspace,
+    folder: &Path,
+    a: &SyncArgs,
+    direction: Direction,
+) -> Result<Outcome> {
     check_folder_exists(folder)?;
     if a.dry_run {
-        dry_run(ctx, &ws, folder, direction).await
+        dry_run(ctx, ws, folder, direction).await
     } else if a.watch {
-        sync_watch(ctx, &ws, folder, direction).await
+        sync_watch(ctx, ws, folder, direction).await
     } else {
-        sync_once(ctx, &ws, folder, direction).await
+        sync_once(ctx, ws, folder, direction).await
     }
 }
 
