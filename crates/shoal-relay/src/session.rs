@@ -136,6 +136,8 @@ pub struct ServerSession {
     limits: Limits,
     state: State,
     pending: usize,
+    /// Pushes served while the device was an entrant.
+    entrant_pushes: usize,
     last_heard_ms: u64,
     pinged: bool,
     bytes: Bucket,
@@ -160,6 +162,7 @@ impl ServerSession {
             limits,
             state: State::Hello,
             pending: 0,
+            entrant_pushes: 0,
             last_heard_ms: now_ms,
             pinged: false,
             bytes: Bucket::new(limits.bytes_per_sec, limits.burst_secs, now_ms),
@@ -287,6 +290,18 @@ impl ServerSession {
                         response: Response::Error { code: RefuseCode::NotAMember, message },
                     })];
                 }
+                if access == Access::Entrant {
+                    // Entrants are not members: what they may store is bounded per
+                    // connection, however fast they may send.
+                    self.entrant_pushes += 1;
+                    if self.entrant_pushes > ENTRANT_PUSHES {
+                        let msg = format!(
+                            "{}: more than {ENTRANT_PUSHES} pushes before being admitted",
+                            self.peer_name
+                        );
+                        return self.refuse(RefuseCode::Limit, msg);
+                    }
+                }
                 self.pending += 1;
                 vec![Action::Serve { id, request }]
             }
@@ -366,6 +381,10 @@ impl ServerSession {
 
 /// Most entries an entrant may push in one log's first run.
 pub const ENTRANT_RUN: usize = 64;
+
+/// Most pushes an entrant may make on one connection (its join and the genesis, with
+/// room for retries): an entrant is not a member, so what it may store is bounded.
+pub const ENTRANT_PUSHES: usize = 8;
 
 /// Whether a device with `access` may make `request`.
 ///
@@ -507,6 +526,17 @@ mod tests {
             &out[..],
             [Action::Send(Frame::Response { response: Response::Error { .. }, .. })]
         ));
+        // An entrant's pushes are bounded per connection.
+        let mut out = Vec::new();
+        for id in 0..ENTRANT_PUSHES as u64 - 1 {
+            let push = Request::Push { origin: peer, entries: vec![entry(0)] };
+            out = s.on_bytes(&Frame::Request { id: 100 + id, request: push }.to_bytes(), 6);
+            s.on_served(100 + id, Response::Stored { new: 0, duplicates: 1, next: 1 });
+        }
+        assert!(!closed_with(&out, RefuseCode::Limit), "{out:?}");
+        let push = Request::Push { origin: peer, entries: vec![entry(0)] };
+        let out = s.on_bytes(&Frame::Request { id: 200, request: push }.to_bytes(), 7);
+        assert!(closed_with(&out, RefuseCode::Limit), "{out:?}");
     }
 
     #[test]
