@@ -734,14 +734,7 @@ impl Sim {
     /// writes are re-issued under the new key. The model follows: the dropped branch's
     /// acknowledged entries are replaced by their re-issued copies.
     fn recover_fork(&mut self, d: usize) -> Result<(), String> {
-        self.report.fork_recoveries += 1;
-        let ws = self.devices[d].ws.take().ok_or("no workspace")?;
-        let old = ws.device().ok_or("no origin")?;
-        let mine = ws
-            .replica()
-            .history_opened(old, 0, usize::MAX)
-            .map_err(|e| format!("device {d}: reading its own log: {e}"))?;
-        let key = DeviceKey::from_secret_bytes(&self.rng.random::<[u8; 32]>());
+        let (ws, old, mine, key) = self.begin_recovery(d)?;
         let folder = self.devices[d].folder.clone();
         let (ws, rec) = match ws.recover_fork_with_key(&folder, key) {
             Ok(done) => done,
@@ -753,14 +746,7 @@ impl Sim {
     /// [`Sim::recover_fork`] for a fork found at the relay: recovered against the relay's
     /// copy of the device's log.
     async fn recover_fork_at_relay(&mut self, d: usize) -> Result<(), String> {
-        self.report.fork_recoveries += 1;
-        let ws = self.devices[d].ws.take().ok_or("no workspace")?;
-        let old = ws.device().ok_or("no origin")?;
-        let mine = ws
-            .replica()
-            .history_opened(old, 0, usize::MAX)
-            .map_err(|e| format!("device {d}: reading its own log: {e}"))?;
-        let key = DeviceKey::from_secret_bytes(&self.rng.random::<[u8; 32]>());
+        let (ws, old, mine, key) = self.begin_recovery(d)?;
         let relay = self.relay.as_mut().ok_or("no relay")?;
         let remote = relay.connect(&ws, format!("sim device {d} (recovery)"), false).await?;
         let (ws, rec) = match ws.recover_fork_over(&remote, key).await {
@@ -770,6 +756,23 @@ impl Sim {
             }
         };
         self.recovered(d, old, mine, ws, rec)
+    }
+
+    /// The start of a fork recovery: the device's workspace (taken out), its origin, what
+    /// its own log holds (to tell the dropped branch), and its new key.
+    fn begin_recovery(
+        &mut self,
+        d: usize,
+    ) -> Result<(Workspace, PeerId, Vec<shoal_core::Entry>, DeviceKey), String> {
+        self.report.fork_recoveries += 1;
+        let ws = self.devices[d].ws.take().ok_or("no workspace")?;
+        let old = ws.device().ok_or("no origin")?;
+        let mine = ws
+            .replica()
+            .history_opened(old, 0, usize::MAX)
+            .map_err(|e| format!("device {d}: reading its own log: {e}"))?;
+        let key = DeviceKey::from_secret_bytes(&self.rng.random::<[u8; 32]>());
+        Ok((ws, old, mine, key))
     }
 
     /// After a fork recovery: the model drops the dropped branch's writes and takes their
