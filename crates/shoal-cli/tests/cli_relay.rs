@@ -573,8 +573,6 @@ fn watchers_reconnect_and_resume_after_the_relay_restarts() {
     live("b.shoal", "a.shoal", "back-after-kill");
 
     assert!(wa.running() && wb.running(), "a watcher exited");
-    let log = watch_log(&s, "b.shoal");
-    assert!(log.contains("failed (retrying)") && log.contains("works again"), "{log}");
     drop(relay);
 }
 
@@ -602,7 +600,7 @@ fn a_client_that_never_reads_costs_the_relay_bounded_memory_and_delays_nobody() 
     let counter = sent.clone();
     rt.spawn(async move {
         let _unread = stream; // held open, never read
-        for id in 0..4000u64 {
+        for id in 0..3000u64 {
             let f = Frame::Request { id, request: Request::Read { origin, from: 0 } };
             if sink.send(Message::Binary(f.to_bytes().into())).await.is_err() {
                 break;
@@ -632,6 +630,9 @@ fn a_client_that_never_reads_costs_the_relay_bounded_memory_and_delays_nobody() 
     let served = metric(&relay.metrics(), ENTRIES_OUT) - out_before;
     let sent = sent.load(Ordering::Relaxed);
     assert!(served > 1000.0, "the slow client's reads were served (in part): {served}");
+    // Once the socket buffers are full the relay stops serving it: all 3000 pages would be
+    // some 360 000 entries.
+    assert!(served < 100_000.0, "the relay kept serving a client that does not read: {served}");
     assert!(
         peak < 200 * 1024,
         "relay RSS peaked at {peak} KiB after {sent} requests ({served} entries served)"

@@ -202,6 +202,15 @@ impl RemoteReplica {
         self.inner.closed.borrow().clone()
     }
 
+    /// Completes when the connection ends (or every handle is dropped). Holds no handle,
+    /// so waiting on it never keeps the connection open.
+    pub fn until_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.inner.closed.subscribe();
+        async move {
+            let _ = closed.wait_for(Option::is_some).await;
+        }
+    }
+
     async fn request(&self, request: Request) -> Result<Response, SyncError> {
         let url = &self.inner.url;
         if let Some(why) = self.closed() {
