@@ -418,6 +418,23 @@ impl Outbound {
     }
 }
 
+/// How long a refused connection is read (and what arrives dropped) before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After a refusal: reads and drops what the peer still sends, until it closes or [`LINGER`]
+/// passes. Closing a socket with unread bytes makes the kernel reset the connection, and
+/// the peer would lose the refusal that names it.
+async fn linger(stream: &mut futures::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
     let conn = relay.next_conn.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();
@@ -505,6 +522,7 @@ async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
                     tracing::info!(code = ?code, %message, "connection refused");
                     drop(out);
                     let _ = writer.await;
+                    linger(&mut stream).await;
                     return;
                 }
             }
@@ -526,6 +544,18 @@ async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
+                    // The WebSocket layer enforces the frame limit itself (it stops reading
+                    // a message over it): refuse by name, like every other limit.
+                    let error = e.to_string();
+                    if error.contains("Space limit exceeded") {
+                        let msg = format!(
+                            "{}: frame over the limit of {} bytes ({error})",
+                            session.peer_name(),
+                            relay.config.limits.max_frame
+                        );
+                        pending.extend(session.refuse(RefuseCode::Limit, msg));
+                        continue;
+                    }
                     tracing::debug!(error = %e, "connection lost");
                     break;
                 }
