@@ -730,6 +730,10 @@ fn relay_auth_replayed_or_made_for_another_relay_is_refused() {
     });
     let metrics = relay.metrics();
     assert_eq!(metric(&metrics, "shoal_relay_refused_total{reason=\"badauth\"}"), 2.0, "{metrics}");
+    // With SHOAL_LOG (as `serve_on` sets it) the relay logs each refusal naming the device.
+    let log = relay.stderr();
+    assert_eq!(log.matches("connection refused").count(), 2, "{log}");
+    assert!(log.contains(&peer.to_hex()), "{log}");
 }
 
 #[test]
@@ -991,6 +995,7 @@ fn metrics_count_connections_and_entries_and_serve_help_has_examples() {
         "shoal serve --listen 0.0.0.0:7070",
         "--db postgres://",
         "/metrics",
+        "SHOAL_LOG=shoal_relay=info",
         "--max-frame",
     ] {
         assert!(help.contains(want), "{want:?} not in:\n{help}");
