@@ -84,6 +84,8 @@ struct Relay {
     url: String,
     addr: SocketAddr,
     db: String,
+    /// Its first line of output.
+    banner: String,
     /// Its stderr, in a file.
     log: std::path::PathBuf,
     // Kept open so the relay never writes to a closed pipe.
@@ -120,7 +122,7 @@ fn serve_on(s: &Sandbox, listen: &str, db: &str, extra: &[&str]) -> Relay {
     let url = rest.split_whitespace().next().unwrap().to_owned();
     assert!(rest.contains("(storage: "), "{line}");
     let addr: SocketAddr = url.strip_prefix("ws://").unwrap().parse().unwrap();
-    Relay { proc, url, addr, db: db.to_owned(), log, _stdout: stdout }
+    Relay { proc, url, addr, db: db.to_owned(), banner: line, log, _stdout: stdout }
 }
 
 /// A relay on a free port of loopback, over `db`.
@@ -561,7 +563,7 @@ fn watchers_reconnect_and_resume_after_the_relay_restarts() {
     // A graceful stop (SIGTERM) with both watchers connected, then a start on the same
     // port and database.
     relay.proc.signal("TERM");
-    let stopped = relay.proc.wait_for(Duration::from_secs(10));
+    let stopped = relay.proc.wait_for(Duration::from_secs(5));
     assert_eq!(stopped, Some(Some(0)), "the relay did not stop on SIGTERM: {}", relay.stderr());
     relay = serve_on(&s, &relay.addr.to_string(), &relay.db.clone(), &[]);
     live("a.shoal", "b.shoal", "after-term");
@@ -828,6 +830,15 @@ fn new_workspaces_refuse_serves_only_workspaces_the_relay_holds() {
 // ---------------------------------------------------------------------------------------
 // 8, 9. PostgreSQL
 
+/// Sets its flag when dropped: stops a load thread when its test ends, however it ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// `shoal serve --db` form of the harness's connection string (`host=DIR port=P user=U
 /// dbname=D`): `postgres://U@%2FDIR:P/D`, the socket's directory percent-encoded as the host
 /// (a host starting with `/` is a Unix socket's directory).
@@ -852,6 +863,12 @@ fn a_postgres_relay_converges_devices() {
     let db = fresh_pg_database(cluster);
     let s = Sandbox::new();
     let relay = serve(&s, &db, &[]);
+    let socket_dir = db.split('@').nth(1).unwrap().split(':').next().unwrap().replace("%2F", "/");
+    assert!(
+        relay.banner.contains(&format!("(storage: postgres://postgres@{socket_dir}:5432/")),
+        "{}",
+        relay.banner
+    );
     let url = relay.url.clone();
     devices(&s, &url, &["b.shoal"]);
     put(&s, "a.shoal", "ta", "a");
@@ -876,6 +893,7 @@ fn postgres_stopped_under_load_fails_syncs_by_name_and_loses_nothing() {
 
     // Device a writes and syncs in a loop; each (row, write ok, sync ok, stderr) is kept.
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let log = Arc::new(std::sync::Mutex::new(Vec::<(String, bool, bool, String)>::new()));
     let loader = {
         let (s, url, stop, log) = (s.clone(), url.clone(), stop.clone(), log.clone());
@@ -916,6 +934,12 @@ fn postgres_stopped_under_load_fails_syncs_by_name_and_loses_nothing() {
     let up_at = log.lock().unwrap().len();
     eventually(Duration::from_secs(20), "syncs succeed again", || {
         synced_ok(&log.lock().unwrap()[up_at..]) >= 3
+    });
+    // And a quick restart (stop, start) under the same load.
+    cluster.restart().unwrap();
+    let up_at = log.lock().unwrap().len();
+    eventually(Duration::from_secs(20), "syncs succeed after a restart", || {
+        synced_ok(&log.lock().unwrap()[up_at..]) >= 2
     });
     stop.store(true, Ordering::Relaxed);
     loader.join().unwrap();
