@@ -29,6 +29,9 @@ const PROGRESS_THRESHOLD: u64 = 500;
 
 /// `shoal sync`.
 pub async fn run(ctx: &mut Ctx, a: SyncArgs) -> Result<Outcome> {
+    if let Some(url) = &a.server {
+        super::relay::check_url(url)?;
+    }
     let ws = ctx.open()?;
     let direction = match (a.pull_only, a.push_only) {
         (true, _) => Direction::PullOnly,
@@ -36,7 +39,6 @@ pub async fn run(ctx: &mut Ctx, a: SyncArgs) -> Result<Outcome> {
         _ => Direction::Both,
     };
     if let Some(url) = &a.server {
-        super::relay::check_url(url)?;
         return super::relay::sync(ctx, &ws, url, &a, direction).await;
     }
     let Some(folder) = &a.folder else { bail!("give --folder DIR or --server URL") };
