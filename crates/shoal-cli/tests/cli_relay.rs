@@ -640,6 +640,14 @@ fn a_client_that_never_reads_costs_the_relay_bounded_memory_and_delays_nobody() 
         "relay RSS peaked at {peak} KiB after {sent} requests ({served} entries served)"
     );
     assert_eq!(http_get(relay.addr, "/healthz").0, 200);
+    // A client that reads nothing is dead to the relay like a silent one (DESIGN §9:
+    // heartbeats detect dead peers): its connection is closed, not held for ever.
+    let metrics = eventually(Duration::from_secs(30), "the slow client is dropped", || {
+        metric(&relay.metrics(), "shoal_relay_connections") == 0.0
+    });
+    let refused = relay.metrics();
+    assert_eq!(metric(&refused, "shoal_relay_refused_total{reason=\"timeout\"}"), 1.0, "{refused}");
+    assert!(metrics < Duration::from_secs(25), "{metrics:?}");
     drop(rt);
 }
 
