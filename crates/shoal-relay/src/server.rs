@@ -10,7 +10,8 @@
 //! Invariants:
 //! - Each connection is one task plus a writer; its outbound queue holds at most
 //!   [`OUTBOUND_FRAMES`] frames. Responses wait for room (the peer that does not read
-//!   stops being read: its own backpressure); `Advanced` hints never wait: when the queue
+//!   stops being read: its own backpressure; one that reads nothing for
+//!   [`DEAD_AFTER_MS`] is closed as dead); `Advanced` hints never wait: when the queue
 //!   is full they are merged and sent once there is room, so a slow client costs a bounded
 //!   amount of memory and catches up by cursor diff.
 //! - Connections are counted per relay, per workspace and per device, and refused over
@@ -49,7 +50,7 @@ use tracing::Instrument;
 
 use crate::auth::{NewWorkspaces, access_of};
 use crate::frame::{Access, Frame, RefuseCode, RelayId, Request, Response};
-use crate::session::{Action, Limits, ServerSession};
+use crate::session::{Action, DEAD_AFTER_MS, Limits, ServerSession};
 
 /// Frames a connection's outbound queue holds.
 pub const OUTBOUND_FRAMES: usize = 16;
@@ -489,8 +490,28 @@ async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
         while let Some(action) = pending.pop_front() {
             match action {
                 Action::Send(frame) => {
-                    if !out.send(frame).await {
-                        return;
+                    // The heartbeat does not tick while this waits: a peer that reads
+                    // nothing for as long as a silent one is given is dead too (else it
+                    // would hold its connection and queue for ever).
+                    let deadline = Duration::from_millis(DEAD_AFTER_MS);
+                    match tokio::time::timeout(deadline, out.send(frame)).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(_) => {
+                            relay.refused(RefuseCode::Timeout);
+                            tracing::info!(
+                                code = ?RefuseCode::Timeout,
+                                message = %format!(
+                                    "{}: read nothing for {} s",
+                                    session.peer_name(),
+                                    DEAD_AFTER_MS / 1000
+                                ),
+                                "connection refused"
+                            );
+                            // Its queue is full: no refusal can reach it.
+                            writer.abort();
+                            return;
+                        }
                     }
                 }
                 Action::CheckAccess { workspace, peer } => {
