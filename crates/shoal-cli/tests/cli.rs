@@ -255,7 +255,7 @@ fn usage_errors_exit_2_with_the_program_name() {
     assert!(help.contains("Examples:") && help.contains("shoal demo"), "{help}");
     for cmd in [
         "init", "put", "get", "delete", "sql", "watch", "sync", "status", "log", "verify", "demo",
-        "invite", "join", "members", "admit", "remove", "leave",
+        "invite", "join", "members", "admit", "remove", "leave", "serve",
     ] {
         let help = s.ok(&[cmd, "--help"]);
         assert!(help.contains("Examples:"), "`shoal {cmd} --help` shows examples");
@@ -264,11 +264,11 @@ fn usage_errors_exit_2_with_the_program_name() {
         let help = s.ok(&["table", cmd, "--help"]);
         assert!(help.contains("Examples:"), "`shoal table {cmd} --help` shows examples");
     }
-    // Commands of later issues do not pretend to exist.
-    let (_, err) = s.exits(2, &["serve"]);
-    assert!(err.contains("unrecognized subcommand"), "serve: {err}");
-    let (_, err) = s.exits(2, &["sync", "-w", "a.shoal", "--server", "ws://x"]);
-    assert!(err.contains("unexpected argument '--server'"), "{err}");
+    // The relay's arguments are checked before anything is opened or listened on.
+    let (_, err) = s.exits(2, &["serve", "--listen", "127.0.0.1:0", "--db", "mysql://x"]);
+    assert!(err.contains("--db mysql://x: give sqlite:PATH or postgres://"), "serve: {err}");
+    let (_, err) = s.exits(2, &["sync", "-w", "a.shoal", "--server", "http://x"]);
+    assert!(err.contains("a relay URL starts with ws:// or wss://"), "{err}");
 }
 
 // ---- Output ----

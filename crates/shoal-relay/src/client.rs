@@ -240,6 +240,15 @@ impl RemoteReplica {
         self.inner.closed.borrow().clone()
     }
 
+    /// Completes when the connection ends (or every handle is dropped). Holds no handle,
+    /// so waiting on it never keeps the connection open.
+    pub fn until_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.inner.closed.subscribe();
+        async move {
+            let _ = closed.wait_for(Option::is_some).await;
+        }
+    }
+
     async fn request(&self, request: Request) -> Result<Response, SyncError> {
         let url = &self.inner.url;
         if let Some(why) = self.closed() {
@@ -328,33 +337,34 @@ fn websocket_link(ws: Ws) -> (Link, JoinHandle<()>) {
     let (mine, theirs) = Link::pair(16);
     let Link { tx, mut rx } = theirs;
     let (mut sink, mut stream) = ws.split();
+    // Two independent directions: neither ever waits for the other.
     let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                out = rx.recv() => match out {
-                    Some(bytes) => {
-                        if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                msg = stream.next() => match msg {
-                    Some(Ok(Message::Binary(b))) => {
+        let inbound = async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                match msg {
+                    Message::Binary(b) => {
                         if tx.send(b.to_vec()).await.is_err() {
                             break;
                         }
                     }
-                    Some(Ok(Message::Text(_))) => {
-                        // Not the protocol: end the connection (the other side is broken).
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                },
+                    // Not the protocol: end the connection (the other side is broken).
+                    Message::Text(_) | Message::Close(_) => break,
+                    _ => {}
+                }
             }
+        };
+        let outbound = async move {
+            while let Some(bytes) = rx.recv().await {
+                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        };
+        tokio::select! {
+            () = inbound => {}
+            () = outbound => {}
         }
-        let _ = sink.close().await;
     });
     (mine, task)
 }

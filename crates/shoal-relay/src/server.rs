@@ -11,7 +11,8 @@
 //! - Each connection is one task plus a writer, over a [`Link`] (a WebSocket's, or the
 //!   simulation's in-memory one); its outbound queue holds at most [`OUTBOUND_FRAMES`]
 //!   frames. Responses wait for room (the peer that does not read stops being read: its
-//!   own backpressure), at most [`SEND_DEADLINE`], then the peer is dropped; `Advanced`
+//!   own backpressure), at most [`SEND_DEADLINE`] (15 s), then the peer is dropped as dead;
+//!   after a refusal the connection is still read for 2 s, so the refusal reaches it; `Advanced`
 //!   hints never wait: when the queue is full they are merged and sent once there is room,
 //!   so a slow client costs a bounded amount of memory and catches up by cursor diff.
 //! - When the relay stops, every connection is refused with `Shutdown`.
@@ -462,8 +463,9 @@ async fn upgrade(
 }
 
 /// How long a response may wait for room in a connection's outbound queue before the
-/// peer counts as not reading, and is dropped.
-pub const SEND_DEADLINE: Duration = Duration::from_secs(30);
+/// peer counts as not reading, and is dropped: as long as a silent peer is given (the
+/// heartbeat does not tick while a send waits).
+pub const SEND_DEADLINE: Duration = Duration::from_millis(crate::session::DEAD_AFTER_MS);
 
 /// A connection's outbound side: a bounded queue to its writer, with `Advanced` hints
 /// merged while the queue is full.
@@ -499,51 +501,78 @@ impl Outbound {
     }
 }
 
+/// What the WebSocket pump hands the session for a message over the frame limit (the
+/// WebSocket layer stops reading it): an empty frame, which no client's message becomes
+/// (an empty message is handed on as an invalid tag).
+const OVER_THE_LIMIT: &[u8] = &[];
+
+/// How long a connection is still read (and what arrives dropped) after the relay's side
+/// ended, before it is closed: closing a socket with unread bytes makes the kernel reset
+/// the connection, and the peer would lose the refusal that names it.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Carries a WebSocket's binary messages over a [`Link`] until either side ends. A text
 /// message is not the protocol: it ends the connection. WebSocket pings are answered by
 /// the library (the session's own heartbeat is what detects a dead peer).
 async fn websocket_pump(socket: WebSocket, link: Link) {
     let Link { tx, mut rx } = link;
     let (mut sink, mut stream) = socket.split();
-    loop {
-        tokio::select! {
-            out = rx.recv() => match out {
-                Some(bytes) => {
-                    if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
-            },
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    if tx.send(b.to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Text(_))) => {
-                    // Handed on as bytes the session cannot decode: it refuses the peer.
-                    if tx.send(vec![0xff]).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            },
+    // Two independent directions: neither ever waits for the other (a peer that floods
+    // without reading must meet the rate limit, not a deadlock between the two queues).
+    let inbound = async move {
+        let mut tx = Some(tx);
+        while let Some(msg) = stream.next().await {
+            let bytes = match msg {
+                Ok(Message::Binary(b)) if b.is_empty() => vec![0xff],
+                Ok(Message::Binary(b)) => b.to_vec(),
+                // Handed on as bytes the session cannot decode: it refuses the peer.
+                Ok(Message::Text(_)) => vec![0xff],
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => break,
+                // The WebSocket layer enforces the frame limit itself: the session refuses
+                // by name, like every other limit (axum does not expose the error's type).
+                Err(e) if e.to_string().contains("Space limit exceeded") => OVER_THE_LIMIT.to_vec(),
+                Err(_) => break,
+            };
+            // Once the session has ended, what still arrives is read and dropped.
+            if let Some(t) = &tx
+                && t.send(bytes).await.is_err()
+            {
+                tx = None;
+            }
+        }
+    };
+    let outbound = async move {
+        while let Some(bytes) = rx.recv().await {
+            if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    };
+    tokio::pin!(inbound, outbound);
+    tokio::select! {
+        // The relay's side ended (a refusal is the last frame out): the peer is still read
+        // for a moment before the connection closes.
+        () = &mut outbound => {
+            let _ = tokio::time::timeout(LINGER, &mut inbound).await;
+        }
+        // The peer ended: what the relay still sends goes out, for a moment.
+        () = &mut inbound => {
+            let _ = tokio::time::timeout(LINGER, &mut outbound).await;
         }
     }
-    // Let the writer's last frames (a refusal) go out before closing.
-    while let Ok(bytes) = rx.try_recv() {
-        let _ = sink.send(Message::Binary(bytes.into())).await;
-    }
-    let _ = sink.close().await;
 }
 
 async fn connection(relay: Arc<Relay>, socket: WebSocket, addr: SocketAddr) {
     let (mine, theirs) = Link::pair(OUTBOUND_FRAMES);
-    let pump = tokio::spawn(websocket_pump(socket, theirs));
+    let mut pump = tokio::spawn(websocket_pump(socket, theirs));
     relay.serve_link(mine, addr.to_string()).await;
-    let _ = pump.await;
+    // A peer that reads nothing keeps the pump stuck writing to it: after the linger, the
+    // socket is dropped whatever it holds.
+    if tokio::time::timeout(LINGER + Duration::from_secs(1), &mut pump).await.is_err() {
+        pump.abort();
+    }
 }
 
 impl Relay {
@@ -603,8 +632,18 @@ impl Relay {
                 match action {
                     Action::Send(frame) => {
                         if !out.send(frame).await {
-                            tracing::info!("connection dropped: the peer does not read");
-                            relay.refused(RefuseCode::Limit);
+                            relay.refused(RefuseCode::Timeout);
+                            tracing::info!(
+                                code = ?RefuseCode::Timeout,
+                                message = %format!(
+                                    "{}: read nothing for {} s",
+                                    session.peer_name(),
+                                    SEND_DEADLINE.as_secs()
+                                ),
+                                "connection refused"
+                            );
+                            // Its queue is full: no refusal can reach it.
+                            writer.abort();
                             return;
                         }
                     }
@@ -652,6 +691,14 @@ impl Relay {
             }
             tokio::select! {
                 msg = link_rx.recv() => match msg {
+                    Some(bytes) if bytes.as_slice() == OVER_THE_LIMIT => {
+                        let msg = format!(
+                            "{}: frame over the limit of {} bytes",
+                            session.peer_name(),
+                            relay.config.limits.max_frame
+                        );
+                        pending.extend(session.refuse(RefuseCode::Limit, msg));
+                    }
                     Some(bytes) => {
                         relay.metrics.count(&relay.metrics.bytes, "in", bytes.len() as u64);
                         pending.extend(session.on_bytes(&bytes, relay.now_ms()));

@@ -311,6 +311,7 @@ impl Workspace {
             options,
             remote: Mutex::new(None),
             events: Arc::new(shoal_core::CursorBroadcast::new(PeerCursors::new())),
+            lost: Arc::new(tokio::sync::watch::Sender::new(0)),
             on_pass: Box::new(on_pass),
         };
         shoal_core::run_sync_loop(
@@ -341,6 +342,8 @@ struct RelayTarget {
     /// The live connection's announcements, forwarded (the loop subscribes once; the
     /// connection changes).
     events: Arc<shoal_core::CursorBroadcast>,
+    /// Bumped when a connection ends (wakes the loop to connect again).
+    lost: Arc<tokio::sync::watch::Sender<u64>>,
     on_pass: OnPass,
 }
 
@@ -365,18 +368,30 @@ impl SyncTarget for RelayTarget {
                     .connect_relay(&self.url)
                     .await
                     .map_err(|e| to_sync_error(&self.url, e))?;
-                // Forward this connection's announcements into the loop's stream.
+                // Forward this connection's announcements into the loop's stream; when the
+                // connection ends, wake the loop, so it connects again (with backoff) and
+                // both sides re-announce positions, instead of waiting for the next local
+                // commit or poll.
                 let events = self.events.clone();
+                let lost = self.lost.clone();
                 let mut stream = r.watch_cursors();
+                let closed = r.until_closed();
                 tokio::spawn(async move {
                     use futures::StreamExt;
-                    while let Some(ev) = stream.next().await {
-                        let c = match ev {
-                            shoal_core::CursorsEvent::Snapshot(c)
-                            | shoal_core::CursorsEvent::Advanced(c) => c,
-                        };
-                        events.publish(&c);
+                    let forward = async {
+                        while let Some(ev) = stream.next().await {
+                            let c = match ev {
+                                shoal_core::CursorsEvent::Snapshot(c)
+                                | shoal_core::CursorsEvent::Advanced(c) => c,
+                            };
+                            events.publish(&c);
+                        }
+                    };
+                    tokio::select! {
+                        () = forward => {}
+                        () = closed => {}
                     }
+                    lost.send_modify(|n| *n = n.wrapping_add(1));
                 });
                 *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
                 r
@@ -389,7 +404,17 @@ impl SyncTarget for RelayTarget {
     }
 
     fn target_events(&self) -> CursorStream {
-        self.events.subscribe()
+        use futures::StreamExt;
+        // A lost connection shows as a snapshot (which always wakes the loop).
+        let events = self.events.clone();
+        let lost = futures::stream::unfold(self.lost.subscribe(), move |mut rx| {
+            let events = events.clone();
+            async move {
+                rx.changed().await.ok()?;
+                Some((shoal_core::CursorsEvent::Snapshot(events.current()), rx))
+            }
+        });
+        futures::stream::select(self.events.subscribe(), lost).boxed()
     }
 }
 

@@ -136,8 +136,9 @@ Examples:
 Devices connect with `shoal sync --server ws://HOST:PORT` (wss:// with TLS). The relay
 serves only members of each workspace (from the workspace's own membership log), stores
 encrypted workspaces as ciphertext, and needs no data keys. Endpoints: /v1/sync (the
-protocol, docs/PROTOCOL.md), /healthz, /metrics (Prometheus). Logs go to stderr
-(RUST_LOG=debug for more). Ctrl-C or SIGTERM stops it gracefully. See docs/DEPLOY.md.")]
+protocol, docs/PROTOCOL.md), /healthz, /metrics (Prometheus). Logs go to stderr with
+SHOAL_LOG=shoal_relay=info (refusals, stalls; =debug for every connection). Ctrl-C or
+SIGTERM stops it gracefully. See docs/DEPLOY.md.")]
     Serve(ServeArgs),
 
     /// Show the workspace, every origin's progress, stalls, the last sync and conflicts.

@@ -29,15 +29,15 @@ const PROGRESS_THRESHOLD: u64 = 500;
 
 /// `shoal sync`.
 pub async fn run(ctx: &mut Ctx, a: SyncArgs) -> Result<Outcome> {
+    if let Some(url) = &a.server {
+        super::relay::check_url(url)?;
+    }
     let ws = ctx.open()?;
     let direction = match (a.pull_only, a.push_only) {
         (true, _) => Direction::PullOnly,
         (_, true) => Direction::PushOnly,
         _ => Direction::Both,
     };
-    if let Some(url) = &a.server {
-        super::relay::check_url(url)?;
-    }
     match (&a.folder, &a.server) {
         (Some(folder), Some(url)) => both(ctx, &ws, folder, url, &a, direction).await,
         (None, Some(url)) => super::relay::sync(ctx, &ws, url, &a, direction).await,
