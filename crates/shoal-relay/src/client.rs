@@ -342,11 +342,8 @@ fn websocket_link(ws: Ws) -> (Link, JoinHandle<()>) {
         let inbound = async move {
             while let Some(Ok(msg)) = stream.next().await {
                 match msg {
-                    Message::Binary(b) => {
-                        if tx.send(b.to_vec()).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(b) if tx.send(b.to_vec()).await.is_err() => break,
+                    Message::Binary(_) => {}
                     // Not the protocol: end the connection (the other side is broken).
                     Message::Text(_) | Message::Close(_) => break,
                     _ => {}
