@@ -225,6 +225,16 @@ impl Workspace {
         Error::Sync(e)
     }
 
+    /// The last successful relay sync, if any (`LastSync::with` is the relay's URL).
+    pub fn last_relay_sync(&self) -> Result<Option<crate::LastSync>> {
+        let Some(bytes) = self.replica().meta(crate::folder::LAST_RELAY_SYNC)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let Some((at, with)) = text.split_once('\t') else { return Ok(None) };
+        Ok(at.parse().ok().map(|at_millis| crate::LastSync { at_millis, with: with.to_owned() }))
+    }
+
     /// Records a successful sync with the relay at `url` now.
     fn record_relay_sync(&self, url: &str) -> Result<()> {
         let now = std::time::SystemTime::now()

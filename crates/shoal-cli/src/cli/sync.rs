@@ -529,7 +529,11 @@ impl PassWatcher {
 pub async fn status(ctx: &mut Ctx, a: StatusArgs) -> Result<Outcome> {
     let ws = ctx.open()?;
     let st = ws.status()?;
-    let last = ws.last_sync()?;
+    // The most recent of the last folder sync and the last relay sync.
+    let last = match (ws.last_sync()?, ws.last_relay_sync()?) {
+        (Some(f), Some(r)) => Some(if r.at_millis > f.at_millis { r } else { f }),
+        (f, r) => f.or(r),
+    };
     let mut bad_files = Vec::new();
     let mut folder: Option<PeerCursors> = None;
     if let Some(dir) = &a.folder {
