@@ -269,8 +269,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// (e.g. `SHOAL_LOG=debug`): by default the commands report problems themselves.
 fn init_tracing() {
     if let Ok(filter) = std::env::var("SHOAL_LOG") {
+        use std::io::IsTerminal;
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            // Colours only for a person at a terminal: a relay's log file stays plain text.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .try_init();
     }
