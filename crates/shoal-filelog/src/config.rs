@@ -54,6 +54,12 @@ pub struct Config {
     /// Failures of an unchanged file after which it appears in the status (before that,
     /// or while it keeps changing, it is presumed to be an upload in progress). Default 3.
     pub report_after: u32,
+    /// Carry other origins' entries into the folder: after publishing its own log, a
+    /// mirror that pushes writes, inside its own directory (`carried-<origin>-….seg` files),
+    /// every other origin's entries the local replica holds beyond what the folder holds
+    /// of that origin (all directories considered), so that a device syncing with both a
+    /// folder and a relay bridges them. Default true.
+    pub carry: bool,
     /// Faults injected at the folder's file-system steps (simulations only; none by
     /// default). See [`crate::faults`].
     pub faults: Faults,
@@ -74,6 +80,7 @@ impl Default for Config {
             retry_initial: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
             report_after: 3,
+            carry: true,
             faults: Faults::default(),
         }
     }

@@ -1,8 +1,11 @@
 //! Where things live in a shared folder, and which names count.
 //!
 //! Owns: the directory layout `<folder>/<workspace hex>/<origin hex>/<first>-<last>.seg`
-//! ([`SegmentName`], [`Layout`]), the name of the temporary files a sink writes before it
-//! renames them into place, and the listing of one origin directory ([`list_segments`]).
+//! ([`SegmentName`], [`Layout`]), the carried segments a device keeps inside its own
+//! directory (`<origin hex>/carried-<other origin hex>-<first>-<last>.seg`, [`CarriedName`],
+//! [`CarriedPath`]), the name of the temporary files a sink writes before it renames them
+//! into place, and the listing of one directory's own segments ([`list_segments`]) and
+//! carried ones ([`list_carried`]).
 //!
 //! Invariants: a name is *canonical* only in exactly one spelling — ids as 32 lowercase hex
 //! digits, indices as 20 zero-padded decimal digits (`u64::MAX` has 20), `first <= last`,
@@ -25,6 +28,11 @@ pub const SEGMENT_SUFFIX: &str = ".seg";
 pub const INDEX_DIGITS: usize = 20;
 /// The suffix of a sink's temporary files (`.<first>-<last>.seg.<16 hex>.tmp`).
 pub const TEMP_SUFFIX: &str = ".tmp";
+/// The prefix of carried segment files in a device's own directory
+/// (`carried-<origin hex>-<first:020>-<last:020>.seg`). Readers older than carrying ignore
+/// them: such a name is not a canonical segment name. (Files, not a subdirectory: every
+/// tool that moves a device's directory file by file moves them too.)
+pub const CARRIED_PREFIX: &str = "carried-";
 
 /// The index range of a segment, as its canonical file name spells it:
 /// `<first:020>-<last:020>.seg`, e.g. `00000000000000000000-00000000000000000041.seg`.
@@ -97,15 +105,21 @@ pub fn temp_name(name: &SegmentName, random: [u8; 8]) -> String {
     format!(".{}.{}{TEMP_SUFFIX}", name.file_name(), hex::encode(random))
 }
 
-/// True for a name [`temp_name`] produces (used by a sink to clean up after a crash in its
-/// own directory only).
+/// The temporary name a carrier writes the carried segment `name` under (as
+/// [`temp_name`]).
+pub fn carried_temp_name(name: &CarriedName, random: [u8; 8]) -> String {
+    format!(".{}.{}{TEMP_SUFFIX}", name.file_name(), hex::encode(random))
+}
+
+/// True for a name [`temp_name`] or [`carried_temp_name`] produces (used by a sink to
+/// clean up after a crash in its own directory only).
 pub fn is_temp_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.') else { return false };
     let Some(rest) = rest.strip_suffix(TEMP_SUFFIX) else { return false };
     let Some((seg, random)) = rest.rsplit_once('.') else { return false };
     random.len() == 16
         && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && SegmentName::parse(seg).is_some()
+        && (SegmentName::parse(seg).is_some() || CarriedName::parse(seg).is_some())
 }
 
 /// The paths of one workspace in one shared folder.
@@ -141,6 +155,49 @@ impl Layout {
         self.workspace_dir().join(origin.to_hex())
     }
 
+    /// `<folder>/<workspace hex>/<carrier hex>/carried-<origin hex>-<first>-<last>.seg`: a
+    /// segment of `carrier`'s copy of `origin`'s log.
+    pub fn carried_path(&self, carrier: &PeerId, origin: &PeerId, name: &SegmentName) -> PathBuf {
+        self.origin_dir(carrier).join(CarriedName { origin: *origin, name: *name }.file_name())
+    }
+
+    /// The segments of `carrier`'s copy of `origin`'s log, sorted by range (empty for the
+    /// carrier's own origin: a device never carries itself).
+    pub fn carried_files(&self, carrier: &PeerId, origin: &PeerId) -> io::Result<Vec<SegmentFile>> {
+        if carrier == origin {
+            return Ok(Vec::new());
+        }
+        list_carried(&self.origin_dir(carrier), Some(origin))
+            .map(|files| files.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// The device directories of the workspace (canonical names, real directories; symbolic
+    /// links are skipped as everywhere), sorted. A missing workspace directory lists as empty.
+    pub fn device_dirs(&self) -> io::Result<Vec<PeerId>> {
+        list_id_dirs(&self.workspace_dir())
+    }
+
+    /// The origins `carrier` carries (those with a carried segment in its directory),
+    /// sorted; never `carrier` itself.
+    pub fn carried_origins(&self, carrier: &PeerId) -> io::Result<Vec<PeerId>> {
+        let files = list_carried(&self.origin_dir(carrier), None)?;
+        let set: std::collections::BTreeSet<PeerId> =
+            files.into_iter().map(|(o, _)| o).filter(|o| o != carrier).collect();
+        Ok(set.into_iter().collect())
+    }
+
+    /// The devices whose directory holds carried segments of `origin`, sorted; never
+    /// `origin` itself.
+    pub fn carriers_of(&self, origin: &PeerId) -> io::Result<Vec<PeerId>> {
+        let mut out = Vec::new();
+        for c in self.device_dirs()? {
+            if !self.carried_files(&c, origin)?.is_empty() {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     /// The path of a segment of `origin`.
     pub fn segment_path(&self, origin: &PeerId, name: &SegmentName) -> PathBuf {
         self.origin_dir(origin).join(name.file_name())
@@ -158,6 +215,135 @@ impl Layout {
                 Err("does not exist (moved, deleted or not mounted?)".into())
             }
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The canonically named real directories in `dir`, as ids, sorted.
+fn list_id_dirs(dir: &Path) -> io::Result<Vec<PeerId>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(id) = entry.file_name().to_str().and_then(parse_id_dir) else { continue };
+        // `DirEntry::file_type` does not follow symlinks.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(PeerId::from_bytes(id));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The file name of a carried segment: `carried-<origin hex>-<first:020>-<last:020>.seg`,
+/// a segment of `origin`'s log kept in another device's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CarriedName {
+    /// The origin whose entries the file holds.
+    pub origin: PeerId,
+    /// Its range.
+    pub name: SegmentName,
+}
+
+impl CarriedName {
+    /// Parses a canonical carried file name; `None` for anything else.
+    pub fn parse(file_name: &str) -> Option<CarriedName> {
+        let rest = file_name.strip_prefix(CARRIED_PREFIX)?;
+        let (hex, seg) = (rest.get(..32)?, rest.get(32..)?);
+        let origin = PeerId::from_bytes(parse_id_dir(hex)?);
+        Some(CarriedName { origin, name: SegmentName::parse(seg.strip_prefix('-')?)? })
+    }
+
+    /// The canonical file name.
+    pub fn file_name(&self) -> String {
+        format!("{CARRIED_PREFIX}{}-{}", self.origin.to_hex(), self.name.file_name())
+    }
+}
+
+/// Lists the canonical carried segment files in the device directory `dir` (of `origin`
+/// only, if given), sorted by origin and range. Everything else is skipped, as in
+/// [`list_segments`]; a missing directory lists as empty.
+pub fn list_carried(dir: &Path, origin: Option<&PeerId>) -> io::Result<Vec<(PeerId, SegmentFile)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(carried) = file_name.to_str().and_then(CarriedName::parse) else { continue };
+        if origin.is_some_and(|o| *o != carried.origin) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow symlinks: a symlink is not a segment.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let file =
+            SegmentFile { name: carried.name, path: entry.path(), stamp: FileStamp::of(&meta) };
+        out.push((carried.origin, file));
+    }
+    out.sort_by_key(|(o, f)| (*o, f.name));
+    Ok(out)
+}
+
+/// A segment path inside a workspace directory, as the layout spells it: either a
+/// device's own segment (`<origin>/<first>-<last>.seg`) or a carried one
+/// (`<carrier>/carried-<origin>-<first>-<last>.seg`). Used to name and check files; the
+/// puller never guesses a place from a path it did not build itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarriedPath {
+    /// The device whose directory holds the file (the origin itself for an own segment).
+    pub holder: PeerId,
+    /// The origin whose entries the file holds.
+    pub origin: PeerId,
+    /// Its range.
+    pub name: SegmentName,
+}
+
+impl CarriedPath {
+    /// Parses a path relative to the workspace directory, `/`-separated; `None` for
+    /// anything that is not exactly one of the two canonical forms (a carried copy of the
+    /// holder's own origin included).
+    pub fn parse(rel: &str) -> Option<CarriedPath> {
+        let (holder, file) = rel.split_once('/')?;
+        let holder = PeerId::from_bytes(parse_id_dir(holder)?);
+        if let Some(name) = SegmentName::parse(file) {
+            return Some(CarriedPath { holder, origin: holder, name });
+        }
+        let carried = CarriedName::parse(file)?;
+        (carried.origin != holder).then_some(CarriedPath {
+            holder,
+            origin: carried.origin,
+            name: carried.name,
+        })
+    }
+
+    /// True for a carried copy (held by another device than its origin).
+    pub fn is_carried(&self) -> bool {
+        self.holder != self.origin
+    }
+
+    /// The canonical relative path.
+    pub fn to_rel(&self) -> String {
+        match self.is_carried() {
+            false => format!("{}/{}", self.holder.to_hex(), self.name.file_name()),
+            true => format!(
+                "{}/{}",
+                self.holder.to_hex(),
+                CarriedName { origin: self.origin, name: self.name }.file_name()
+            ),
         }
     }
 }
@@ -304,6 +490,84 @@ mod tests {
         assert!(parse_id_dir(&"ab".repeat(16)).is_some());
         assert!(parse_id_dir(&"AB".repeat(16)).is_none());
         assert!(parse_id_dir("abc").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn carried_paths_round_trip(
+            holder in proptest::prelude::any::<[u8; 16]>(),
+            origin in proptest::prelude::any::<[u8; 16]>(),
+            first in 0u64..1000,
+            len in 0u64..1000,
+        ) {
+            let name = SegmentName { first, last: first + len };
+            let (holder, origin) = (PeerId::from_bytes(holder), PeerId::from_bytes(origin));
+            let p = CarriedPath { holder, origin, name };
+            let parsed = CarriedPath::parse(&p.to_rel());
+            if holder == origin {
+                proptest::prop_assert_eq!(parsed, Some(p));
+                proptest::prop_assert!(!p.is_carried());
+            } else {
+                proptest::prop_assert_eq!(parsed, Some(p));
+                proptest::prop_assert!(p.is_carried());
+            }
+        }
+
+        #[test]
+        fn arbitrary_paths_parse_only_canonically(rel in "[0-9a-fA-F/.carieds-]{0,120}") {
+            if let Some(p) = CarriedPath::parse(&rel) {
+                proptest::prop_assert_eq!(p.to_rel(), rel);
+            }
+        }
+
+        #[test]
+        fn carried_names_parse_only_canonically(
+            name in "(carried-)?[0-9a-f]{0,34}-?[0-9]{0,21}-?[0-9]{0,21}(\\.seg)?"
+        ) {
+            if let Some(c) = CarriedName::parse(&name) {
+                proptest::prop_assert_eq!(c.file_name(), name.clone());
+                proptest::prop_assert!(SegmentName::parse(&name).is_none());
+            }
+        }
+
+        #[test]
+        fn carried_names_round_trip(
+            origin in proptest::prelude::any::<[u8; 16]>(),
+            first in 0u64..u64::MAX,
+            len in 0u64..10,
+        ) {
+            let name = SegmentName { first, last: first.saturating_add(len) };
+            let c = CarriedName { origin: PeerId::from_bytes(origin), name };
+            proptest::prop_assert_eq!(CarriedName::parse(&c.file_name()), Some(c));
+            // Older readers see no segment in it, and its temporary name is recognised.
+            proptest::prop_assert!(SegmentName::parse(&c.file_name()).is_none());
+            let t = carried_temp_name(&c, [7; 8]);
+            proptest::prop_assert!(is_temp_name(&t));
+            proptest::prop_assert!(CarriedName::parse(&t).is_none());
+        }
+    }
+
+    #[test]
+    fn carried_paths_reject_everything_else() {
+        let a = "ab".repeat(16);
+        let b = "cd".repeat(16);
+        let seg = SegmentName { first: 0, last: 9 }.file_name();
+        assert!(CarriedPath::parse(&format!("{a}/carried-{b}-{seg}")).is_some());
+        assert!(CarriedPath::parse(&format!("{a}/{seg}")).is_some());
+        for bad in [
+            format!("{a}/carried-{a}-{seg}"),
+            format!("{a}/Carried-{b}-{seg}"),
+            format!("{a}/carried-{b}/{seg}"),
+            format!("{a}/carried/{b}/{seg}"),
+            format!("{a}/carried-{}-{seg}", b.to_uppercase()),
+            format!("{a}/carried-{b}-{seg}.tmp"),
+            format!("{a}/carried-{b}{seg}"),
+            format!("{a}/carried--{seg}"),
+            format!("/{a}/{seg}"),
+            format!("{a}/{seg}/"),
+        ] {
+            assert_eq!(CarriedPath::parse(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -28,11 +28,17 @@
 //! - [`Mirror`] pairs a folder with a local device replica (any
 //!   `Arc<dyn Replica<Entry>>`) and runs the core drivers `publish` and `pull`, once
 //!   ([`Mirror::sync_once`]) or continuously ([`Mirror::run`]), with a [`MirrorStatus`].
+//! - [`CarrySink`] writes, inside the device's own directory only
+//!   (`<own>/carried-<origin>-<first>-<last>.seg`), copies of other origins' logs the
+//!   device holds from elsewhere (a relay), unchanged and sealed by their origins; readers
+//!   take an origin's entries from its own directory first and from carried copies beyond
+//!   it. The mirror carries after publishing ([`Config::carry`]), so a device syncing with
+//!   a folder and a relay bridges them, each entry once.
 //! - [`segment`] is the byte format (`docs/FORMAT.md` §4); [`layout`] the names.
 //!
-//! What this crate never does: write another device's log, create the shared folder
-//! itself (a missing folder is reported as unavailable, never replaced by an empty one),
-//! trust a byte it has not verified, or load a whole log into memory. Behaviour and
+//! What this crate never does: write into another device's directory, create the shared
+//! folder itself (a missing folder is reported as unavailable, never replaced by an empty
+//! one), trust a byte it has not verified, or load a whole log into memory. Behaviour and
 //! policies are described for users in `docs/FILELOG.md`.
 //!
 //! # Example: two devices sync through a folder
@@ -60,6 +66,7 @@
 //! # Ok(()) }
 //! ```
 
+mod carry;
 mod config;
 pub mod faults;
 pub mod fork;
@@ -72,8 +79,9 @@ pub mod segment;
 mod sink;
 mod watch;
 
+pub use carry::{Carried, CarrySink};
 pub use config::Config;
 pub use mirror::{ForkedOrigin, Mirror, MirrorStatus, OriginStatus, StalledOrigin, SyncReport};
 pub use puller::{BadFile, FolderPuller};
-pub use replica::FolderReplica;
+pub use replica::{CarryReport, FolderReplica};
 pub use sink::FolderSink;

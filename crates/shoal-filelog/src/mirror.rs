@@ -8,8 +8,10 @@
 //! Invariants:
 //! - A pass is: publish (core [`shoal_core::publish`], local -> folder, own origin only),
 //!   then pull (core [`shoal_core::pull`], folder -> local, every origin where the folder is
-//!   ahead). Passes never overlap. The cursor diff is the truth; wake-ups only say when to
-//!   look.
+//!   ahead), then — when the mirror pushes and [`Config::carry`] is on — carry
+//!   ([`FolderReplica::carry_from`]: every other origin's entries the local replica holds
+//!   beyond the folder's copy, into this device's own directory). Passes never overlap.
+//!   The cursor diff is the truth; wake-ups only say when to look.
 //! - Wake-ups: the local replica's cursor stream (a commit of the device's own origin),
 //!   the folder's (file events or polling), the earliest retry of a bad file, and
 //!   `poll_interval` as a safety net. After a local commit the loop waits `debounce`, so
@@ -21,8 +23,8 @@
 //! - One bad origin never blocks the others: the pull driver stalls it and the status
 //!   says where and why.
 //!
-//! Never: writes another origin's log into the folder, or holds more than the drivers'
-//! pages in memory.
+//! Never: writes into another device's directory (other origins' entries are carried only
+//! inside the device's own, unchanged), or holds more than the drivers' pages in memory.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -126,6 +128,8 @@ pub struct SyncReport {
     pub pulled: u64,
     /// Entries the local replica already had.
     pub duplicates: u64,
+    /// Other origins' entries carried into the folder (see [`Config::carry`]).
+    pub carried: u64,
     /// Origins that could not advance, with why.
     pub stalled: Vec<(PeerId, String)>,
 }
@@ -233,24 +237,48 @@ impl Mirror {
         if let Ok(n) = &published {
             report.published = *n;
         }
+        // Carry what this device holds of other origins beyond the folder's copy (entries
+        // from a relay), once its own log is published; never while that failed (a fork).
+        let carry = self.direction.pushes() && self.folder.config().carry && published.is_ok();
+        let carried = match carry {
+            true => self.folder.carry_from(self.local.clone()).await,
+            false => Ok(crate::replica::CarryReport::default()),
+        };
+        let local_cursors = self.local.cursors().await.unwrap_or_default();
+        let layout = Layout::new(self.folder.folder().to_owned(), self.folder.workspace());
+        // Name where refused entries came from: a file problem names its file already; an
+        // entry the ingest pipeline rejected is named by the file a read at the origin's
+        // position uses (its own directory's, or a carried copy's), else its directory.
+        let source = |o: &PeerId| {
+            let puller = self.folder.puller();
+            puller
+                .file_for(*o, local_cursors.get(o))
+                .unwrap_or_else(|| layout.origin_dir(o))
+                .display()
+                .to_string()
+        };
         if let Ok(r) = &pulled {
             report.pulled = r.new;
             report.duplicates = r.duplicates;
-            // Name where the refused entries came from: a file problem names its file
-            // already; an entry the ingest pipeline rejected is named by its origin's
-            // directory in this folder.
-            let layout = Layout::new(self.folder.folder().to_owned(), self.folder.workspace());
             report.stalled = r
                 .stalled
                 .iter()
                 .map(|(o, e)| match e {
                     SyncError::Malformed { .. } => (*o, e.to_string()),
-                    _ => (*o, format!("{}: {e}", layout.origin_dir(o).display())),
+                    _ => (*o, format!("{}: {e}", source(o))),
                 })
                 .collect();
         }
+        if let Ok(c) = &carried {
+            report.carried = c.carried;
+            for (o, e) in &c.refused {
+                if !report.stalled.iter().any(|(s, _)| s == o) {
+                    let dir = layout.origin_dir(&self.folder.origin());
+                    report.stalled.push((*o, format!("cannot carry into {}: {e}", dir.display())));
+                }
+            }
+        }
         let folder_cursors = self.folder.cursors().await.unwrap_or_default();
-        let local_cursors = self.local.cursors().await.unwrap_or_default();
         // The folder ahead of this device in its own log, with entries that do not continue
         // it: the same fork the publication checks for, seen from the other side.
         let own = self.folder.origin();
@@ -269,7 +297,7 @@ impl Mirror {
                 .map_or(dir, |f| f.path);
             SyncError::Forked { origin: own, index, source_name: file.display().to_string() }
         });
-        let error = published.err().or(fork).or(pulled.err());
+        let error = published.err().or(fork).or(pulled.err()).or(carried.err());
         self.update_status(&report, &folder_cursors, &local_cursors, error.as_ref());
         match error {
             Some(e) => Err(e),

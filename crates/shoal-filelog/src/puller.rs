@@ -22,23 +22,35 @@
 //!   index 0, and the segment that ends that reach (the *tip*) passed the envelope,
 //!   checksum and head-signature check ([`SegmentTip::check`]). Interior segments are
 //!   fully verified when they are read.
+//! - An origin's segments are those of its own directory and of every *carried* copy of it
+//!   (`<carrier>/carried-<origin>-<range>.seg`, written by devices that carry it from
+//!   elsewhere, [`crate::CarrySink`]). A carried segment is verified exactly like an own
+//!   one (the origin's signed head and seals; the carrier signs nothing), and the folder's
+//!   cursor of an origin is the reach of all of them together. A page is read from the
+//!   origin's own directory whenever a good own file covers its first index, and from a
+//!   carried copy only beyond that: a bad carried file is reported by its path and never
+//!   stops the own directory from being read. A device directory that cannot be listed for
+//!   carried files is skipped (its problem is reported under its own origin).
 //!
 //! Never: writes, renames or deletes anything in the folder; holds more than
 //! [`Config::cached_segments`] decoded segments; loads a whole log.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use shoal_core::codec::{DecodeError, DecodeProblem};
-use shoal_core::{Entry, FileLogPuller, PAGE_BYTES, PeerCursors, PeerId, SyncError, WorkspaceId};
+use shoal_core::{
+    ChainPosition, Entry, FileLogPuller, PAGE_BYTES, PeerCursors, PeerId, SyncError, WorkspaceId,
+};
 
 use crate::config::Config;
 use crate::fsutil::read_segment_file;
-use crate::layout::{FileStamp, Layout, SegmentFile, coverage_path, list_segments, parse_id_dir};
+use crate::layout::{
+    CarriedName, FileStamp, Layout, SegmentFile, SegmentName, coverage_path, list_segments,
+};
 use crate::segment::{Expected, Segment, SegmentProblem, SegmentTip};
 
 /// A file in the folder that could not be used, as shown in a status.
@@ -182,21 +194,58 @@ impl FolderPuller {
         Ok(out)
     }
 
-    /// How far the folder holds `origin`'s log (see [`FolderPuller::cursors`]).
+    /// How far the folder holds `origin`'s log (see [`FolderPuller::cursors`]): its own
+    /// directory and every carried copy together.
     pub fn origin_cursor(&self, origin: PeerId) -> Result<u64, SyncError> {
-        let files = self.list(origin)?;
+        Ok(self.origin_position(origin)?.next)
+    }
+
+    /// Where the folder's copy of `origin`'s log ends, with the chain there (from the
+    /// verified head of the tip segment; the origin's start position for an empty log). A
+    /// carrier continues a carried log from here, so what it writes links to what the
+    /// folder already holds.
+    pub fn origin_position(&self, origin: PeerId) -> Result<ChainPosition, SyncError> {
+        let files = self.list(origin)?.all();
         let mut excluded: HashSet<PathBuf> =
             files.iter().filter(|f| self.in_backoff(f).is_some()).map(|f| f.path.clone()).collect();
         loop {
             let (path, next) = coverage_path(&files, |f| f.name, |f| !excluded.contains(&f.path));
-            let Some(tip) = path.last() else { return Ok(0) };
+            let Some(tip) = path.last() else {
+                return Ok(ChainPosition::start(&self.layout.workspace(), &origin));
+            };
             match self.check_tip(origin, tip) {
-                Ok(()) => return Ok(next),
-                Err(_) => {
+                Ok(t) if t.head.next == next => {
+                    return Ok(ChainPosition { next, chain: t.head.chain });
+                }
+                // A verified head always ends its file's range; anything else is a bug in
+                // the check, and the file is passed over rather than trusted.
+                Ok(_) | Err(_) => {
                     excluded.insert(tip.path.clone());
                 }
             }
         }
+    }
+
+    /// Every canonical segment file of `origin`: its own directory's, then those of every
+    /// carried copy (by carrier), each sorted by range. For a full check of a folder
+    /// (`shoal verify --folder`): each can be read with [`FolderPuller::read_segment`].
+    pub fn segment_files(&self, origin: PeerId) -> Result<Vec<SegmentFile>, SyncError> {
+        let listing = self.list(origin)?;
+        Ok(listing.own.into_iter().chain(listing.carried).collect())
+    }
+
+    /// The file a read of `origin` at `index` would use: a good own file covering it if
+    /// there is one, else a good carried one, else any covering file. Names where an entry
+    /// that a replica refused came from.
+    pub fn file_for(&self, origin: PeerId, index: u64) -> Option<PathBuf> {
+        let listing = self.list(origin).ok()?;
+        let (own, carried) = (covering(&listing.own, index), covering(&listing.carried, index));
+        let good = |f: &&&SegmentFile| !self.lock().bad.contains_key(&f.path);
+        own.iter()
+            .find(good)
+            .or_else(|| carried.iter().find(good))
+            .or_else(|| own.first().or(carried.first()))
+            .map(|f| f.path.clone())
     }
 
     /// Bad files that failed at least [`Config::report_after`] times, by path.
@@ -243,33 +292,88 @@ impl FolderPuller {
         }
     }
 
-    fn list(&self, origin: PeerId) -> Result<Vec<SegmentFile>, SyncError> {
+    /// The segment files of `origin`: its own directory's (an error if that cannot be
+    /// listed) and every carried copy's (one that cannot be listed is recorded and skipped).
+    fn list(&self, origin: PeerId) -> Result<Listing, SyncError> {
         let dir = self.layout.origin_dir(&origin);
-        match list_segments(&dir) {
+        let own = match list_segments(&dir) {
             Ok(files) => {
                 self.forget_missing(&dir, &files);
-                Ok(files)
+                files
             }
             Err(e) => {
                 self.check_root()?;
                 let problem = FileProblem::Io(e.to_string());
                 let err = problem.to_sync_error(&dir);
                 self.record_failure(origin, &dir, None, problem);
-                Err(err)
+                return Err(err);
+            }
+        };
+        let devices = match self.layout.device_dirs() {
+            Ok(d) => d,
+            Err(e) => {
+                self.check_root()?;
+                tracing::debug!(%origin, error = %e, "cannot list the device directories");
+                Vec::new()
+            }
+        };
+        let mut carried = Vec::new();
+        let mut listed = HashSet::new();
+        for carrier in devices.iter().filter(|c| **c != origin) {
+            let cdir = self.layout.origin_dir(carrier);
+            match self.layout.carried_files(carrier, &origin) {
+                Ok(files) => {
+                    self.forget_missing_carried(origin, &cdir, &files);
+                    carried.extend(files);
+                    listed.insert(cdir);
+                }
+                // Skipped: it is the carrier's own directory, whose problem is reported
+                // under the carrier's origin when that is read.
+                Err(e) => {
+                    tracing::debug!(%origin, dir = %cdir.display(), error = %e, "cannot list carried files")
+                }
             }
         }
+        // Carried files of directories that are gone altogether: forget what was recorded.
+        let keep =
+            |p: &Path| p == dir || p.parent().is_some_and(|d| d == dir || listed.contains(d));
+        self.lock().bad.retain(|p, r| r.origin != origin || keep(p));
+        Ok(Listing { own, carried })
     }
 
     /// Drops what was remembered about files of `dir` that are gone.
     fn forget_missing(&self, dir: &Path, files: &[SegmentFile]) {
         let present: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-        let gone = |p: &PathBuf| p.parent() == Some(dir) && !present.contains(p.as_path());
+        // Only the directory's own segments: carried files in it belong to other origins.
+        let gone = |p: &PathBuf| {
+            p.parent() == Some(dir)
+                && !present.contains(p.as_path())
+                && p.file_name().and_then(|n| n.to_str()).and_then(SegmentName::parse).is_some()
+        };
         let mut st = self.lock();
         st.tips.retain(|p, _| !gone(p));
         st.bad.retain(|p, _| !gone(p));
         st.segments.retain(|(p, _, _)| !gone(p));
         // The directory itself listed fine.
         st.bad.remove(dir);
+    }
+
+    /// [`FolderPuller::forget_missing`] for the carried files of `origin` in the device
+    /// directory `dir` (whose own files are left alone).
+    fn forget_missing_carried(&self, origin: PeerId, dir: &Path, files: &[SegmentFile]) {
+        let present: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        let gone = |p: &PathBuf| {
+            p.parent() == Some(dir)
+                && !present.contains(p.as_path())
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(CarriedName::parse)
+                    .is_some_and(|c| c.origin == origin)
+        };
+        let mut st = self.lock();
+        st.tips.retain(|p, _| !gone(p));
+        st.bad.retain(|p, _| !gone(p));
+        st.segments.retain(|(p, _, _)| !gone(p));
     }
 
     /// The cached problem of a file that failed and is not due for another read: same
@@ -284,11 +388,11 @@ impl FolderPuller {
         Expected { workspace: self.layout.workspace(), origin, name: Some(file.name) }
     }
 
-    fn check_tip(&self, origin: PeerId, file: &SegmentFile) -> Result<(), Load> {
-        if let Some((stamp, _)) = self.lock().tips.get(&file.path)
+    fn check_tip(&self, origin: PeerId, file: &SegmentFile) -> Result<SegmentTip, Load> {
+        if let Some((stamp, tip)) = self.lock().tips.get(&file.path)
             && *stamp == file.stamp
         {
-            return Ok(());
+            return Ok(*tip);
         }
         let (bytes, stamp) = self.read(origin, file)?;
         match SegmentTip::check(&bytes, &self.expected(origin, file)) {
@@ -296,7 +400,7 @@ impl FolderPuller {
                 let mut st = self.lock();
                 st.tips.insert(file.path.clone(), (stamp, tip));
                 st.bad.remove(&file.path);
-                Ok(())
+                Ok(tip)
             }
             Err(p) => {
                 let problem = FileProblem::Segment(p);
@@ -399,24 +503,22 @@ impl FolderPuller {
 }
 
 impl FileLogPuller for FolderPuller {
+    /// Every origin with a directory of its own, and every origin some device carries.
     fn list_peers(&self) -> Result<Vec<PeerId>, SyncError> {
         self.check_root()?;
         let dir = self.layout.workspace_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.unavailable(format!("{}: {e}", dir.display()))),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| self.unavailable(format!("{}: {e}", dir.display())))?;
-            let Some(id) = entry.file_name().to_str().and_then(parse_id_dir) else { continue };
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(PeerId::from_bytes(id));
+        let devices = self
+            .layout
+            .device_dirs()
+            .map_err(|e| self.unavailable(format!("{}: {e}", dir.display())))?;
+        let mut out: BTreeSet<PeerId> = devices.iter().copied().collect();
+        for carrier in &devices {
+            match self.layout.carried_origins(carrier) {
+                Ok(origins) => out.extend(origins),
+                Err(e) => tracing::debug!(%carrier, error = %e, "cannot list carried origins"),
             }
         }
-        out.sort();
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     fn read_entries(&self, origin: PeerId, from: u64, max: usize) -> Result<Vec<Entry>, SyncError> {
@@ -424,18 +526,19 @@ impl FileLogPuller for FolderPuller {
         // list again then. Three rounds are plenty: each round sees a newer directory.
         let mut last_error = None;
         for _ in 0..3 {
-            let files = self.list(origin)?;
-            let mut covering: Vec<&SegmentFile> =
-                files.iter().filter(|f| f.name.contains(from)).collect();
-            if covering.is_empty() {
+            let listing = self.list(origin)?;
+            // The origin's own directory first; carried copies only where it has no good
+            // file covering `from`.
+            let files: Vec<&SegmentFile> = covering(&listing.own, from)
+                .into_iter()
+                .chain(covering(&listing.carried, from))
+                .collect();
+            if files.is_empty() {
                 return Ok(Vec::new());
             }
-            // Prefer the file reaching furthest (fewest files to read), then the one
-            // starting closest to `from` (least to skip).
-            covering.sort_by_key(|f| std::cmp::Reverse((f.name.last, f.name.first)));
             let mut vanished = false;
             let mut first_bad: Option<SyncError> = None;
-            for file in covering {
+            for file in files {
                 if let Some(problem) = self.in_backoff(file) {
                     first_bad.get_or_insert_with(|| problem.to_sync_error(&file.path));
                     continue;
@@ -458,6 +561,26 @@ impl FileLogPuller for FolderPuller {
             reason: "its files kept disappearing while being read".into(),
         }))
     }
+}
+
+/// The segment files of one origin: its own directory's and every carried copy's.
+struct Listing {
+    own: Vec<SegmentFile>,
+    carried: Vec<SegmentFile>,
+}
+
+impl Listing {
+    fn all(self) -> Vec<SegmentFile> {
+        self.own.into_iter().chain(self.carried).collect()
+    }
+}
+
+/// The files of `files` containing `index`: the one reaching furthest first (fewest files
+/// to read), then the one starting closest to `index` (least to skip).
+fn covering(files: &[SegmentFile], index: u64) -> Vec<&SegmentFile> {
+    let mut out: Vec<&SegmentFile> = files.iter().filter(|f| f.name.contains(index)).collect();
+    out.sort_by_key(|f| std::cmp::Reverse((f.name.last, f.name.first)));
+    out
 }
 
 /// Entries of `seg` from `from`: about `max` of them or [`PAGE_BYTES`] of payload, whichever

@@ -26,6 +26,7 @@ use shoal_core::{
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::carry::CarrySink;
 use crate::config::Config;
 use crate::layout::Layout;
 use crate::puller::{BadFile, FolderPuller};
@@ -49,6 +50,8 @@ struct Inner {
     /// Opened on first use, so a folder that is missing at start (an unmounted share)
     /// delays publishing instead of failing construction.
     sink: Mutex<Option<FolderSink>>,
+    /// The carried logs' writer, opened on first use like the sink.
+    carry: Mutex<Option<CarrySink>>,
     broadcast: CursorBroadcast,
     wake: Arc<Notify>,
     watcher: Mutex<Option<JoinHandle<()>>>,
@@ -90,6 +93,36 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn with_carry<T>(
+        &self,
+        f: impl FnOnce(&mut CarrySink) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let mut slot = lock(&self.carry);
+        match &mut *slot {
+            Some(c) => f(c),
+            None => {
+                let c = CarrySink::open(
+                    self.layout.root(),
+                    self.layout.workspace(),
+                    &self.key,
+                    self.config.clone(),
+                )?;
+                f(slot.insert(c))
+            }
+        }
+    }
+}
+
+/// What [`FolderReplica::carry_from`] did.
+#[derive(Debug, Default)]
+pub struct CarryReport {
+    /// Entries carried into the folder, over all origins.
+    pub carried: u64,
+    /// Origins whose entries could not be carried (all or some), with why.
+    pub refused: Vec<(PeerId, SyncError)>,
+}
+
 impl FolderReplica {
     /// The replica of `workspace` in the shared folder `folder`, for the device holding
     /// `key` (whose origin is the only one it writes). Touches nothing until used.
@@ -109,6 +142,7 @@ impl FolderReplica {
                 key,
                 config,
                 sink: Mutex::new(None),
+                carry: Mutex::new(None),
                 broadcast: CursorBroadcast::new(PeerCursors::new()),
                 wake: Arc::new(Notify::new()),
                 watcher: Mutex::new(None),
@@ -174,6 +208,57 @@ impl FolderReplica {
         .await?;
         self.inner.broadcast.publish(&[(self.inner.origin, next)].into_iter().collect());
         Ok(count)
+    }
+
+    /// Carries into the folder every other origin's entries `local` holds beyond what the
+    /// folder holds of that origin, counting its own directory and every carried copy (so
+    /// what is in the folder already, by anyone, is not carried again). The entries are
+    /// written unchanged into this device's own directory ([`CarrySink`]), continuing the
+    /// folder's copy of each origin; an origin whose entries do not continue it (a fork, an
+    /// entry the ingest pipeline refuses) is left alone and reported.
+    pub async fn carry_from(
+        &self,
+        local: Arc<dyn Replica<Entry>>,
+    ) -> Result<CarryReport, SyncError> {
+        let mut report = CarryReport::default();
+        let folder = self.cursors().await?;
+        let have = local.cursors().await?;
+        let own = self.inner.origin;
+        for (origin, holds) in have.iter() {
+            if origin == own || holds <= folder.get(&origin) {
+                continue;
+            }
+            let puller = self.inner.puller.clone();
+            let mut at = match run_blocking(move || puller.origin_position(origin)).await {
+                Ok(p) => p,
+                Err(e) if e.stalls_origin() => {
+                    report.refused.push((origin, e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            while at.next < holds {
+                let page = local.read_since(origin, at.next).await?;
+                if page.is_empty() {
+                    break;
+                }
+                let inner = self.inner.clone();
+                let done =
+                    run_blocking(move || inner.with_carry(|c| c.carry(origin, at, page))).await?;
+                report.carried += done.written;
+                let stuck = done.end.next == at.next;
+                at = done.end;
+                if let Some(e) = done.refused {
+                    report.refused.push((origin, e));
+                    break;
+                }
+                if stuck {
+                    break;
+                }
+            }
+            self.inner.broadcast.publish(&[(origin, at.next)].into_iter().collect());
+        }
+        Ok(report)
     }
 
     fn ensure_watcher(&self) {

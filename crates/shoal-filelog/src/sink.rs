@@ -46,10 +46,10 @@ use crate::segment::{Expected, Segment, SegmentTip};
 /// One of the sink's own segments, known to be good (its tip was checked or it was written
 /// by this sink).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct OwnSegment {
-    name: SegmentName,
-    path: PathBuf,
-    raw_len: u64,
+pub(crate) struct OwnSegment {
+    pub(crate) name: SegmentName,
+    pub(crate) path: PathBuf,
+    pub(crate) raw_len: u64,
 }
 
 /// Writes the device's own log into the shared folder. One sink per origin at a time: the
@@ -303,24 +303,9 @@ impl FolderSink {
     /// Writes verified entries continuing at `self.position`, cut at seals into segments
     /// of about the target size.
     fn write_run(&mut self, entries: &[Entry]) -> Result<(), SyncError> {
-        let target = self.config.segment_target_bytes.max(1);
-        let max_entries = self.config.segment_max_entries.max(1);
         let mut i = 0;
         while i < entries.len() {
-            let mut size = 0usize;
-            let mut cut = None;
-            for (j, e) in entries.iter().enumerate().skip(i) {
-                size += crate::segment::approx_entry_len(e);
-                if e.seal.is_some() {
-                    cut = Some(j + 1);
-                    if size >= target || j + 1 - i >= max_entries {
-                        break;
-                    }
-                }
-            }
-            let Some(end) = cut else {
-                return Err(SyncError::Bug("a verified run does not end on a seal".into()));
-            };
+            let end = next_cut(entries, i, &self.config)?;
             // `append` took these entries through the ingest pipeline from this very position.
             let seg = Segment::from_verified(
                 self.layout.workspace(),
@@ -408,33 +393,12 @@ impl FolderSink {
     /// Deletes own segments contained in another own segment (left by an interrupted
     /// compaction or by a republication over a damaged file). O(n log n).
     fn remove_redundant(&mut self) {
-        // In order of (first ascending, last descending), a segment is contained in another
-        // exactly when an earlier one reaches at least as far. (Two files of one range
-        // would have one name, so ranges are distinct.)
-        let mut order = std::mem::take(&mut self.segments);
-        order.sort_by_key(|s| (s.name.first, std::cmp::Reverse(s.name.last)));
-        let mut reach: Option<u64> = None;
-        for s in order {
-            if reach.is_some_and(|r| r >= s.name.last) {
-                match remove_file(&s.path, &self.config.faults) {
-                    Ok(()) => {
-                        self.tips.remove(&s.path);
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        self.tips.remove(&s.path);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %s.path.display(), error = %e, "cannot remove a redundant segment");
-                    }
-                }
-            } else {
-                reach = Some(s.name.last);
-            }
-            self.segments.push(s);
+        let (kept, removed) =
+            remove_contained(std::mem::take(&mut self.segments), &self.config.faults);
+        for path in removed {
+            self.tips.remove(&path);
         }
-        self.segments.sort_by_key(|s| s.name);
+        self.segments = kept;
     }
 
     fn merge(&mut self, group: &[OwnSegment]) -> Result<(), SyncError> {
@@ -461,6 +425,63 @@ impl FolderSink {
     }
 }
 
+/// Where the segment starting at `entries[i]` ends (exclusive): at the first seal once the
+/// segment reaches the target size or entry count, else at the last seal. Shared by the own
+/// log's sink and the carried logs' ([`crate::CarrySink`]).
+pub(crate) fn next_cut(entries: &[Entry], i: usize, config: &Config) -> Result<usize, SyncError> {
+    let target = config.segment_target_bytes.max(1);
+    let max_entries = config.segment_max_entries.max(1);
+    let mut size = 0usize;
+    let mut cut = None;
+    for (j, e) in entries.iter().enumerate().skip(i) {
+        size += crate::segment::approx_entry_len(e);
+        if e.seal.is_some() {
+            cut = Some(j + 1);
+            if size >= target || j + 1 - i >= max_entries {
+                break;
+            }
+        }
+    }
+    cut.ok_or_else(|| SyncError::Bug("a verified run does not end on a seal".into()))
+}
+
+/// Deletes the segments of `segments` (one directory's good files) contained in another
+/// of them; returns the rest, sorted by range, and the paths deleted. O(n log n).
+pub(crate) fn remove_contained(
+    segments: Vec<OwnSegment>,
+    faults: &crate::faults::Faults,
+) -> (Vec<OwnSegment>, Vec<PathBuf>) {
+    // In order of (first ascending, last descending), a segment is contained in another
+    // exactly when an earlier one reaches at least as far. (Two files of one range would
+    // have one name, so ranges are distinct.)
+    let mut order = segments;
+    order.sort_by_key(|s| (s.name.first, std::cmp::Reverse(s.name.last)));
+    let (mut kept, mut removed) = (Vec::new(), Vec::new());
+    let mut reach: Option<u64> = None;
+    for s in order {
+        if reach.is_some_and(|r| r >= s.name.last) {
+            match remove_file(&s.path, faults) {
+                Ok(()) => {
+                    removed.push(s.path);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    removed.push(s.path);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %s.path.display(), error = %e, "cannot remove a redundant segment");
+                }
+            }
+        } else {
+            reach = Some(s.name.last);
+        }
+        kept.push(s);
+    }
+    kept.sort_by_key(|s| s.name);
+    (kept, removed)
+}
+
 /// Size tier of a segment by its entry count: `floor(log_fanout(len))`.
 fn tier(len: u64, fanout: u64) -> u32 {
     let mut t = 0;
@@ -477,7 +498,7 @@ fn tier(len: u64, fanout: u64) -> u32 {
 /// front until it fits the size caps; at least two segments). Merging the lowest tier
 /// first keeps each entry rewritten about `log_fanout(n)` times; including the smaller
 /// tiers left behind a larger segment absorbs them at the next merge above them.
-fn choose_group(
+pub(crate) fn choose_group(
     small: &[OwnSegment],
     fanout: usize,
     target: u64,
