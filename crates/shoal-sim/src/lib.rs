@@ -151,6 +151,9 @@ pub struct Report {
     pub relay_syncs: u64,
     /// Relay restarts.
     pub relay_restarts: u64,
+    /// Entries carried into folders by devices that sync with a relay too (other origins'
+    /// entries, written as carried copies in the carrier's own directory).
+    pub carried: u64,
     /// Faults injected on relay links (frames dropped, duplicated, reordered, delayed; cuts).
     pub link_faults: u64,
     /// Heal rounds until every replica agreed.
@@ -609,7 +612,8 @@ impl Sim {
             return Ok(false);
         }
         match result {
-            Ok(_) => {
+            Ok(done) => {
+                self.report.carried += done.report.carried;
                 self.note(format!("device {d} syncs{}", if faults > 0 { " (faults)" } else { "" }));
                 Ok(true)
             }

@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     let (mut failed, mut acknowledged, mut crashes, mut faults) = (Vec::new(), 0, 0, 0);
     let (mut removals, mut recoveries, mut encrypted) = (0, 0, 0);
     let (mut relay_runs, mut relay_syncs, mut relay_restarts, mut link_faults) = (0, 0, 0, 0);
+    let mut carried = 0;
     for seed in args.from..args.from.saturating_add(args.count) {
         if seed > args.from && (seed - args.from) % 100 == 0 {
             eprintln!(
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
                 relay_syncs += r.relay_syncs;
                 relay_restarts += r.relay_restarts;
                 link_faults += r.link_faults;
+                carried += r.carried;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -121,7 +123,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults, {encrypted} encrypted runs, {removals} removals, {recoveries} fork recoveries; {relay_runs} runs with a relay: {relay_syncs} relay syncs, {relay_restarts} relay restarts, {link_faults} link faults",
+        "{} seeds from {} in {:.1} s: {} failed {:?}; {acknowledged} writes acknowledged, {crashes} crashes, {faults} folder faults, {encrypted} encrypted runs, {removals} removals, {recoveries} fork recoveries; {relay_runs} runs with a relay: {relay_syncs} relay syncs, {relay_restarts} relay restarts, {link_faults} link faults, {carried} entries carried into folders",
         args.count,
         args.from,
         started.elapsed().as_secs_f64(),
