@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use shoal_core::{
-    ChainPosition, CursorStream, Direction, HasCursors, LogSource, PeerCursors, PeerId, SyncError,
-    SyncTarget, own_log_continues, pull,
+    ChainPosition, CursorStream, Direction, HasCursors, LogProcessor, LogSource, PeerCursors,
+    PeerId, SyncError, SyncTarget, own_log_continues, pull,
 };
 use shoal_relay::client::RemoteReplica;
 use shoal_relay::frame::Access;
@@ -135,7 +135,7 @@ impl Workspace {
             if let (Some(own), true) = (own, was_member) {
                 self.check_own_log_at_relay(remote, own).await?;
             }
-            if options.direction.pushes() {
+            if options.direction.pushes() && was_member {
                 let report = pull(local, remote).await?;
                 out.pushed += report.new;
                 out.duplicates += report.duplicates;
@@ -143,6 +143,8 @@ impl Workspace {
                 for (origin, e) in report.stalled {
                     out.stalled.push((origin, format!("at the relay: {e}")));
                 }
+            } else if options.direction.pushes() {
+                self.push_as_entrant(remote, &mut out).await?;
             }
             out.member = remote.access() == Access::Member;
             if was_member || !out.member {
@@ -156,6 +158,33 @@ impl Workspace {
         self.record_relay_sync(&url)?;
         out.clock_ahead = self.clock_ahead()?;
         Ok(out)
+    }
+
+    /// What a device the relay does not count as a member pushes: the first run of the
+    /// workspace's genesis (the relay may not hold the workspace yet) and of its own log
+    /// (its join or request), nothing else (an entrant's pushes are bounded per connection).
+    async fn push_as_entrant(&self, remote: &RemoteReplica, out: &mut RelaySync) -> Result<()> {
+        let local = self.replica();
+        let creator = local.roster()?.creator;
+        let mut origins: Vec<PeerId> = creator.into_iter().chain(self.device()).collect();
+        origins.dedup();
+        for origin in origins {
+            let page = local.read_page(origin, 0)?;
+            if page.is_empty() {
+                continue;
+            }
+            match remote.apply_batch(origin, page).await {
+                Ok(done) => {
+                    out.pushed += done.new;
+                    out.duplicates += done.duplicates;
+                }
+                Err(e) if e.stalls_origin() => {
+                    out.stalled.push((origin, format!("at the relay: {e}")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Takes what the relay holds and this device lacks; this device's own log coming back
